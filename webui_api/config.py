@@ -1,0 +1,195 @@
+"""Settings read once from the environment (Open WebUI's variable names where it has one)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(text: str) -> float | None:
+    """Open WebUI's duration syntax (`4w`, `1h30m`); `-1` or `0` mean "never" (None)."""
+    text = str(text).strip()
+    if text in ("-1", "0", ""):
+        return None
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or total <= 0:
+        raise ConfigError(f"JWT_EXPIRES_IN: cannot read duration {text!r} (use e.g. 4w, 1h30m, -1)")
+    return total
+
+
+def parse_bool(text: Any) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not a boolean: {text!r}")
+
+
+def parse_list(text: Any, sep: str = ";") -> list[str]:
+    if isinstance(text, (list, tuple)):
+        return [str(item).strip() for item in text]
+    return [part.strip() for part in str(text).split(sep) if part.strip()]
+
+
+def _opt_float(text: Any) -> float | None:
+    return None if str(text).strip() in ("", "none", "None") else float(text)
+
+
+def _setting(env: str | tuple[str, ...], default: Any, parse: Callable[[Any], Any] = str) -> Any:
+    names = (env,) if isinstance(env, str) else env
+    return field(default=default, metadata={"env": names, "parse": parse})
+
+
+@dataclass
+class Settings:
+    """Every knob of the service. Field metadata names the environment variables that set it."""
+
+    # --- storage
+    DATA_DIR: str = _setting("DATA_DIR", "./data")
+    DATABASE_URL: str = _setting("DATABASE_URL", "")
+    # --- auth
+    WEBUI_SECRET_KEY: str = _setting(("WEBUI_SECRET_KEY", "WEBUI_JWT_SECRET_KEY"), "")
+    JWT_EXPIRES_IN: float | None = _setting("JWT_EXPIRES_IN", 4 * 604800.0, parse_duration)
+    ENABLE_SIGNUP: bool | None = _setting("ENABLE_SIGNUP", None, parse_bool)
+    DEFAULT_USER_ROLE: str = _setting("DEFAULT_USER_ROLE", "pending")
+    ENABLE_API_KEYS: bool = _setting("ENABLE_API_KEYS", True, parse_bool)
+    WEBUI_ADMIN_EMAIL: str = _setting("WEBUI_ADMIN_EMAIL", "")
+    WEBUI_ADMIN_PASSWORD: str = _setting("WEBUI_ADMIN_PASSWORD", "")
+    WEBUI_ADMIN_NAME: str = _setting("WEBUI_ADMIN_NAME", "Admin")
+    SIGNIN_RATE_LIMIT: int = _setting("SIGNIN_RATE_LIMIT", 15, int)
+    SIGNIN_RATE_WINDOW: float = _setting("SIGNIN_RATE_WINDOW", 180.0, float)
+    PASSWORD_HASH_COST: int = _setting("PASSWORD_HASH_COST", 2**14, int)
+    # --- http
+    ENV: str = _setting("ENV", "prod")
+    CORS_ALLOW_ORIGIN: list[str] = _setting("CORS_ALLOW_ORIGIN", [], parse_list)
+    TRUSTED_PROXY_HOPS: int = _setting("TRUSTED_PROXY_HOPS", 0, int)
+    LOG_FORMAT: str = _setting("LOG_FORMAT", "text")
+    # --- backends (gateway)
+    ENABLE_OLLAMA_API: bool = _setting("ENABLE_OLLAMA_API", True, parse_bool)
+    OLLAMA_BASE_URLS: list[str] = _setting(("OLLAMA_BASE_URLS", "OLLAMA_BASE_URL"),
+                                           ["http://localhost:11434"], parse_list)
+    ENABLE_OPENAI_API: bool = _setting("ENABLE_OPENAI_API", True, parse_bool)
+    OPENAI_API_BASE_URLS: list[str] = _setting(("OPENAI_API_BASE_URLS", "OPENAI_API_BASE_URL"), [], parse_list)
+    OPENAI_API_KEYS: list[str] = _setting(("OPENAI_API_KEYS", "OPENAI_API_KEY"), [], parse_list)
+    UPSTREAM_CONNECT_TIMEOUT: float = _setting("UPSTREAM_CONNECT_TIMEOUT", 5.0, float)
+    AIOHTTP_CLIENT_TIMEOUT: float = _setting("AIOHTTP_CLIENT_TIMEOUT", 300.0, float)
+    AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST: float = _setting(
+        ("AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST", "AIOHTTP_CLIENT_TIMEOUT_OPENAI_MODEL_LIST"), 3.0, float)
+    MODELS_CACHE_TTL: float = _setting("MODELS_CACHE_TTL", 10.0, float)
+    UPSTREAM_POOL_SIZE: int = _setting(("UPSTREAM_POOL_SIZE", "GUNICORN_THREADS"), 16, int)
+    # --- RAG
+    RAG_EMBEDDING_ENGINE: str = _setting("RAG_EMBEDDING_ENGINE", "ollama")
+    RAG_EMBEDDING_MODEL: str = _setting("RAG_EMBEDDING_MODEL", "nomic-embed-text")
+    RAG_EMBEDDING_BATCH_SIZE: int = _setting(("RAG_EMBEDDING_BATCH_SIZE", "RAG_EMBEDDING_OPENAI_BATCH_SIZE"), 64, int)
+    RAG_OLLAMA_BASE_URL: str = _setting("RAG_OLLAMA_BASE_URL", "")
+    RAG_OLLAMA_API_KEY: str = _setting("RAG_OLLAMA_API_KEY", "")
+    RAG_OPENAI_API_BASE_URL: str = _setting("RAG_OPENAI_API_BASE_URL", "")
+    RAG_OPENAI_API_KEY: str = _setting("RAG_OPENAI_API_KEY", "")
+    CHUNK_SIZE: int = _setting("CHUNK_SIZE", 1000, int)
+    CHUNK_OVERLAP: int = _setting("CHUNK_OVERLAP", 100, int)
+    RAG_TOP_K: int = _setting("RAG_TOP_K", 3, int)
+    RAG_RELEVANCE_THRESHOLD: float = _setting("RAG_RELEVANCE_THRESHOLD", 0.0, float)
+    RAG_TEMPLATE: str = _setting("RAG_TEMPLATE", "")
+    RAG_SYSTEM_CONTEXT: bool = _setting("RAG_SYSTEM_CONTEXT", False, parse_bool)
+    RAG_FILE_MAX_SIZE: float | None = _setting("RAG_FILE_MAX_SIZE", 100.0, _opt_float)
+    RAG_ALLOWED_FILE_EXTENSIONS: list[str] = _setting(
+        "RAG_ALLOWED_FILE_EXTENSIONS", [], lambda v: [e.lower().lstrip(".") for e in parse_list(v, ",")])
+
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> "Settings":
+        """Build settings from `env` (default: os.environ), then `overrides` (env names, already typed or text)."""
+        source = dict(os.environ if env is None else env)
+        source.update(overrides or {})
+        values, known = {}, set()
+        for fld in dataclasses.fields(cls):
+            names = fld.metadata.get("env")
+            if not names:
+                continue
+            known.update(names)
+            for name in names:
+                if name in source and source[name] is not None:
+                    values[fld.name] = _parse(fld, name, source[name])
+                    break
+        settings = cls(**values)
+        settings.extra = {k: v for k, v in (overrides or {}).items() if k not in known}
+        settings.finish()
+        return settings
+
+    def finish(self) -> None:
+        """Derive defaults that depend on other settings and check values."""
+        if self.DEFAULT_USER_ROLE not in ("pending", "user", "admin"):
+            raise ConfigError("DEFAULT_USER_ROLE must be pending, user or admin")
+        self.DATA_DIR = str(Path(self.DATA_DIR).resolve())
+        if not self.DATABASE_URL:
+            self.DATABASE_URL = f"sqlite:///{self.DATA_DIR}/webui.db"
+        self.OLLAMA_BASE_URLS = [u.rstrip("/") for u in self.OLLAMA_BASE_URLS]
+        self.OPENAI_API_BASE_URLS = [u.rstrip("/") for u in self.OPENAI_API_BASE_URLS]
+
+    @property
+    def database_path(self) -> str:
+        prefix = "sqlite:///"
+        if not self.DATABASE_URL.startswith(prefix):
+            raise ConfigError("DATABASE_URL must be a sqlite:/// URL (SQLite is the supported database)")
+        return self.DATABASE_URL[len(prefix):]
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.ENV == "dev"
+
+
+def _parse(fld: dataclasses.Field, name: str, raw: Any) -> Any:
+    if not isinstance(raw, str) and fld.metadata["parse"] is not parse_duration:
+        return raw  # already typed (tests and callers may hand in real values)
+    try:
+        return fld.metadata["parse"](raw)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: invalid value {raw!r}") from exc
+
+
+def load_secret_key(data_dir: str) -> str:
+    """Read DATA_DIR/.webui_secret_key, creating it (mode 0600) exactly once even when workers race."""
+    path = Path(data_dir) / ".webui_secret_key"
+    if path.exists():
+        return _read_secret(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".webui_secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48))
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(tmp, path)  # atomic: the first worker wins, the others read its complete file
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> str:
+    secret = path.read_text().strip()
+    if not secret:
+        raise ConfigError(f"{path} is empty; delete it or set WEBUI_SECRET_KEY")
+    return secret
