@@ -54,7 +54,10 @@ def _opt_float(text: Any) -> float | None:
 
 def _setting(env: str | tuple[str, ...], default: Any, parse: Callable[[Any], Any] = str) -> Any:
     names = (env,) if isinstance(env, str) else env
-    return field(default=default, metadata={"env": names, "parse": parse})
+    metadata = {"env": names, "parse": parse}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""HTTP layer: the flask-smorest Api with one error path, and the blueprint list."""
+from __future__ import annotations
+
+import importlib
+import logging
+
+from flask import Flask, jsonify
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from ..errors import ApiError
+
+log = logging.getLogger("webui_api")
+
+# One module per endpoint group; each exposes `blp`.
+BLUEPRINTS = ("system", "auths", "users", "models", "chat", "ollama", "openai", "files", "knowledge", "retrieval")
+
+_LOCATIONS = {"json": "body", "form": "form", "files": "files", "query": "query", "querystring": "query",
+              "headers": "header", "view_args": "path"}
+
+
+class WebuiApi(Api):
+    """flask-smorest's Api, with every error turned into `{"detail": ...}`."""
+
+    def _register_error_handlers(self):
+        self._app.register_error_handler(HTTPException, self.handle_http_exception)
+        self._app.register_error_handler(ApiError, handle_api_error)
+
+    def handle_http_exception(self, error: HTTPException):
+        if isinstance(error, InternalServerError) and error.original_exception is not None:
+            log.error("unhandled error", exc_info=error.original_exception)
+            return error_response("Internal server error", 500)
+        data = getattr(error, "data", None) or {}
+        messages = data.get("messages") or data.get("errors")
+        if error.code == 422 and isinstance(messages, dict):
+            return error_response(validation_detail(messages), 422, data.get("headers"))
+        if messages:
+            return error_response(_flatten(messages), error.code, data.get("headers"))
+        return error_response(data.get("message") or _plain_detail(error), error.code,
+                              data.get("headers") or _allow_header(error))
+
+
+def handle_api_error(error: ApiError):
+    return error_response(error.detail, error.status, error.headers)
+
+
+def error_response(detail, status: int, headers: dict | None = None):
+    response = jsonify({"detail": detail})
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def validation_detail(messages: dict) -> list[dict]:
+    """webargs' nested messages → a FastAPI-like list: [{"loc": [...], "msg": ..., "type": ...}]."""
+    items: list[dict] = []
+    for location, fields in messages.items():
+        _walk(fields, [_LOCATIONS.get(location, location)], items)
+    return items
+
+
+def _walk(node, loc: list, items: list) -> None:
+    if isinstance(node, dict):
+        for key, child in node.items():
+            _walk(child, loc + [key], items)
+    elif isinstance(node, list) and node and all(isinstance(m, str) for m in node):
+        items.extend({"loc": loc, "msg": msg, "type": "value_error"} for msg in node)
+    elif isinstance(node, list):
+        for child in node:
+            _walk(child, loc, items)
+    else:
+        items.append({"loc": loc, "msg": str(node), "type": "value_error"})
+
+
+def _flatten(messages) -> str:
+    if isinstance(messages, dict):
+        return "; ".join(_flatten(value) for value in messages.values())
+    if isinstance(messages, list):
+        return "; ".join(_flatten(value) for value in messages)
+    return str(messages)
+
+
+def _plain_detail(error: HTTPException) -> str:
+    return {404: "Not Found", 405: "Method Not Allowed", 413: "Request body too large"}.get(
+        error.code, error.name)
+
+
+def _allow_header(error: HTTPException) -> dict:
+    allowed = getattr(error, "valid_methods", None)
+    return {"Allow": ", ".join(allowed)} if allowed else {}
+
+
+def register_blueprints(api: WebuiApi) -> None:
+    for name in BLUEPRINTS:
+        module = importlib.import_module(f"{__name__}.{name}")
+        api.register_blueprint(module.blp)
+
+
+def register_app_handlers(app: Flask) -> None:
+    """Errors raised outside smorest views (before_request hooks) take the same path."""
+    app.register_error_handler(ApiError, handle_api_error)

@@ -1,0 +1,158 @@
+"""/api/v1/auths: sign-up, sign-in, sign-out, the current session, password and API key."""
+from __future__ import annotations
+
+import marshmallow as ma
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .. import accounts
+from .deps import access, current_caller, current_user, ext
+
+blp = Blueprint("auths", __name__, url_prefix="/api/v1/auths", description="Accounts and credentials")
+
+
+class _Body(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+
+class SignupSchema(_Body):
+    name = ma.fields.String(required=True)
+    email = ma.fields.String(required=True)
+    password = ma.fields.String(required=True)
+    profile_image_url = ma.fields.String(load_default=None)
+
+
+class AddUserSchema(SignupSchema):
+    role = ma.fields.String(load_default="pending")
+
+
+class SigninSchema(_Body):
+    email = ma.fields.String(required=True)
+    password = ma.fields.String(required=True)
+
+
+class PasswordSchema(_Body):
+    password = ma.fields.String(required=True)
+    new_password = ma.fields.String(required=True)
+
+
+class UserSchema(ma.Schema):
+    id = ma.fields.String()
+    email = ma.fields.String()
+    name = ma.fields.String()
+    role = ma.fields.String()
+    profile_image_url = ma.fields.String()
+
+
+class SessionSchema(UserSchema):
+    token = ma.fields.String(allow_none=True)
+    token_type = ma.fields.String()
+    expires_at = ma.fields.Integer(allow_none=True)
+    permissions = ma.fields.Dict()
+
+
+class StatusSchema(ma.Schema):
+    status = ma.fields.Boolean()
+
+
+class ApiKeySchema(ma.Schema):
+    api_key = ma.fields.String(metadata={"description": "The full key on creation; a masked form afterwards"})
+
+
+@blp.route("/signup")
+class Signup(MethodView):
+    @access("public")
+    @blp.arguments(SignupSchema)
+    @blp.response(200, SessionSchema)
+    def post(self, body):
+        """Create an account; the first one becomes admin. Answers with a session."""
+        settings = ext().settings
+        user = accounts.signup(settings, body["name"], body["email"], body["password"], body["profile_image_url"])
+        return accounts.issue_session(settings, user)
+
+
+@blp.route("/signin")
+class Signin(MethodView):
+    @access("public")
+    @blp.arguments(SigninSchema)
+    @blp.response(200, SessionSchema)
+    def post(self, body):
+        """Sign in with email and password (rate-limited per email across all workers)."""
+        settings = ext().settings
+        user = accounts.signin(settings, body["email"], body["password"])
+        return accounts.issue_session(settings, user)
+
+
+@blp.route("/signout")
+class Signout(MethodView):
+    @access("public")
+    @blp.response(200, StatusSchema)
+    def post(self):
+        """Revoke the presented JWT on every worker (an API key is not revoked; delete it instead)."""
+        accounts.signout(current_caller())
+        return {"status": True}
+
+    get = post
+
+
+@blp.route("/")
+class Session(MethodView):
+    @access("authenticated")
+    @blp.response(200, SessionSchema)
+    def get(self):
+        """The current user; with a JWT, the same token and its expiry."""
+        caller = current_caller()
+        claims = caller.claims or {}
+        token = None if caller.via_api_key else _presented_token()
+        return accounts.session_payload(ext().settings, caller.user, token, claims)
+
+
+def _presented_token() -> str | None:
+    from .deps import bearer_token
+    return bearer_token()
+
+
+@blp.route("/update/password")
+class UpdatePassword(MethodView):
+    @access("authenticated")
+    @blp.arguments(PasswordSchema)
+    @blp.response(200)
+    def post(self, body):
+        """Change the password; every earlier JWT and the API key stop working."""
+        accounts.change_password(ext().settings, current_user(), body["password"], body["new_password"])
+        return True
+
+
+@blp.route("/add")
+class AddUser(MethodView):
+    @access("admin")
+    @blp.arguments(AddUserSchema)
+    @blp.response(200, SessionSchema)
+    def post(self, body):
+        """Admin: create an account. No session token is returned (the new user signs in themself)."""
+        user = accounts.add_user(ext().settings, body["name"], body["email"], body["password"], body["role"],
+                                 body["profile_image_url"])
+        return {**accounts.user_payload(user), "token": None, "token_type": "Bearer"}
+
+
+@blp.route("/api_key")
+class ApiKeyView(MethodView):
+    @access("authenticated")
+    @blp.response(200, ApiKeySchema)
+    def post(self):
+        """Create (or replace) the caller's API key. The full key is shown only in this answer."""
+        return {"api_key": accounts.create_api_key(ext().settings, current_user())}
+
+    @access("authenticated")
+    @blp.response(200, ApiKeySchema)
+    def get(self):
+        """The caller's key in masked form (keys are stored only as hashes)."""
+        return {"api_key": accounts.get_api_key(ext().settings, current_user())}
+
+    @access("authenticated")
+    @blp.response(200)
+    def delete(self):
+        """Delete the caller's API key."""
+        accounts.delete_api_key(ext().settings, current_user())
+        return True

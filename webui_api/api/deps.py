@@ -1,0 +1,92 @@
+"""What every blueprint needs: the app's extensions, the caller, and per-route access levels."""
+from __future__ import annotations
+
+from flask import current_app, g, request
+
+from .. import accounts
+from ..db import User
+from ..errors import ACCESS_PROHIBITED, NOT_AUTHENTICATED, Forbidden, Unauthorized
+
+LEVELS = ("public", "authenticated", "verified", "admin")
+DEFAULT_LEVEL = "verified"  # secure by default: a route nobody marked needs a verified user
+
+
+def access(level: str):
+    """Mark a view (or MethodView method) with who may call it."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown access level {level!r}")
+
+    def mark(view):
+        view._access = level
+        return view
+    return mark
+
+
+def ext():
+    """The Extensions object bound to the current app (settings, upstream, registry, vectors, embedder)."""
+    return current_app.extensions["webui_api"]
+
+
+def current_caller() -> accounts.Caller | None:
+    return g.get("caller")
+
+
+def current_user() -> User:
+    caller = g.get("caller")
+    if caller is None:
+        raise Unauthorized(NOT_AUTHENTICATED)
+    return caller.user
+
+
+def is_admin(user: User) -> bool:
+    return user.role == "admin"
+
+
+def bearer_token() -> str | None:
+    """The Bearer credential, if any; other schemes are not credentials here."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def route_access() -> str | None:
+    """The access level of the matched route; None when no route matched (the 404 handler answers)."""
+    if request.endpoint is None:
+        return None
+    view = current_app.view_functions.get(request.endpoint)
+    if request.endpoint == "static" or request.endpoint.startswith("api-docs."):
+        return "public"
+    view_class = getattr(view, "view_class", None)
+    method = request.method.lower()
+    if view_class is not None:
+        handler = getattr(view_class, method, None) or (getattr(view_class, "get", None) if method == "head" else None)
+        level = getattr(handler, "_access", None) or getattr(view_class, "_access", None)
+    else:
+        level = getattr(view, "_access", None)
+    return level or DEFAULT_LEVEL
+
+
+def authenticate_request() -> None:
+    """before_request hook: resolve the caller and enforce the route's access level."""
+    level = route_access()
+    if level is None or request.method == "OPTIONS":
+        return
+    token = bearer_token()
+    g.caller = None
+    if token:
+        try:
+            g.caller = accounts.authenticate(ext().settings, token)
+        except (Unauthorized, Forbidden):
+            if level != "public":
+                raise
+    if level == "public":
+        return
+    if g.caller is None:
+        raise Unauthorized(NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    role = g.caller.user.role
+    if level == "verified" and role not in ("user", "admin"):
+        raise Forbidden(ACCESS_PROHIBITED)
+    if level == "admin" and role != "admin":
+        raise Forbidden(ACCESS_PROHIBITED)

@@ -1,0 +1,83 @@
+"""/api/v1/users: admin user management."""
+from __future__ import annotations
+
+import marshmallow as ma
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .. import accounts
+from .deps import access, ext
+
+blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Admin user management")
+
+
+class UserListArgs(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    query = ma.fields.String(load_default=None)
+    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
+
+
+class UserRecordSchema(ma.Schema):
+    id = ma.fields.String()
+    email = ma.fields.String()
+    name = ma.fields.String()
+    role = ma.fields.String()
+    profile_image_url = ma.fields.String()
+    last_active_at = ma.fields.Integer()
+    created_at = ma.fields.Integer()
+    updated_at = ma.fields.Integer()
+
+
+class UserPageSchema(ma.Schema):
+    users = ma.fields.List(ma.fields.Nested(UserRecordSchema))
+    total = ma.fields.Integer()
+
+
+class UserUpdateSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    role = ma.fields.String(validate=ma.validate.OneOf(accounts.ROLES), allow_none=True)
+    name = ma.fields.String(validate=ma.validate.Length(min=1), allow_none=True)
+    email = ma.fields.String(allow_none=True)
+    password = ma.fields.String(allow_none=True)
+    profile_image_url = ma.fields.String(allow_none=True)
+
+
+@blp.route("/")
+class Users(MethodView):
+    @access("admin")
+    @blp.arguments(UserListArgs, location="query")
+    @blp.response(200, UserPageSchema)
+    def get(self, args):
+        """List accounts, newest first, 30 a page; `query` matches name or email."""
+        users, total = accounts.list_users(args["query"], args["page"])
+        return {"users": [accounts.user_record(u) for u in users], "total": total}
+
+
+@blp.route("/<string:user_id>")
+class UserView(MethodView):
+    @access("admin")
+    @blp.response(200, UserRecordSchema)
+    def get(self, user_id):
+        """One account."""
+        return accounts.user_record(accounts.get_user(user_id))
+
+    @access("admin")
+    @blp.response(200)
+    def delete(self, user_id):
+        """Delete an account and everything it owns. The last admin cannot be deleted."""
+        accounts.delete_user(user_id)
+        return True
+
+
+@blp.route("/<string:user_id>/update")
+class UserUpdate(MethodView):
+    @access("admin")
+    @blp.arguments(UserUpdateSchema)
+    @blp.response(200, UserRecordSchema)
+    def post(self, body, user_id):
+        """Change role, name, email or password. A new password revokes the user's tokens and API key."""
+        return accounts.user_record(accounts.update_user(ext().settings, user_id, body))
