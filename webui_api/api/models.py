@@ -1,0 +1,194 @@
+"""Model listing (/api/models) and workspace models ("presets", /api/v1/models/*)."""
+from __future__ import annotations
+
+import marshmallow as ma
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .. import presets
+from .deps import access, current_user, ext
+
+blp = Blueprint("models", __name__, description="Model listing and workspace models (presets)")
+
+
+class RefreshArgs(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    refresh = ma.fields.Boolean(load_default=False, metadata={"description": "Ask the backends again now"})
+
+
+class IdArgs(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    id = ma.fields.String(metadata={"description": "Model id (may contain `/` and `:`)"})
+
+
+class ListArgs(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    query = ma.fields.String(load_default=None)
+    view_option = ma.fields.String(load_default=None, metadata={"description": "`created` or `shared`"})
+    tag = ma.fields.String(load_default=None)
+    order_by = ma.fields.String(load_default=None, metadata={"description": "`name`, `created_at`, `updated_at`"})
+    direction = ma.fields.String(load_default=None, metadata={"description": "`asc`; anything else = desc"})
+    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
+
+
+class GrantSchema(ma.Schema):
+    class Meta:
+        unknown = ma.INCLUDE
+
+    principal_type = ma.fields.String()
+    principal_id = ma.fields.String()
+    permission = ma.fields.String()
+
+
+class ModelFormSchema(ma.Schema):
+    """Open WebUI's ModelForm. Access: `is_public`, or `access_grants` with a `user`/`*`/`read` grant."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    id = ma.fields.String(metadata={"description": "The id clients send as `model`"})
+    base_model_id = ma.fields.String(allow_none=True)
+    name = ma.fields.String()
+    meta = ma.fields.Dict(allow_none=True)
+    params = ma.fields.Dict(allow_none=True, metadata={"description": "`system` prompt and sampling params"})
+    access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), allow_none=True)
+    is_public = ma.fields.Boolean(allow_none=True)
+    is_active = ma.fields.Boolean(allow_none=True)
+    commit_message = ma.fields.String(allow_none=True)
+
+
+class CreateFormSchema(ModelFormSchema):
+    id = ma.fields.String(required=True)
+
+
+class AccessFormSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    id = ma.fields.String()
+    access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), allow_none=True)
+    is_public = ma.fields.Boolean(allow_none=True)
+
+
+def _pick_id(query: dict, body: dict | None = None) -> str:
+    """Per-model routes take `?id=` (ids contain `/`); the body's `id` is accepted too."""
+    return presets.check_id(query.get("id") or (body or {}).get("id"))
+
+
+# --- registry listing ------------------------------------------------------------------------
+
+@blp.route("/api/models")
+class Models(MethodView):
+    @blp.arguments(RefreshArgs, location="query")
+    @blp.response(200)
+    def get(self, args):
+        """Every model the caller may use: base models of all backends, then presets."""
+        return {"data": ext().registry.list_models(current_user(), refresh=args["refresh"])}
+
+
+@blp.route("/api/v1/models", endpoint="ModelsV1")
+class ModelsV1(Models):
+    pass
+
+
+@blp.route("/api/models/base")
+class BaseModels(MethodView):
+    @access("admin")
+    @blp.arguments(RefreshArgs, location="query")
+    @blp.response(200)
+    def get(self, args):
+        """Provider models only, as the backends report them (admin)."""
+        return {"data": ext().registry.base_models(refresh=args["refresh"])}
+
+
+# --- presets ---------------------------------------------------------------------------------
+
+@blp.route("/api/v1/models/create")
+class CreateModel(MethodView):
+    @blp.arguments(CreateFormSchema)
+    @blp.response(200)
+    def post(self, form):
+        """Create a preset (a base model with its own name, system prompt and params). Taken id → 409."""
+        user = current_user()
+        return presets.create(user, form, taken_ids=ext().registry.taken_ids())
+
+
+@blp.route("/api/v1/models/list")
+class ListModels(MethodView):
+    @blp.arguments(ListArgs, location="query")
+    @blp.response(200)
+    def get(self, args):
+        """Presets the caller owns or may read, inactive ones included, 30 per page."""
+        return presets.list_page(current_user(), **args)
+
+
+@blp.route("/api/v1/models/")
+class AllModels(MethodView):
+    @blp.response(200)
+    def get(self):
+        """Every preset the caller owns or may read, as an array (older Open WebUI clients)."""
+        return presets.list_all(current_user())
+
+
+@blp.route("/api/v1/models/base")
+class OverrideRows(MethodView):
+    @access("admin")
+    @blp.response(200)
+    def get(self):
+        """Rows without a base model, which rename, configure or hide a provider model (admin)."""
+        return presets.list_overrides()
+
+
+@blp.route("/api/v1/models/model")
+class GetModel(MethodView):
+    @blp.arguments(IdArgs, location="query")
+    @blp.response(200)
+    def get(self, args):
+        """One preset. Missing or another user's private one → 404; readers get `params: {}`."""
+        return presets.get(current_user(), _pick_id(args))
+
+
+@blp.route("/api/v1/models/model/update")
+class UpdateModel(MethodView):
+    @blp.arguments(IdArgs, location="query")
+    @blp.arguments(ModelFormSchema)
+    @blp.response(200)
+    def post(self, args, form):
+        """Replace name, meta and params (send the whole object). Not yours → 404 if hidden, else 403."""
+        return presets.update(current_user(), _pick_id(args, form), form)
+
+
+@blp.route("/api/v1/models/model/toggle")
+class ToggleModel(MethodView):
+    @blp.arguments(IdArgs, location="query")
+    @blp.response(200)
+    def post(self, args):
+        """Flip `is_active`; a disabled preset is refused by chat at once, on every worker."""
+        return presets.toggle(current_user(), _pick_id(args))
+
+
+@blp.route("/api/v1/models/model/access/update")
+class UpdateModelAccess(MethodView):
+    @blp.arguments(IdArgs, location="query")
+    @blp.arguments(AccessFormSchema)
+    @blp.response(200)
+    def post(self, args, form):
+        """Make a preset public (`user`/`*`/`read` grant or `is_public: true`) or private (`[]`)."""
+        return presets.set_access(current_user(), _pick_id(args, form), form)
+
+
+@blp.route("/api/v1/models/model/delete")
+class DeleteModel(MethodView):
+    @blp.arguments(IdArgs, location="query")
+    @blp.arguments(IdArgs, required=False)
+    @blp.response(200)
+    def post(self, args, body):
+        """Delete a preset (`?id=` or body `{"id": ...}`) → `true`."""
+        return presets.delete(current_user(), _pick_id(args, body))
+
