@@ -16,7 +16,7 @@ log = logging.getLogger("webui_api")
 def create_app(config: Mapping[str, Any] | None = None, **extensions: Any) -> Flask:
     """Build the WSGI app. `config` overrides environment variables by name; `extensions` replaces
     the upstream client, registry, vector store or embedder (tests hand in their own)."""
-    from . import db
+    from . import db, observability
     from .api import WebuiApi, register_app_handlers, register_blueprints
     from .api.deps import authenticate_request
     from .config import Settings, load_secret_key
@@ -38,6 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None, **extensions: Any) -> Fl
     register_blueprints(api)
     if settings.docs_enabled:
         _serve_swagger_assets(app)
+    observability.init_app(app)
     app.before_request(authenticate_request)
     if settings.CORS_ALLOW_ORIGIN:
         _enable_cors(app, settings.CORS_ALLOW_ORIGIN)
