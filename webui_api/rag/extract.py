@@ -1,0 +1,323 @@
+"""Text extraction from uploaded bytes: plain text and code, Markdown, CSV, JSON, HTML, PDF and DOCX."""
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import logging
+import re
+import zipfile
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+from ..errors import EMPTY_CONTENT, BadRequest, UnsupportedMediaType
+
+log = logging.getLogger("webui_api.rag")
+
+# Extensions read as text; anything else is sniffed (text if it decodes cleanly, else refused).
+MARKDOWN_EXT = {"md", "markdown", "mdx", "rst", "txt", "text", "org", "adoc", "asciidoc", "log", ""}
+CODE_EXT = {
+    "py", "pyi", "js", "mjs", "cjs", "ts", "tsx", "jsx", "java", "kt", "kts", "scala", "go", "rs", "c", "h",
+    "cc", "cpp", "cxx", "hpp", "hh", "cs", "rb", "php", "pl", "pm", "swift", "m", "mm", "r", "lua", "sh",
+    "bash", "zsh", "fish", "ps1", "bat", "cmd", "sql", "yaml", "yml", "toml", "ini", "cfg", "conf", "env",
+    "properties", "xml", "svg", "css", "scss", "sass", "less", "vue", "svelte", "dart", "ex", "exs", "erl",
+    "hs", "clj", "el", "vim", "tex", "bib", "graphql", "proto", "gradle", "makefile", "dockerfile", "tf",
+    "jsonl", "ndjson", "tsv", "diff", "patch", "srt", "vtt", "ipynb",
+}
+HTML_EXT = {"html", "htm", "xhtml"}
+# Formats we recognise but cannot turn into text: refused up front with a precise reason.
+UNSUPPORTED_EXT = {
+    "doc": "legacy Word .doc", "xls": "Excel", "xlsx": "Excel", "ppt": "PowerPoint", "pptx": "PowerPoint",
+    "odt": "OpenDocument", "ods": "OpenDocument", "odp": "OpenDocument", "epub": "EPUB", "rtf": "RTF",
+    "msg": "Outlook message", "zip": "ZIP archive", "gz": "gzip archive", "tar": "tar archive",
+    "7z": "7-Zip archive", "rar": "RAR archive", "exe": "executable", "dll": "library", "so": "library",
+    "png": "image", "jpg": "image", "jpeg": "image", "gif": "image", "webp": "image", "bmp": "image",
+    "tif": "image", "tiff": "image", "ico": "image", "heic": "image", "mp3": "audio", "wav": "audio",
+    "ogg": "audio", "flac": "audio", "m4a": "audio", "mp4": "video", "mov": "video", "avi": "video",
+    "mkv": "video", "webm": "video", "sqlite": "database", "db": "database", "bin": "binary",
+}
+_MAGIC = [
+    (b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF8", "GIF image"),
+    (b"\x1f\x8b", "gzip archive"), (b"7z\xbc\xaf", "7-Zip archive"), (b"Rar!", "RAR archive"),
+    (b"\x7fELF", "executable"), (b"MZ", "executable"), (b"SQLite format 3", "SQLite database"),
+    (b"\xd0\xcf\x11\xe0", "legacy Office document"), (b"OggS", "audio"), (b"ID3", "audio"), (b"fLaC", "audio"),
+]
+# Zip-based formats are decompressed in memory; refuse archives that would expand beyond this.
+MAX_UNZIPPED_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class Extracted:
+    """Extracted text plus what the chunker and citations need to know about it."""
+
+    text: str
+    kind: str                                        # text | markdown | code | csv | json | html | pdf | docx
+    pages: list[int] = field(default_factory=list)  # PDF: start offset of each page in `text`
+
+    @property
+    def markdown(self) -> bool:
+        """Whether Markdown headings are structure here (not comments in code)."""
+        return self.kind in ("markdown", "text", "docx", "html")
+
+    def page_at(self, offset: int) -> int | None:
+        """1-based page holding `offset`, for PDFs."""
+        page = None
+        for number, start in enumerate(self.pages, 1):
+            if start > offset:
+                break
+            page = number
+        return page
+
+
+def extension(filename: str) -> str:
+    name = filename.rsplit("/", 1)[-1].lower()
+    if name in ("makefile", "dockerfile"):
+        return name
+    return name.rsplit(".", 1)[-1] if "." in name.strip(".") else ""
+
+
+def check_supported(head: bytes, filename: str, content_type: str | None = None) -> str:
+    """Cheap up-front check on the first bytes; returns the kind or raises 415 with the reason."""
+    ext = extension(filename)
+    if ext in UNSUPPORTED_EXT:
+        raise UnsupportedMediaType(f"Files of type .{ext} ({UNSUPPORTED_EXT[ext]}) are not supported; "
+                                   "upload text, Markdown, code, CSV, JSON, HTML, PDF or DOCX.")
+    kind = _kind(head, ext, content_type or "")
+    if kind in ("pdf", "docx"):
+        return kind
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            raise UnsupportedMediaType(f"{filename!r} looks like a {what}, which cannot be turned into text.")
+    if head.startswith(b"PK\x03\x04"):
+        raise UnsupportedMediaType(f"{filename!r} is a ZIP-based file that is not a DOCX document; "
+                                   "only DOCX is supported among Office formats.")
+    if _looks_binary(head):
+        raise UnsupportedMediaType(f"{filename!r} is a binary file; only text-based files, PDF and DOCX "
+                                   "can be processed.")
+    return kind
+
+
+def extract(data: bytes, filename: str, content_type: str | None = None) -> Extracted:
+    """Turn uploaded bytes into text. Unsupported/binary → 415; no text → 400 EMPTY_CONTENT."""
+    if not data:
+        raise BadRequest(EMPTY_CONTENT)
+    kind = check_supported(data[:8192], filename, content_type)
+    reader = _READERS.get(kind, _read_text)
+    result = reader(data, filename)
+    result.text = result.text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    if not result.text.strip():
+        raise BadRequest(EMPTY_CONTENT)
+    return result
+
+
+def _kind(head: bytes, ext: str, content_type: str) -> str:
+    content_type = content_type.split(";")[0].strip().lower()
+    if ext == "pdf" or head.startswith(b"%PDF-") or content_type == "application/pdf":
+        return "pdf"
+    if ext == "docx" or content_type.endswith("wordprocessingml.document"):
+        return "docx"
+    if ext in HTML_EXT or content_type in ("text/html", "application/xhtml+xml"):
+        return "html"
+    if ext == "csv" or content_type == "text/csv":
+        return "csv"
+    if ext == "json" or content_type == "application/json":
+        return "json"
+    if ext in ("md", "markdown", "mdx") or content_type == "text/markdown":
+        return "markdown"
+    return "code" if ext in CODE_EXT else "text"
+
+
+def _looks_binary(head: bytes) -> bool:
+    if not head:
+        return False
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return False
+    if b"\x00" in head:
+        return True
+    controls = sum(1 for byte in head if byte < 32 and byte not in (9, 10, 12, 13, 27))
+    return controls / len(head) > 0.05
+
+
+def decode(data: bytes) -> str:
+    """Bytes → str: BOMs, then strict UTF-8, then Windows-1252, then Latin-1 (never fails)."""
+    for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                          (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(encoding, errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _read_text(data: bytes, filename: str) -> Extracted:
+    kind = _kind(b"", extension(filename), "")
+    return Extracted(decode(data), kind if kind in ("markdown", "code") else "text")
+
+
+def _read_json(data: bytes, filename: str) -> Extracted:
+    text = decode(data)
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"{filename!r} is not valid JSON: {exc}") from None
+    return Extracted(text, "json")
+
+
+def _read_csv(data: bytes, filename: str) -> Extracted:
+    """One block of `column: value` lines per row, so every chunk carries its column names."""
+    text = decode(data)
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
+    if len(rows) < 2:
+        return Extracted(text, "csv")
+    header = [name.strip() or f"column {i + 1}" for i, name in enumerate(rows[0])]
+    blocks = []
+    for row in rows[1:]:
+        lines = [f"{header[i] if i < len(header) else f'column {i + 1}'}: {cell.strip()}"
+                 for i, cell in enumerate(row) if cell.strip()]
+        blocks.append("\n".join(lines))
+    return Extracted("\n\n".join(blocks), "csv")
+
+
+class _VisibleText(HTMLParser):
+    """Collects the text a browser would show (plus the title); scripts, styles and the like are skipped."""
+
+    SKIP = {"script", "style", "noscript", "template", "svg", "iframe", "object", "canvas"}
+    BLOCK = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article", "header", "footer",
+             "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "hr", "dt", "dd", "nav", "aside",
+             "main", "figure", "figcaption", "form", "address", "details", "summary"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title: list[str] = []
+        self.skip_depth = 0
+        self.in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "title":
+            self.in_title = True
+        elif tag in self.SKIP:
+            self.skip_depth += 1
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+            if tag[0] == "h" and tag[1:].isdigit():
+                self.parts.append("#" * int(tag[1:]) + " ")  # headings keep their structure for the chunker
+            elif tag == "li":
+                self.parts.append("- ")
+        elif tag in ("td", "th"):
+            self.parts.append(" | ")
+
+    def handle_startendtag(self, tag, attrs):
+        if tag in ("br", "hr"):
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag == "title":
+            self.in_title = False
+        elif tag in self.SKIP:
+            self.skip_depth = max(0, self.skip_depth - 1)
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if self.in_title:
+            self.title.append(data)
+        elif not self.skip_depth:
+            self.parts.append(data)
+
+
+def _read_html(data: bytes, filename: str) -> Extracted:
+    parser = _VisibleText()
+    parser.feed(decode(data))
+    parser.close()
+    lines = [re.sub(r"[ \t\f\v\u00a0]+", " ", line).strip() for line in "".join(parser.parts).split("\n")]
+    body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    title = " ".join("".join(parser.title).split())
+    if title and not body.startswith(title) and body:
+        body = f"{title}\n\n{body}"
+    return Extracted(body or title, "html")
+
+
+def _read_pdf(data: bytes, filename: str) -> Extracted:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise UnsupportedMediaType(f"{filename!r} is a password-protected PDF; upload an unprotected copy.")
+        texts = [page.extract_text() or "" for page in reader.pages]
+    except UnsupportedMediaType:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError,
+            RecursionError, NotImplementedError) as exc:
+        raise BadRequest(f"{filename!r} could not be read as a PDF: {exc}") from None
+    pages, parts, offset = [], [], 0
+    for text in texts:
+        text = text.strip()
+        pages.append(offset)
+        parts.append(text)
+        offset += len(text) + 2
+    return Extracted("\n\n".join(parts), "pdf", pages)
+
+
+def _read_docx(data: bytes, filename: str) -> Extracted:
+    import docx
+    from docx.document import Document as _Doc
+
+    _check_zip(data, filename)
+    try:
+        document: _Doc = docx.Document(io.BytesIO(data))
+        blocks = list(_docx_blocks(document))
+    except (ValueError, KeyError, zipfile.BadZipFile, OSError, AttributeError, TypeError) as exc:
+        raise BadRequest(f"{filename!r} could not be read as a DOCX document: {exc}") from None
+    return Extracted("\n\n".join(block for block in blocks if block.strip()), "docx")
+
+
+def _docx_blocks(document):
+    """Paragraphs and tables in document order; headings become Markdown headings."""
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    for item in document.iter_inner_content():
+        if isinstance(item, Paragraph):
+            text = item.text.strip()
+            style = (item.style.name if item.style is not None else "") or ""
+            level = _heading_level(style)
+            yield f"{'#' * level} {text}" if level and text else text
+        elif isinstance(item, Table):
+            rows = [" | ".join(cell.text.strip() for cell in row.cells) for row in item.rows]
+            yield "\n".join(rows)
+
+
+def _heading_level(style: str) -> int:
+    if style == "Title":
+        return 1
+    match = re.fullmatch(r"Heading (\d)", style)
+    return min(int(match.group(1)), 6) if match else 0
+
+
+def _check_zip(data: bytes, filename: str) -> None:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+            if "word/document.xml" not in archive.namelist():
+                raise UnsupportedMediaType(f"{filename!r} is not a Word (DOCX) document.")
+    except zipfile.BadZipFile:
+        raise BadRequest(f"{filename!r} could not be read as a DOCX document: not a valid ZIP container") from None
+    if total > MAX_UNZIPPED_BYTES:
+        raise BadRequest(f"{filename!r} expands to {total // 2**20} MB when unpacked, more than the "
+                         f"{MAX_UNZIPPED_BYTES // 2**20} MB allowed.")
+
+
+_READERS = {"pdf": _read_pdf, "docx": _read_docx, "html": _read_html, "csv": _read_csv, "json": _read_json}
