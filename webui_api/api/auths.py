@@ -6,7 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from .. import accounts
-from .deps import access, current_caller, current_user, ext
+from .deps import access, bearer_token, current_caller, current_user, ext
 
 blp = Blueprint("auths", __name__, url_prefix="/api/v1/auths", description="Accounts and credentials")
 
@@ -104,13 +104,8 @@ class Session(MethodView):
         """The current user; with a JWT, the same token and its expiry."""
         caller = current_caller()
         claims = caller.claims or {}
-        token = None if caller.via_api_key else _presented_token()
+        token = None if caller.via_api_key else bearer_token()
         return accounts.session_payload(ext().settings, caller.user, token, claims)
-
-
-def _presented_token() -> str | None:
-    from .deps import bearer_token
-    return bearer_token()
 
 
 @blp.route("/update/password")
