@@ -1,0 +1,74 @@
+"""OpenAI-compatible chat completions and embeddings over every registered model."""
+from __future__ import annotations
+
+import marshmallow as ma
+from flask import Response
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .. import gateway
+from .deps import current_user, ext
+
+blp = Blueprint("chat", __name__, description="Chat completions and embeddings (OpenAI-compatible)")
+
+
+class ChatSchema(ma.Schema):
+    """OpenAI's chat body plus Open WebUI's `files` (RAG), `params` and `top_k`; other keys are forwarded."""
+
+    class Meta:
+        unknown = ma.INCLUDE
+
+    model = ma.fields.String(required=True, metadata={"description": "Model or preset id; `name` = `name:latest`"})
+    messages = ma.fields.List(ma.fields.Dict(), required=True,
+                              metadata={"description": "OpenAI messages: {role, content}"})
+    stream = ma.fields.Boolean(load_default=False)
+    stream_options = ma.fields.Dict(allow_none=True)
+    files = ma.fields.List(ma.fields.Dict(), metadata={"description": "[{\"type\": \"file\"|\"collection\", \"id\"}]"})
+    params = ma.fields.Dict(metadata={"description": "Model params merged over the preset's (request wins)"})
+    top_k = ma.fields.Integer(metadata={"description": "Chunks to retrieve (default RAG_TOP_K)"})
+
+
+class EmbeddingsSchema(ma.Schema):
+    class Meta:
+        unknown = ma.INCLUDE
+
+    model = ma.fields.String(required=True)
+    input = ma.fields.Raw(required=True, metadata={"description": "A string or a list of strings"})
+    encoding_format = ma.fields.String(validate=ma.validate.OneOf(["float", "base64"]))
+
+
+def _reply(result):
+    if isinstance(result, gateway.Streamed):
+        return Response(result.body, mimetype=result.mimetype, headers=result.headers, direct_passthrough=True)
+    return result
+
+
+@blp.route("/api/chat/completions")
+class ChatCompletions(MethodView):
+    @blp.arguments(ChatSchema)
+    @blp.response(200)
+    def post(self, body):
+        """Chat with a model (OpenAI format). `stream: true` answers `text/event-stream`.
+
+        Unknown or inaccessible model → 400 `Model not found`. `files` adds retrieved context and a
+        top-level `sources` list (streaming: on the first chunk that has `choices`)."""
+        return _reply(gateway.chat_completion(ext(), current_user(), body))
+
+
+@blp.route("/api/v1/chat/completions", endpoint="ChatCompletionsV1")
+class ChatCompletionsV1(ChatCompletions):
+    pass
+
+
+@blp.route("/api/embeddings")
+class Embeddings(MethodView):
+    @blp.arguments(EmbeddingsSchema)
+    @blp.response(200)
+    def post(self, body):
+        """OpenAI-format embeddings for any model of the registry."""
+        return gateway.embeddings(ext(), current_user(), body)
+
+
+@blp.route("/api/v1/embeddings", endpoint="EmbeddingsV1")
+class EmbeddingsV1(Embeddings):
+    pass

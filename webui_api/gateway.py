@@ -1,0 +1,375 @@
+"""Chat completions and embeddings: resolve the model, apply its preset and RAG, then call the backend."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterator
+
+from . import convert
+from .errors import ApiError, ServiceUnavailable, Unprocessable, UpstreamError
+from .upstream import http_error
+
+log = logging.getLogger("webui_api.gateway")
+
+# Open WebUI request fields that are ours, never the backend's.
+OWN_FIELDS = frozenset({
+    "files", "params", "top_k", "tool_ids", "features", "variables", "chat_id", "id", "parent_id", "session_id",
+    "user_message", "message_ids", "background_tasks", "filter_ids", "folder_id", "skill_ids", "terminal_id",
+    "tool_servers", "chat_variables", "regeneration_prompt", "model_item", "automation_id"})
+# Preset/request `params` keys that only steer this server.
+WEBUI_PARAMS = frozenset({
+    "system", "stream_response", "stream_delta_chunk_size", "function_calling", "reasoning_tags",
+    "compact_token_threshold", "note_id", "tool_approval_mode", "model_controls", "custom_params"})
+OLLAMA_TOP_LEVEL = frozenset({"format", "keep_alive", "think"})
+OLLAMA_OPTIONS = frozenset({
+    "num_ctx", "num_predict", "repeat_penalty", "repeat_last_n", "mirostat", "mirostat_eta", "mirostat_tau",
+    "num_batch", "num_keep", "num_gpu", "num_thread", "use_mmap", "use_mlock", "top_k", "min_p", "tfs_z",
+    "typical_p", "penalize_newline", "numa", "low_vram", "main_gpu", "vocab_only"})
+# Options an OpenAI-compatible server would refuse (top_k/min_p are accepted by many, so they pass).
+OLLAMA_ONLY = (OLLAMA_OPTIONS | OLLAMA_TOP_LEVEL) - {"top_k", "min_p"}
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+STREAM_FAILED = "Chat completion stream failed"
+
+
+@dataclass
+class Streamed:
+    """A streaming reply for the HTTP layer to send as is."""
+
+    body: Iterator[bytes]
+    mimetype: str = "text/event-stream"
+    headers: dict = field(default_factory=lambda: {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# --- chat ------------------------------------------------------------------------------------
+
+def chat_completion(ext, user, body: dict) -> dict | Streamed:
+    """OpenAI-style chat over any registered model: a `chat.completion` dict, or SSE when `stream`."""
+    body = dict(body)
+    requested = body.get("model")
+    target = ext.registry.resolve(user, requested)
+    messages = check_messages(body.get("messages"))
+    params = merged_params(target.params, body.get("params"))
+    system = params.pop("system", None)
+    if isinstance(params.get("stream_response"), bool):
+        body["stream"] = params["stream_response"]  # a preset may force streaming on or off
+    params = {k: v for k, v in params.items() if k not in WEBUI_PARAMS}
+    items = retrieval_items(body, target.preset)
+    top_k = _top_k(body.get("top_k"))
+    body = {k: v for k, v in body.items() if k not in OWN_FIELDS}
+    if isinstance(system, str) and system.strip():
+        messages = with_system_prompt(messages, render_prompt(system, user))
+    sources: list = []
+    if items:
+        messages, sources = _augment(ext, user, messages, items, top_k)
+    body["messages"] = messages
+    if target.kind == "openai":
+        return _openai_chat(ext.upstream, target, body, params, sources)
+    return _ollama_chat(ext.upstream, target, requested, body, params, sources)
+
+
+def check_messages(messages: Any) -> list[dict]:
+    """`messages` must be a non-empty list of {role, content} objects (content: text, parts or null)."""
+    if not isinstance(messages, list) or not messages:
+        raise Unprocessable("`messages` must be a non-empty list of {\"role\", \"content\"} objects.")
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise Unprocessable(f"{where} must be an object with `role` and `content`.")
+        if msg.get("role") not in ROLES:
+            raise Unprocessable(f"{where}.role must be one of {', '.join(sorted(ROLES))}.")
+        content = msg.get("content")
+        if content is None and msg.get("role") != "assistant":
+            raise Unprocessable(f"{where}.content is required.")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content):
+                raise Unprocessable(f"{where}.content parts must be objects with a `type`.")
+        elif content is not None and not isinstance(content, str):
+            raise Unprocessable(f"{where}.content must be a string or a list of parts.")
+    return [dict(m) for m in messages]
+
+
+def merged_params(stored: dict, requested: Any) -> dict:
+    """Preset params ← request params (request wins, nulls ignored); `custom_params` merged in."""
+    if requested is not None and not isinstance(requested, dict):
+        raise Unprocessable("`params` must be an object.")
+    out = dict(stored or {})
+    out.update({k: v for k, v in (requested or {}).items() if v is not None})
+    custom = out.pop("custom_params", None)
+    if isinstance(custom, dict):
+        for key, value in custom.items():
+            out[key] = _maybe_json(value)
+    return out
+
+
+def _maybe_json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def retrieval_items(body: dict, preset) -> list[dict]:
+    """The request's `files` plus the preset's `meta.knowledge`, without duplicates."""
+    files = body.get("files")
+    if files is not None and (not isinstance(files, list) or not all(isinstance(f, dict) for f in files)):
+        raise Unprocessable("`files` must be a list of objects such as {\"type\": \"file\", \"id\": \"...\"}.")
+    meta = (preset.meta or {}) if preset is not None else {}
+    if ((meta.get("capabilities") or {}).get("file_context")) is False:
+        return []  # the preset turned retrieval off
+    knowledge = meta.get("knowledge") if isinstance(meta.get("knowledge"), list) else []
+    items, seen = [], set()
+    for item in list(files or []) + [k for k in knowledge if isinstance(k, dict)]:
+        key = json.dumps(item, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            items.append(item)
+    return items
+
+
+def _top_k(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Unprocessable("`top_k` must be a positive integer.")
+    return value
+
+
+def render_prompt(template: str, user) -> str:
+    """Fill Open WebUI's common prompt variables."""
+    now = datetime.now()
+    values = {"{{USER_NAME}}": getattr(user, "name", "") or "", "{{CURRENT_DATE}}": now.strftime("%Y-%m-%d"),
+              "{{CURRENT_TIME}}": now.strftime("%H:%M:%S"), "{{CURRENT_DATETIME}}": now.strftime("%Y-%m-%d %H:%M:%S"),
+              "{{CURRENT_WEEKDAY}}": now.strftime("%A")}
+    for key, value in values.items():
+        template = template.replace(key, value)
+    return template
+
+
+def with_system_prompt(messages: list[dict], prompt: str) -> list[dict]:
+    """Prepend `prompt` to the first system message (joined with a newline), or add one at the front."""
+    for i, msg in enumerate(messages):
+        if msg.get("role") != "system":
+            continue
+        content = msg.get("content")
+        if isinstance(content, list):
+            merged = [{"type": "text", "text": prompt}] + content
+        else:
+            merged = f"{prompt}\n{content}" if content else prompt
+        return messages[:i] + [{**msg, "content": merged}] + messages[i + 1:]
+    return [{"role": "system", "content": prompt}] + messages
+
+
+def _augment(ext, user, messages, items, top_k):
+    try:
+        from .rag import retrieve
+    except ImportError as exc:
+        log.error("retrieval requested but webui_api.rag.retrieve cannot be imported: %s", exc)
+        raise ServiceUnavailable("Retrieval is not available on this server.") from None
+    return retrieve.augment(ext, user, messages, items, top_k)
+
+
+# --- OpenAI-compatible backends ----------------------------------------------------------------
+
+def _openai_chat(upstream, target, body: dict, params: dict, sources: list) -> dict | Streamed:
+    for key, value in params.items():
+        if key not in OLLAMA_ONLY:
+            body.setdefault(key, value)  # the request's own top-level fields win
+    body["model"] = target.upstream_model
+    stream = bool(body.get("stream"))
+    resp = upstream.request(target.backend, "POST", "/chat/completions", json=body, stream=stream)
+    if resp.status_code >= 400:
+        raise backend_error(resp, target.backend)
+    if not stream:
+        data = _json_body(resp, target.backend)
+        return {"sources": sources, **data} if sources else data
+    return Streamed(_sse_passthrough(upstream, resp, sources))
+
+
+def _sse_passthrough(upstream, resp, sources: list) -> Iterator[bytes]:
+    """The backend's SSE bytes as they arrive; `sources` goes into the first chunk that has choices."""
+    chunks = upstream.stream_chunks(resp)
+    try:
+        pending, injected = b"", not sources
+        for chunk in chunks:
+            if injected:
+                yield chunk
+                continue
+            out, pending, injected = _inject_sources(pending + chunk, sources)
+            if out:
+                yield out
+        if pending:
+            yield pending
+    except Exception as exc:  # the response has started: end it with an error event, never hang
+        yield from _stream_error(exc)
+    finally:
+        chunks.close()
+
+
+def _inject_sources(buffer: bytes, sources: list) -> tuple[bytes, bytes, bool]:
+    """Pass complete lines through until the first `data:` chunk with a non-empty `choices`, which gains
+    `sources`. Returns (bytes to send, incomplete remainder, injected?)."""
+    out = []
+    while (end := buffer.find(b"\n")) >= 0:
+        line, buffer = buffer[:end + 1], buffer[end + 1:]
+        text = line.strip()
+        if text.startswith(b"data:"):
+            try:
+                obj = json.loads(text[5:])
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict) and isinstance(obj.get("choices"), list) and obj["choices"]:
+                newline = line[len(line.rstrip(b"\r\n")):]
+                out.append(b"data: " + _dumps({"sources": sources, **obj}) + newline + buffer)
+                return b"".join(out), b"", True
+        out.append(line)
+    return b"".join(out), buffer, False
+
+
+# --- Ollama backends ---------------------------------------------------------------------------
+
+def _ollama_chat(upstream, target, requested: str, body: dict, params: dict, sources: list) -> dict | Streamed:
+    options = body.pop("options", None)
+    if options is not None and not isinstance(options, dict):
+        raise Unprocessable("`options` must be an object.")
+    for key, value in params.items():
+        if key not in OLLAMA_OPTIONS and key not in OLLAMA_TOP_LEVEL:
+            body.setdefault(key, value)  # OpenAI names (temperature, max_tokens, ...): converted below
+    stream = bool(body.get("stream"))
+    include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
+    body["model"] = target.upstream_model
+    payload = convert.openai_to_ollama_chat(body)
+    payload["options"] = {**{k: v for k, v in params.items() if k in OLLAMA_OPTIONS},
+                          **(payload.get("options") or {}), **(options or {})}
+    if not payload["options"]:
+        del payload["options"]
+    for key in OLLAMA_TOP_LEVEL & params.keys():
+        payload.setdefault(key, params[key])
+    payload["stream"] = stream
+    completion_id, created = convert.new_completion_id(), int(time.time())
+    resp = upstream.request(target.backend, "POST", "/api/chat", json=payload, stream=stream)
+    if resp.status_code >= 400:
+        raise backend_error(resp, target.backend)
+    if not stream:
+        data = _json_body(resp, target.backend)
+        if isinstance(data, dict) and data.get("error"):
+            raise UpstreamError(f"{target.backend.label}: {data['error']}")
+        completion = convert.ollama_to_openai_completion(data, requested, completion_id, created)
+        return {"sources": sources, **completion} if sources else completion
+    converter = convert.OllamaStreamConverter(requested, completion_id, created, include_usage)
+    return Streamed(_ollama_sse(upstream, resp, converter, sources))
+
+
+def _ollama_sse(upstream, resp, converter, sources: list) -> Iterator[bytes]:
+    """NDJSON from Ollama → `chat.completion.chunk` events, `[DONE]` last; failures → an error event."""
+    lines = upstream.stream_lines(resp)
+    label = resp.backend.label if getattr(resp, "backend", None) else "backend"
+    pending_sources = sources or None
+    try:
+        finished = False
+        for line in lines:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise UpstreamError(f"{label} sent a line that is not JSON") from None
+            if not isinstance(obj, dict):
+                continue
+            if obj.get("error"):
+                raise UpstreamError(f"{label}: {obj['error']}")
+            for chunk in converter.feed(obj):
+                if pending_sources and isinstance(chunk.get("choices"), list) and chunk["choices"]:
+                    chunk, pending_sources = {"sources": pending_sources, **chunk}, None
+                yield convert.sse(chunk)
+            finished = finished or bool(obj.get("done"))
+        if not finished:
+            raise UpstreamError(f"{label} ended the stream before the reply was complete")
+        for chunk in converter.finish():
+            yield convert.sse(chunk)
+        yield convert.SSE_DONE
+    except Exception as exc:  # the response has started: end it with an error event, never hang
+        yield from _stream_error(exc)
+    finally:
+        lines.close()
+
+
+def _stream_error(exc: Exception) -> Iterator[bytes]:
+    if isinstance(exc, ApiError):
+        log.warning("chat stream failed: %s", exc.detail)
+        detail = exc.detail
+    else:
+        log.exception("chat stream failed")
+        detail = "internal error"
+    yield convert.sse({"error": {"message": f"{STREAM_FAILED}: {detail}", "type": "upstream_error"}})
+    yield convert.SSE_DONE
+
+
+# --- embeddings --------------------------------------------------------------------------------
+
+def embeddings(ext, user, body: dict) -> dict:
+    """OpenAI-format embeddings for any registered model (Ollama via /api/embed, OpenAI via /embeddings)."""
+    requested = body.get("model")
+    target = ext.registry.resolve(user, requested)
+    inputs = body.get("input")
+    if target.kind == "openai":
+        _check_input(inputs, tokens_ok=True)
+        payload = {k: v for k, v in body.items() if k not in OWN_FIELDS}
+        payload["model"] = target.upstream_model
+        resp = ext.upstream.request(target.backend, "POST", "/embeddings", json=payload)
+        if resp.status_code >= 400:
+            raise backend_error(resp, target.backend)
+        return _json_body(resp, target.backend)
+    _check_input(inputs, tokens_ok=False)
+    payload = {"model": target.upstream_model, "input": inputs}
+    payload.update({k: body[k] for k in ("truncate", "options", "keep_alive", "dimensions") if k in body})
+    resp = ext.upstream.request(target.backend, "POST", "/api/embed", json=payload)
+    if resp.status_code >= 400:
+        raise backend_error(resp, target.backend)
+    data = _json_body(resp, target.backend)
+    if not isinstance(data, dict) or not isinstance(data.get("embeddings"), list):
+        raise UpstreamError(f"{target.backend.label} returned no embeddings")
+    return convert.ollama_embed_to_openai(data, requested, body.get("encoding_format"))
+
+
+def _check_input(inputs: Any, tokens_ok: bool) -> None:
+    if isinstance(inputs, str):
+        return
+    if isinstance(inputs, list) and inputs:
+        if all(isinstance(t, str) for t in inputs):
+            return
+        if tokens_ok and (all(isinstance(t, int) for t in inputs)
+                          or all(isinstance(t, list) and all(isinstance(i, int) for i in t) for t in inputs)):
+            return
+    raise Unprocessable("`input` must be a string or a non-empty list of strings.")
+
+
+# --- shared ------------------------------------------------------------------------------------
+
+def backend_error(resp, backend) -> ApiError:
+    """A backend's error answer for our client: 4xx keep their status; 5xx become 502 naming the backend."""
+    try:
+        err = http_error(resp, backend)
+    finally:
+        resp.close()
+    if err.status >= 500 and not isinstance(err, UpstreamError):
+        return UpstreamError(f"{backend.label} failed (HTTP {resp.status_code}): {err.detail}")
+    retry = resp.headers.get("Retry-After")
+    if retry and err.status == 429:
+        err.headers["Retry-After"] = retry
+    return err
+
+
+def _json_body(resp, backend) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        raise UpstreamError(f"{backend.label} returned a body that is not JSON") from None
+    finally:
+        resp.close()
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
