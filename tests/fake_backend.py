@@ -634,3 +634,30 @@ def make_backend():
 def fake_backend(make_backend) -> FakeBackend:
     """A fresh fake Ollama + OpenAI backend on 127.0.0.1 (random port) for one test."""
     return make_backend()
+
+
+# ----------------------------------------------------------------------------- the app over real HTTP
+
+class LiveServer:
+    """A WSGI app served by werkzeug on 127.0.0.1 (random port, one thread per request) in a daemon thread."""
+
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="live-app", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def live_server(app):
+    """The test `app` over real HTTP (for official clients and streaming timing); yields its base URL."""
+    server = LiveServer(app)
+    yield server.url
+    server.stop()

@@ -36,6 +36,8 @@ class Backend:
 
 
 def _label(item: Any) -> str:
+    if isinstance(item, tuple) and item:  # e.g. (backend, "tags") jobs
+        item = item[0]
     return getattr(item, "label", None) or repr(item)
 
 
@@ -141,6 +143,15 @@ class Upstream:
             return response.json()
         except ValueError:
             raise UpstreamError(f"{backend.label} returned a body that is not JSON") from None
+
+    def read_body(self, response: requests.Response) -> bytes:
+        """The whole body of a `stream=True` response (network failures mapped); closes the response."""
+        try:
+            return response.content
+        except _STREAM_ERRORS as exc:
+            raise network_error(getattr(response, "backend", None), exc) from None
+        finally:
+            response.close()
 
     # --- streaming
     def stream_chunks(self, response: requests.Response) -> Iterator[bytes]:

@@ -1,0 +1,106 @@
+"""`/ollama/...`: the Ollama API of every configured backend behind one URL, streaming intact."""
+from __future__ import annotations
+
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .. import proxy
+from .deps import access, ext
+
+blp = Blueprint("ollama", __name__, url_prefix="/ollama",
+                description="Ollama API passthrough: model routing across backends, merged lists, admin-only "
+                            "model management. An untagged model name means `:latest`; a `/{url_idx}` suffix "
+                            "picks a backend. Unknown model: 404 `Model 'x' was not found`.")
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def respond(reply: proxy.Reply) -> Response:
+    """A proxy.Reply as a Flask response (streamed bodies are flushed per chunk)."""
+    headers = {**reply.headers, **(STREAM_HEADERS if reply.streaming else {})}
+    return Response(reply.body, status=reply.status, content_type=reply.content_type, headers=headers)
+
+
+def json_body() -> dict:
+    # force: `curl -d` sends JSON with a form content type, and the documented examples use it
+    return proxy.require_json_object(request.get_json(force=True, silent=True))
+
+
+def _call(path: str, method: str, url_idx, **options) -> Response:
+    return respond(proxy.ollama_call(ext().upstream, method, path, json_body(), url_idx=url_idx, **options))
+
+
+def _route(path: str, name: str, methods: tuple[str, ...], level: str, doc: str, upstream_method: str = "",
+           **options) -> None:
+    """Register `/ollama{path}` and `/ollama{path}/<url_idx>` forwarding to the same Ollama path."""
+    def view(self, url_idx: int | None = None):
+        return _call(path, upstream_method or request.method, url_idx, **options)
+
+    view.__doc__ = doc
+    view = access(level)(view)
+    cls = type(name, (MethodView,), {m: view for m in methods})
+    blp.route(path, endpoint=name)(cls)
+    blp.route(f"{path}/<int:url_idx>", endpoint=f"{name}_idx")(cls)
+
+
+@blp.route("/")
+class Root(MethodView):
+    @access("public")
+    def get(self):
+        """Liveness of the Ollama proxy (public): `{"status": true}`."""
+        return {"status": True}
+
+
+@blp.route("/api/tags", endpoint="tags")
+@blp.route("/api/tags/<int:url_idx>", endpoint="tags_idx")
+class Tags(MethodView):
+    def get(self, url_idx: int | None = None):
+        """Models of all Ollama backends merged by name (`urls` lists the backends), or one backend's list."""
+        return proxy.ollama_tags(ext().upstream, url_idx)
+
+
+@blp.route("/api/version", endpoint="version")
+@blp.route("/api/version/<int:url_idx>", endpoint="version_idx")
+class Version(MethodView):
+    def get(self, url_idx: int | None = None):
+        """The lowest Ollama version among the backends that answer."""
+        return proxy.ollama_version(ext().upstream, url_idx)
+
+
+@blp.route("/api/ps", endpoint="ps")
+@blp.route("/api/ps/<int:url_idx>", endpoint="ps_idx")
+class Ps(MethodView):
+    @access("admin")
+    def get(self, url_idx: int | None = None):
+        """Models currently loaded on the backends (admin)."""
+        return proxy.ollama_ps(ext().upstream, url_idx)
+
+
+@blp.route("/v1/models", endpoint="v1_models")
+class V1Models(MethodView):
+    def get(self):
+        """Ollama's OpenAI-compatible model list over all backends."""
+        return proxy.ollama_v1_models(ext().upstream)
+
+
+_route("/api/show", "Show", ("post",), "verified", "Model details from the backend hosting the model.")
+_route("/api/generate", "Generate", ("post",), "verified",
+       "Text generation; streams NDJSON unless `stream: false` (Ollama's default is to stream).")
+_route("/api/chat", "Chat", ("post",), "verified",
+       "Chat; streams NDJSON unless `stream: false` (Ollama's default is to stream).")
+_route("/api/embed", "Embed", ("post",), "verified", "Embeddings for a string or a list of strings.")
+_route("/api/embeddings", "Embeddings", ("post",), "verified", "Legacy single-prompt embeddings.")
+_route("/v1/chat/completions", "V1Chat", ("post",), "verified", "Ollama's OpenAI-compatible chat endpoint.")
+_route("/v1/completions", "V1Completions", ("post",), "verified", "Ollama's OpenAI-compatible completions.")
+_route("/v1/embeddings", "V1Embeddings", ("post",), "verified", "Ollama's OpenAI-compatible embeddings.")
+_route("/api/pull", "Pull", ("post",), "admin", "Pull a model (admin); backend 0 unless `/{url_idx}`. Streams "
+       "progress.", model_key=None, default_idx=0, changes_models=True)
+_route("/api/push", "Push", ("post", "delete"), "admin", "Push a model to a registry (admin). POST like Ollama; "
+       "DELETE accepted for Open WebUI compatibility.", upstream_method="POST", changes_models=True)
+_route("/api/create", "Create", ("post",), "admin", "Create a model (admin); backend 0 unless `/{url_idx}`.",
+       model_key=None, default_idx=0, changes_models=True)
+_route("/api/copy", "Copy", ("post",), "admin", "Copy a model on the backend hosting `source` (admin).",
+       model_key="source", changes_models=True)
+_route("/api/delete", "Delete", ("delete",), "admin", "Delete a model from the backend hosting it (admin).",
+       changes_models=True)

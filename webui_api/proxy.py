@@ -1,0 +1,188 @@
+"""The /ollama and /openai passthroughs: pick the backend, forward the body, relay the answer as it arrives."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from . import backends
+from .errors import BadRequest, UpstreamError
+from .upstream import Backend, Upstream, http_error
+
+log = logging.getLogger("webui_api.proxy")
+
+STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
+# Open WebUI-only fields of a chat body that an OpenAI backend must not see.
+OPENAI_DROP = frozenset(("files", "tool_ids", "features", "variables", "chat_id", "id", "session_id", "parent_id",
+                         "message_ids", "background_tasks", "filter_ids", "model_item", "metadata", "params",
+                         "user_message", "folder_id", "skill_ids", "terminal_id", "tool_servers"))
+PARAMS_OWUI_ONLY = frozenset(("system", "stream_response", "stream_delta_chunk_size", "function_calling",
+                              "reasoning_tags", "compact_token_threshold", "note_id", "tool_approval_mode",
+                              "model_controls", "custom_params"))
+
+
+@dataclass
+class Reply:
+    """What the view sends back: a status, a content type and bytes or an iterator of bytes."""
+
+    status: int
+    content_type: str
+    body: bytes | Iterator[bytes] = b""
+    streaming: bool = False
+    headers: dict = field(default_factory=dict)
+
+
+def _pick(upstream: Upstream, kind: str, body: dict, model_key: str | None, url_idx: int | None,
+          default_idx: int | None) -> Backend:
+    """The backend for this call; rewrites body[model_key] to the resolved (tagged) name."""
+    if url_idx is not None:
+        return backends.backend_by_idx(upstream, kind, url_idx)
+    if model_key:
+        if model_key == "model" and body.get("model") is None and body.get("name"):  # Ollama's older field
+            model_key = "name"
+        model = body.get(model_key)
+        if model is not None:
+            backend, resolved = backends.find_backend_for_model(upstream, model, kind)
+            body[model_key] = resolved
+            return backend
+        if default_idx is None:
+            raise BadRequest(f"{model_key} is required")
+    return backends.backend_by_idx(upstream, kind, default_idx or 0)
+
+
+def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """Yield the backend's bytes as they arrive. If the backend fails mid-stream, end with an error the
+    client's parser understands (an NDJSON `{"error": ...}` line, or an SSE error event and [DONE])."""
+    last = b"\n"
+    try:
+        for chunk in upstream.stream_chunks(response):
+            last = chunk[-1:]
+            yield chunk
+    except UpstreamError as exc:
+        log.warning("stream from %s broke: %s", getattr(response, "backend", None), exc.detail)
+        sep = b"" if last == b"\n" else b"\n"
+        if sse:
+            yield sep + b"data: " + json.dumps({"error": {"message": exc.detail}}).encode() + b"\n\ndata: [DONE]\n\n"
+        else:
+            yield sep + json.dumps({"error": exc.detail}).encode() + b"\n"
+    finally:
+        if after:
+            after()
+
+
+def forward(upstream: Upstream, backend: Backend, method: str, path: str, body: dict | None,
+            after: Callable[[], None] | None = None) -> Reply:
+    """Send the call and turn the answer into a Reply: streamed when the backend streams, else buffered.
+    Backend HTTP errors become ApiError with the backend's status and message."""
+    response = upstream.request(backend, method, path, json=body, stream=True)
+    if response.status_code >= 400:
+        upstream.read_body(response)
+        if after:
+            after()
+        raise http_error(response, backend)
+    content_type = response.headers.get("Content-Type", "application/json")
+    if any(kind in content_type for kind in STREAM_TYPES):
+        return Reply(response.status_code, content_type,
+                     relay(upstream, response, "event-stream" in content_type, after), streaming=True)
+    try:
+        return Reply(response.status_code, content_type, upstream.read_body(response))
+    finally:
+        if after:
+            after()
+
+
+# ----------------------------------------------------------------------------- Ollama
+
+def ollama_call(upstream: Upstream, method: str, path: str, body: dict | None, *, url_idx: int | None = None,
+                model_key: str | None = "model", default_idx: int | None = None, changes_models: bool = False
+                ) -> Reply:
+    """Forward one Ollama API call. Without `url_idx` the backend is one that hosts body[model_key] (an
+    untagged name matches `:latest` and is rewritten), or `default_idx` for calls without a model."""
+    body = dict(body or {})
+    backend = _pick(upstream, "ollama", body, model_key, url_idx, default_idx)
+    after = (lambda: upstream.forget("backends:ollama")) if changes_models else None
+    return forward(upstream, backend, method, path, body if method != "GET" else None, after)
+
+
+def require_json_object(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object")
+    return body
+
+
+def ollama_tags(upstream: Upstream, url_idx: int | None = None) -> dict:
+    """All backends' models merged (`urls` per entry), or one backend's raw list."""
+    if url_idx is not None:
+        return upstream.json(backends.backend_by_idx(upstream, "ollama", url_idx), "GET", "/api/tags")
+    backends.backend_by_idx(upstream, "ollama", 0)  # 503 when the Ollama API is disabled
+    return backends.list_ollama_tags(upstream)
+
+
+def _version_key(version: str) -> tuple:
+    parts = []
+    for piece in str(version).split("-")[0].split("."):
+        parts.append(int(piece) if piece.isdigit() else 0)
+    return tuple(parts)
+
+
+def ollama_version(upstream: Upstream, url_idx: int | None = None) -> dict:
+    """The lowest version among the backends that answer (what every feature can rely on)."""
+    pool = [backends.backend_by_idx(upstream, "ollama", url_idx)] if url_idx is not None else \
+        [backends.backend_by_idx(upstream, "ollama", 0)] + upstream.ollama[1:]
+    results = upstream.fan_out(lambda b: upstream.json(b, "GET", "/api/version", timeout=upstream.list_timeout),
+                               pool, upstream.list_timeout)
+    versions = [r["version"] for _, r in results if isinstance(r, dict) and r.get("version")]
+    if not versions:
+        raise UpstreamError("WebUI could not connect to Ollama")
+    return {"version": min(versions, key=_version_key)}
+
+
+def ollama_ps(upstream: Upstream, url_idx: int | None = None) -> dict:
+    """Loaded models of every backend, merged like the tags."""
+    pool = [backends.backend_by_idx(upstream, "ollama", url_idx)] if url_idx is not None else \
+        [backends.backend_by_idx(upstream, "ollama", 0)] + upstream.ollama[1:]
+    results = upstream.fan_out(lambda b: upstream.json(b, "GET", "/api/ps", timeout=upstream.list_timeout)["models"],
+                               pool, upstream.list_timeout)
+    return {"models": backends.merge_tags(results)}
+
+
+def ollama_v1_models(upstream: Upstream) -> dict:
+    """Ollama's OpenAI-compatible model list, built from the merged tags."""
+    now = int(time.time())
+    return {"object": "list", "data": [{"id": m["model"], "object": "model", "created": now, "owned_by": "openai"}
+                                       for m in ollama_tags(upstream)["models"]]}
+
+
+# ----------------------------------------------------------------------------- OpenAI
+
+def openai_body(body: dict) -> dict:
+    """The body an OpenAI backend gets: Open WebUI-only fields removed, `params` applied where unset."""
+    params = body.get("params") if isinstance(body.get("params"), dict) else {}
+    out = {k: v for k, v in body.items() if k not in OPENAI_DROP}
+    for key, value in params.items():
+        if key not in PARAMS_OWUI_ONLY and value is not None:
+            out.setdefault(key, value)
+    return out
+
+
+def openai_call(upstream: Upstream, path: str, body: dict, url_idx: int | None = None) -> Reply:
+    """Forward a model call (chat/completions, embeddings, ...) to the connection serving body["model"]."""
+    body = openai_body(require_json_object(body))
+    backend = _pick(upstream, "openai", body, "model", url_idx, None)
+    return forward(upstream, backend, "POST", path, body)
+
+
+def openai_models(upstream: Upstream, url_idx: int | None = None) -> dict:
+    """Every connection's models in Open WebUI's shape (`urlIdx`, raw entry under `openai`), or one
+    connection's raw list."""
+    if url_idx is not None:
+        return upstream.json(backends.backend_by_idx(upstream, "openai", url_idx), "GET", "/models")
+    backends.backend_by_idx(upstream, "openai", 0)  # 503 when the OpenAI API is disabled
+    data = []
+    for backend, entry in backends.list_openai_models(upstream):
+        raw = {**entry, "connection_type": "external"}
+        data.append({**raw, "owned_by": "openai", "name": entry.get("name") or entry["id"], "openai": raw,
+                     "provider": "", "urlIdx": backend.idx})
+    return {"data": data}
