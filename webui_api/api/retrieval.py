@@ -1,0 +1,88 @@
+"""/api/v1/retrieval: query collections directly, and (re-)process files and text."""
+from __future__ import annotations
+
+import marshmallow as ma
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .. import files
+from ..rag import retrieve
+from .deps import current_user, ext
+
+blp = Blueprint("retrieval", __name__, url_prefix="/api/v1/retrieval", description="Retrieval and processing")
+
+
+class QueryDocSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    collection_name = ma.fields.String(required=True, metadata={"description": "`file-<id>` or a knowledge id"})
+    query = ma.fields.String(required=True)
+    k = ma.fields.Integer(load_default=None, allow_none=True)
+
+
+class QueryCollectionSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    collection_names = ma.fields.List(ma.fields.String(), required=True, validate=ma.validate.Length(min=1))
+    query = ma.fields.String(required=True)
+    k = ma.fields.Integer(load_default=None, allow_none=True)
+
+
+class ProcessFileSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    file_id = ma.fields.String(required=True)
+    content = ma.fields.String(load_default=None, allow_none=True,
+                               metadata={"description": "Replacement text (else the stored bytes are read again)"})
+    collection_name = ma.fields.String(load_default=None, allow_none=True,
+                                       metadata={"description": "Also add the file to this knowledge collection"})
+
+
+class ProcessTextSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1))
+    content = ma.fields.String(required=True)
+    collection_name = ma.fields.String(load_default=None, allow_none=True)
+
+
+@blp.route("/query/doc")
+class QueryDoc(MethodView):
+    @blp.arguments(QueryDocSchema)
+    @blp.response(200)
+    def post(self, body):
+        """Top `k` chunks of one collection: `{ids, documents, metadatas, distances}` (lists of lists)."""
+        return retrieve.query_collections(ext(), current_user(), [body["collection_name"]], body["query"], body["k"])
+
+
+@blp.route("/query/collection")
+class QueryCollection(MethodView):
+    @blp.arguments(QueryCollectionSchema)
+    @blp.response(200)
+    def post(self, body):
+        """Top `k` chunks over several collections, merged and ranked by similarity."""
+        return retrieve.query_collections(ext(), current_user(), body["collection_names"], body["query"],
+                                          body["k"])
+
+
+@blp.route("/process/file")
+class ProcessFile(MethodView):
+    @blp.arguments(ProcessFileSchema)
+    @blp.response(200)
+    def post(self, body):
+        """(Re-)process a file, e.g. after the embedding backend failed; answers when it is searchable."""
+        return files.process_again(ext(), current_user(), body["file_id"], body["content"], body["collection_name"])
+
+
+@blp.route("/process/text")
+class ProcessText(MethodView):
+    @blp.arguments(ProcessTextSchema)
+    @blp.response(200)
+    def post(self, body):
+        """Store text as a new file and make it searchable (optionally inside a knowledge collection)."""
+        return files.create_from_text(ext(), current_user(), body["name"], body["content"],
+                                      body["collection_name"])

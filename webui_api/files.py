@@ -1,0 +1,283 @@
+"""Uploaded files: access rules, upload with dedup, processing, content, deletion."""
+from __future__ import annotations
+
+import logging
+import mimetypes
+import os
+import re
+import unicodedata
+from typing import BinaryIO
+
+from . import db
+from .db import Chunk, File, Knowledge, KnowledgeFile, User
+from .errors import EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, NotFound, UpstreamError
+from .rag import extract, ingest
+
+log = logging.getLogger("webui_api.files")
+
+PAGE_SIZE = 50
+
+
+# ---------------------------------------------------------------- access
+
+def is_admin(user: User) -> bool:
+    return user.role == "admin"
+
+
+def readable(user: User, file_id: str) -> File:
+    """Owner, admin, or member of a public knowledge collection; anyone else gets 404."""
+    file = File.get_or_none(File.id == file_id) if isinstance(file_id, str) else None
+    if file is None:
+        raise NotFound()
+    if file.user_id == user.id or is_admin(user) or _in_public_knowledge(file.id):
+        return file
+    raise NotFound()
+
+
+def writable(user: User, file_id: str) -> File:
+    """Owner or admin; a reader who may only see it gets 403."""
+    file = readable(user, file_id)
+    if file.user_id != user.id and not is_admin(user):
+        raise Forbidden("Only the file's owner or an admin may change or delete it.")
+    return file
+
+
+def _in_public_knowledge(file_id: str) -> bool:
+    return (KnowledgeFile.select().join(Knowledge)
+            .where(KnowledgeFile.file == file_id, Knowledge.is_public == True).exists())  # noqa: E712
+
+
+# ---------------------------------------------------------------- shapes
+
+def to_dict(file: File, content: bool = True) -> dict:
+    """Open WebUI's file object, without any server path."""
+    data: dict = {}
+    if file.status != "stored":
+        data["status"] = file.status
+        if content and file.content is not None:
+            data["content"] = file.content
+        data["error"] = file.error
+    meta = {"name": file.filename, "content_type": file.content_type, "size": file.size,
+            "file_hash": file.file_hash, "data": (file.meta or {}).get("data") or {}}
+    if file.status == "completed":
+        meta["collection_name"] = ingest.collection_name(file.id)
+    return {"id": file.id, "user_id": file.user_id, "hash": file.text_hash, "filename": file.filename,
+            "data": data, "meta": meta, "created_at": file.created_at, "updated_at": file.updated_at}
+
+
+def upload_dict(file: File) -> dict:
+    return {**to_dict(file, content=False), "status": True}
+
+
+def status_dict(file: File) -> dict:
+    out = {"status": file.status}
+    if file.status == "failed":
+        out["error"] = file.error
+    return out
+
+
+# ---------------------------------------------------------------- upload
+
+def safe_filename(name: str | None) -> str:
+    """The client's base name, for display only (stored bytes use a server-generated name)."""
+    name = unicodedata.normalize("NFC", str(name or ""))
+    name = re.split(r"[\\/]", name)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip().strip(".")
+    return name[:255] or "file"
+
+
+def guess_type(filename: str, given: str | None) -> str:
+    given = (given or "").strip()
+    if given and given != "application/octet-stream":
+        return given
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+
+def check_extension(settings, filename: str) -> None:
+    allowed = settings.RAG_ALLOWED_FILE_EXTENSIONS
+    ext = extract.extension(filename)
+    if allowed and ext not in allowed:
+        raise BadRequest(f"[ERROR: File type {ext or '(none)'} is not allowed]")
+
+
+def upload(ext, user: User, stream: BinaryIO, filename: str | None, content_type: str | None,
+           metadata: dict | None, process: bool = True, background: bool = False) -> tuple[File, bool]:
+    """Store an upload and (unless `process` is false) make it searchable. Returns (file, created).
+    The same user uploading the same bytes again gets the existing file (processed if needed)."""
+    settings = ext.settings
+    name = safe_filename(filename)
+    if process:
+        check_extension(settings, name)
+    ctype = guess_type(name, content_type)
+    staged = ingest.receive(settings, stream)
+    try:
+        if staged.size == 0:
+            raise BadRequest(EMPTY_CONTENT)
+        if process:
+            extract.check_supported(staged.head, name, ctype)
+        existing = _same_upload(user, staged.sha256)
+        if existing is not None:
+            return _reuse(ext, existing, process, background), False
+        file = ingest.store(settings, user.id, staged, name, ctype, metadata or {},
+                            "pending" if process else "stored")
+    finally:
+        staged.discard()
+    if process:
+        file = _run(ext, file, background, new=True)
+    return file, True
+
+
+def _same_upload(user: User, sha256: str) -> File | None:
+    return (File.select().where(File.user == user.id, File.file_hash == sha256)
+            .order_by(File.created_at).first())
+
+
+def _reuse(ext, file: File, process: bool, background: bool) -> File:
+    """A repeated upload: finish what the first one left undone, never embed twice."""
+    if not process or file.status == "completed":
+        return file
+    if file.status in ingest.UNSETTLED:
+        return file if background else _settled(ext, file)
+    ingest.set_status(file.id, "pending")  # stored-only or failed: process it now
+    return _run(ext, File.get_by_id(file.id), background, new=False)
+
+
+def _settled(ext, file: File) -> File:
+    fresh = ingest.wait_settled(file.id, ext.settings.AIOHTTP_CLIENT_TIMEOUT)
+    if fresh is None:
+        raise NotFound()
+    if fresh.status == "failed":
+        raise BadRequest(f"Processing this file failed: {fresh.error}")
+    return fresh
+
+
+def _run(ext, file: File, background: bool, new: bool) -> File:
+    if background:
+        ingest.submit(ext, file.id)
+        return file
+    try:
+        return ingest.process(ext, file.id)
+    except ApiError as exc:
+        if new and getattr(exc, "content_error", False):
+            _delete(ext, file)  # a file we cannot read is refused outright: nothing stays behind
+            raise
+        if isinstance(exc, UpstreamError):
+            exc.detail = (f"{exc.detail} The file was kept as {file.id} with status 'failed'; process it again "
+                          "with POST /api/v1/retrieval/process/file once the embedding backend is back.")
+        raise
+
+
+# ---------------------------------------------------------------- reading
+
+def list_files(user: User, page: int | None = None, content: bool = True) -> dict:
+    query = File.select()
+    if not is_admin(user):
+        query = query.where(File.user == user.id)
+    total = query.count()
+    query = query.order_by(File.updated_at.desc(), File.created_at.desc(), File.id)
+    if page:
+        query = query.paginate(page, PAGE_SIZE)
+    return {"items": [to_dict(f, content) for f in query], "total": total}
+
+
+def original(ext, user: User, file_id: str) -> tuple[str, File]:
+    """Path of the stored bytes (for the blueprint to send) and the file."""
+    file = readable(user, file_id)
+    path = ingest.stored_path(ext.settings, file)
+    if not os.path.exists(path):
+        raise NotFound("Original file is unavailable.")
+    return path, file
+
+
+def data_content(user: User, file_id: str) -> dict:
+    return {"content": readable(user, file_id).content or ""}
+
+
+def process_status(user: User, file_id: str) -> dict:
+    return status_dict(readable(user, file_id))
+
+
+def reprocess(ext, user: User, file_id: str, content: str | None = None) -> File:
+    """Run the pipeline again (after a failure, or with replacement text); answers when searchable."""
+    file = writable(user, file_id)
+    if content is not None and not content.strip():
+        raise BadRequest(EMPTY_CONTENT)
+    return ingest.process(ext, file.id, content)
+
+
+def process_again(ext, user: User, file_id: str, content: str | None = None,
+                  collection_name: str | None = None) -> dict:
+    """POST /retrieval/process/file: re-run the pipeline, optionally adding the file to a collection."""
+    from . import knowledge
+
+    file = reprocess(ext, user, file_id, content)
+    collection = ingest.collection_name(file.id)
+    if collection_name:
+        knowledge.add_file(ext, user, collection_name, file.id)
+        collection = collection_name
+    return {"status": True, "collection_name": collection, "filename": file.filename, "content": file.content}
+
+
+def create_from_text(ext, user: User, name: str, content: str, collection_name: str | None = None) -> dict:
+    """POST /retrieval/process/text: the text becomes a (deduplicated) file, searchable on return."""
+    import io
+
+    from . import knowledge
+
+    if not content.strip():
+        raise BadRequest(EMPTY_CONTENT)
+    if collection_name:
+        knowledge.writable(user, collection_name)  # refuse before storing anything
+    data = io.BytesIO(content.encode("utf-8"))
+    file, _ = upload(ext, user, data, safe_filename(name), "text/plain", None, process=False)
+    if file.status != "completed":  # the text is used as is: no type sniffing or extraction
+        file = ingest.process(ext, file.id, content)
+    collection = ingest.collection_name(file.id)
+    if collection_name:
+        knowledge.add_file(ext, user, collection_name, file.id)
+        collection = collection_name
+    return {"status": True, "collection_name": collection, "file_id": file.id, "filename": file.filename,
+            "content": file.content}
+
+
+def update_content(ext, user: User, file_id: str, content: str) -> dict:
+    file = reprocess(ext, user, file_id, content)
+    return {"content": file.content}
+
+
+def require_processed(file: File) -> None:
+    if file.status == "stored":
+        raise BadRequest(FILE_NOT_PROCESSED)
+    if file.status == "failed":
+        raise BadRequest(f"{FILE_NOT_PROCESSED} Its processing failed: {file.error}")
+
+
+# ---------------------------------------------------------------- deletion
+
+def delete(ext, user: User, file_id: str) -> dict:
+    _delete(ext, writable(user, file_id))
+    return {"message": "File deleted successfully"}
+
+
+def delete_all(ext) -> dict:
+    for file in list(File.select()):
+        _delete(ext, file)
+    return {"message": "All files deleted successfully"}
+
+
+def purge_user(ext, user_id: str) -> None:
+    """Remove a user's files with their bytes and vectors (call before deleting the account)."""
+    for file in list(File.select().where(File.user == user_id)):
+        _delete(ext, file)
+
+
+def _delete(ext, file: File) -> None:
+    """Row, chunks and links in one transaction; then vectors everywhere and the stored bytes."""
+    with db.write_transaction():
+        chunk_ids = [c.id for c in Chunk.select(Chunk.id).where(Chunk.file == file.id)]
+        knowledge_ids = ingest.linked_knowledge(file.id)
+        KnowledgeFile.delete().where(KnowledgeFile.file == file.id).execute()
+        Chunk.delete().where(Chunk.file == file.id).execute()
+        File.delete().where(File.id == file.id).execute()
+    ingest.forget_vectors(ext, file.id, chunk_ids, knowledge_ids)
+    ingest.remove_stored(ext.settings, file)

@@ -1,0 +1,240 @@
+"""Knowledge collections: access, CRUD, and linking files whose stored vectors join the collection's index."""
+from __future__ import annotations
+
+import logging
+
+from . import db, files
+from .db import Chunk, File, Knowledge, KnowledgeFile, Preset, User
+from .errors import BadRequest, Forbidden, NotFound
+from .rag import ingest
+from .rag.vectors import dimension_conflict
+
+log = logging.getLogger("webui_api.knowledge")
+
+PAGE_SIZE = 30
+PUBLIC_GRANT = {"principal_type": "user", "principal_id": "*", "permission": "read"}
+
+
+# ---------------------------------------------------------------- access
+
+def readable(user: User, knowledge_id: str) -> Knowledge:
+    """Owner, admin, or anyone when public; otherwise 404 (existence is not revealed)."""
+    kb = Knowledge.get_or_none(Knowledge.id == knowledge_id) if isinstance(knowledge_id, str) else None
+    if kb is None or not (kb.user_id == user.id or files.is_admin(user) or kb.is_public):
+        raise NotFound()
+    return kb
+
+
+def writable(user: User, knowledge_id: str) -> Knowledge:
+    kb = readable(user, knowledge_id)
+    if not can_write(user, kb):
+        raise Forbidden("This knowledge collection is read-only for you; only its owner or an admin may change it.")
+    return kb
+
+
+def can_write(user: User, kb: Knowledge) -> bool:
+    return kb.user_id == user.id or files.is_admin(user)
+
+
+def public_from_grants(grants) -> bool:
+    """Only public read sharing exists here; anything else is refused rather than silently dropped."""
+    if grants is None:
+        return False
+    if not isinstance(grants, list):
+        raise BadRequest("access_grants must be a list.")
+    public = False
+    for grant in grants:
+        if not isinstance(grant, dict):
+            raise BadRequest("Each access grant must be an object.")
+        if {k: grant.get(k) for k in PUBLIC_GRANT} != PUBLIC_GRANT:
+            raise BadRequest('Only public read access can be granted: {"principal_type": "user", '
+                             '"principal_id": "*", "permission": "read"} (or [] for private).')
+        public = True
+    return public
+
+
+# ---------------------------------------------------------------- shapes
+
+def grants(kb: Knowledge) -> list[dict]:
+    if not kb.is_public:
+        return []
+    return [{"id": f"{kb.id}-public-read", "resource_type": "knowledge", "resource_id": kb.id, **PUBLIC_GRANT,
+             "created_at": kb.created_at}]
+
+
+def to_dict(kb: Knowledge, file_list: list[dict] | None = None) -> dict:
+    return {"id": kb.id, "user_id": kb.user_id, "name": kb.name, "description": kb.description,
+            "meta": kb.meta, "access_grants": grants(kb), "created_at": kb.created_at,
+            "updated_at": kb.updated_at, "files": file_list}
+
+
+def with_files(user: User, kb: Knowledge) -> dict:
+    return {**to_dict(kb, [_file_entry(f, kb) for f in member_files(kb.id)]), "write_access": can_write(user, kb)}
+
+
+def _file_entry(file: File, kb: Knowledge) -> dict:
+    shape = files.to_dict(file, content=False)
+    meta = dict(shape["meta"], collection_name=kb.id)
+    return {"id": file.id, "hash": file.text_hash, "meta": meta, "data": {"status": file.status},
+            "created_at": file.created_at, "updated_at": file.updated_at}
+
+
+def _owner(kb: Knowledge, viewer: User) -> dict:
+    owner = kb.user
+    out = {"id": owner.id, "name": owner.name, "role": owner.role}
+    if owner.id == viewer.id or files.is_admin(viewer):
+        out["email"] = owner.email  # other readers of a public collection do not learn the owner's email
+    return out
+
+
+def member_files(knowledge_id: str) -> list[File]:
+    return list(File.select().join(KnowledgeFile).where(KnowledgeFile.knowledge == knowledge_id)
+                .order_by(KnowledgeFile.created_at, File.id))
+
+
+# ---------------------------------------------------------------- CRUD
+
+def create(user: User, name: str, description: str = "", access_grants=None, meta=None) -> dict:
+    name = (name or "").strip()
+    if not name:
+        raise BadRequest("A knowledge collection needs a name.")
+    with db.write_transaction():
+        kb = Knowledge.create(id=db.new_id(), user=user.id, name=name, description=description or "",
+                              meta=meta, is_public=public_from_grants(access_grants))
+    return to_dict(kb)
+
+
+def list_for(user: User, page: int | None = None) -> dict:
+    query = Knowledge.select()
+    if not files.is_admin(user):
+        query = query.where((Knowledge.user == user.id) | (Knowledge.is_public == True))  # noqa: E712
+    total = query.count()
+    query = query.order_by(Knowledge.updated_at.desc(), Knowledge.created_at.desc(), Knowledge.id)
+    if page:
+        query = query.paginate(page, PAGE_SIZE)
+    items = []
+    for kb in query:
+        count = KnowledgeFile.select().where(KnowledgeFile.knowledge == kb.id).count()
+        items.append({**to_dict(kb), "user": _owner(kb, user), "file_count": count,
+                      "write_access": can_write(user, kb)})
+    for item in items:
+        item.pop("files", None)
+    return {"items": items, "total": total}
+
+
+def get(user: User, knowledge_id: str) -> dict:
+    return with_files(user, readable(user, knowledge_id))
+
+
+def list_files(user: User, knowledge_id: str) -> dict:
+    """Open WebUI's `/{id}/files` page (no directories here)."""
+    kb = readable(user, knowledge_id)
+    items = []
+    for file in member_files(kb.id):
+        shape = files.to_dict(file, content=False)
+        items.append({**shape, "data": {"status": file.status}, "meta": dict(shape["meta"], collection_name=kb.id),
+                      "directory_id": None, "directory_path": "", "has_original": True,
+                      "user": {"id": file.user.id, "name": file.user.name, "role": file.user.role}})
+    return {"items": items, "directories": [], "breadcrumbs": [], "total": len(items)}
+
+
+def update(user: User, knowledge_id: str, body: dict) -> dict:
+    kb = writable(user, knowledge_id)
+    changes = {"updated_at": db.now()}
+    if body.get("name") is not None:
+        if not str(body["name"]).strip():
+            raise BadRequest("A knowledge collection needs a name.")
+        changes["name"] = str(body["name"]).strip()
+    if body.get("description") is not None:
+        changes["description"] = body["description"]
+    if "meta" in body:
+        changes["meta"] = body["meta"]
+    if body.get("access_grants") is not None:
+        changes["is_public"] = public_from_grants(body["access_grants"])
+    Knowledge.update(**changes).where(Knowledge.id == kb.id).execute()
+    return with_files(user, Knowledge.get_by_id(kb.id))
+
+
+def update_access(user: User, knowledge_id: str, access_grants) -> dict:
+    kb = writable(user, knowledge_id)
+    Knowledge.update(is_public=public_from_grants(access_grants or []), updated_at=db.now()) \
+        .where(Knowledge.id == kb.id).execute()
+    return with_files(user, Knowledge.get_by_id(kb.id))
+
+
+def delete(ext, user: User, knowledge_id: str) -> bool:
+    """Drop the collection and its index; its files stay. Presets stop referring to it."""
+    kb = writable(user, knowledge_id)
+    with db.write_transaction():
+        KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id).execute()
+        Knowledge.delete().where(Knowledge.id == kb.id).execute()
+        _forget_in_presets(kb.id)
+    ext.vectors.drop(kb.id)
+    return True
+
+
+def reset(ext, user: User, knowledge_id: str) -> dict:
+    """Unlink every file and empty the index (the files themselves are kept)."""
+    kb = writable(user, knowledge_id)
+    with db.write_transaction():
+        KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id).execute()
+        Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
+    ext.vectors.drop(kb.id)
+    return with_files(user, Knowledge.get_by_id(kb.id))
+
+
+def _forget_in_presets(knowledge_id: str) -> None:
+    """A deleted collection named in a preset would make every chat with it fail with 404."""
+    for preset in Preset.select().where(Preset.meta.contains(knowledge_id)):
+        meta = dict(preset.meta or {})
+        items = meta.get("knowledge")
+        if isinstance(items, list):
+            meta["knowledge"] = [i for i in items if not (isinstance(i, dict) and i.get("id") == knowledge_id)]
+            Preset.update(meta=meta).where(Preset.id == preset.id).execute()
+
+
+# ---------------------------------------------------------------- membership
+
+def add_file(ext, user: User, knowledge_id: str, file_id: str) -> dict:
+    """Link a file and put its stored vectors into the collection's index: idempotent, no embedding call.
+    A file still processing is waited for; if it is not done in time it is linked and joins the index
+    when its processing completes."""
+    kb = writable(user, knowledge_id)
+    file = files.readable(user, file_id)
+    if file.status in ingest.UNSETTLED:
+        file = ingest.wait_settled(file.id, ext.settings.AIOHTTP_CLIENT_TIMEOUT) or file
+    files.require_processed(file)
+    _check_dimension(ext, kb.id, file.id)
+    with db.write_transaction():
+        KnowledgeFile.get_or_create(knowledge=kb.id, file=file.id)
+        Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
+    fresh = File.get_or_none(File.id == file.id)
+    if fresh is not None and fresh.status == "completed":  # else the pipeline adds them when it completes
+        ext.vectors.add(kb.id, *ingest.stored_vectors([file.id]))
+    return with_files(user, Knowledge.get_by_id(kb.id))
+
+
+def _check_dimension(ext, knowledge_id: str, file_id: str) -> None:
+    row = Chunk.select(Chunk.dim).where(Chunk.file == file_id).first()
+    have = ext.vectors.dim(knowledge_id)
+    if row is not None and have is not None and have != row.dim:
+        raise dimension_conflict(knowledge_id, have, row.dim)
+
+
+def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: bool = False) -> dict:
+    """Unlink a file and drop its vectors from the collection; delete the file itself only when asked
+    (and only when the caller may delete it)."""
+    kb = writable(user, knowledge_id)
+    if not isinstance(file_id, str) or not KnowledgeFile.select().where(
+            KnowledgeFile.knowledge == kb.id, KnowledgeFile.file == file_id).exists():
+        raise NotFound("This file is not in the knowledge collection.")
+    chunk_ids = [c.id for c in Chunk.select(Chunk.id).where(Chunk.file == file_id)]
+    with db.write_transaction():
+        KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id, KnowledgeFile.file == file_id).execute()
+        Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
+    ext.vectors.remove(kb.id, chunk_ids)
+    if delete_file:
+        file = File.get_or_none(File.id == file_id)
+        if file is not None and (file.user_id == user.id or files.is_admin(user)):
+            files.delete(ext, user, file_id)
+    return with_files(user, Knowledge.get_by_id(kb.id))
