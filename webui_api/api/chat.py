@@ -12,7 +12,7 @@ from .deps import current_user, ext
 blp = Blueprint("chat", __name__, description="Chat completions and embeddings (OpenAI-compatible)")
 
 
-class ChatSchema(ma.Schema):
+class ChatCompletionSchema(ma.Schema):
     """OpenAI's chat body plus Open WebUI's `files` (RAG), `params` and `top_k`; other keys are forwarded."""
 
     class Meta:
@@ -28,7 +28,7 @@ class ChatSchema(ma.Schema):
     top_k = ma.fields.Integer(metadata={"description": "Chunks to retrieve (default RAG_TOP_K)"})
 
 
-class EmbeddingsSchema(ma.Schema):
+class EmbeddingsRequestSchema(ma.Schema):
     class Meta:
         unknown = ma.INCLUDE
 
@@ -45,7 +45,7 @@ def _reply(result):
 
 @blp.route("/api/chat/completions")
 class ChatCompletions(MethodView):
-    @blp.arguments(ChatSchema)
+    @blp.arguments(ChatCompletionSchema)
     @blp.response(200)
     def post(self, body):
         """Chat with a model (OpenAI format). `stream: true` answers `text/event-stream`.
@@ -62,7 +62,7 @@ class ChatCompletionsV1(ChatCompletions):
 
 @blp.route("/api/embeddings")
 class Embeddings(MethodView):
-    @blp.arguments(EmbeddingsSchema)
+    @blp.arguments(EmbeddingsRequestSchema)
     @blp.response(200)
     def post(self, body):
         """OpenAI-format embeddings for any model of the registry."""

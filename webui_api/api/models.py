@@ -11,21 +11,21 @@ from .deps import access, current_user, ext
 blp = Blueprint("models", __name__, description="Model listing and workspace models (presets)")
 
 
-class RefreshArgs(ma.Schema):
+class ModelsRefreshArgs(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
     refresh = ma.fields.Boolean(load_default=False, metadata={"description": "Ask the backends again now"})
 
 
-class IdArgs(ma.Schema):
+class ModelIdArgs(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
     id = ma.fields.String(metadata={"description": "Model id (may contain `/` and `:`)"})
 
 
-class ListArgs(ma.Schema):
+class ModelListArgs(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
@@ -37,7 +37,7 @@ class ListArgs(ma.Schema):
     page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
 
 
-class GrantSchema(ma.Schema):
+class ModelGrantSchema(ma.Schema):
     class Meta:
         unknown = ma.INCLUDE
 
@@ -57,22 +57,22 @@ class ModelFormSchema(ma.Schema):
     name = ma.fields.String()
     meta = ma.fields.Dict(allow_none=True)
     params = ma.fields.Dict(allow_none=True, metadata={"description": "`system` prompt and sampling params"})
-    access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), allow_none=True)
+    access_grants = ma.fields.List(ma.fields.Nested(ModelGrantSchema), allow_none=True)
     is_public = ma.fields.Boolean(allow_none=True)
     is_active = ma.fields.Boolean(allow_none=True)
     commit_message = ma.fields.String(allow_none=True)
 
 
-class CreateFormSchema(ModelFormSchema):
+class ModelCreateFormSchema(ModelFormSchema):
     id = ma.fields.String(required=True)
 
 
-class AccessFormSchema(ma.Schema):
+class ModelAccessFormSchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
     id = ma.fields.String()
-    access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), allow_none=True)
+    access_grants = ma.fields.List(ma.fields.Nested(ModelGrantSchema), allow_none=True)
     is_public = ma.fields.Boolean(allow_none=True)
 
 
@@ -85,7 +85,7 @@ def _pick_id(query: dict, body: dict | None = None) -> str:
 
 @blp.route("/api/models")
 class Models(MethodView):
-    @blp.arguments(RefreshArgs, location="query")
+    @blp.arguments(ModelsRefreshArgs, location="query")
     @blp.response(200)
     def get(self, args):
         """Every model the caller may use: base models of all backends, then presets."""
@@ -100,7 +100,7 @@ class ModelsV1(Models):
 @blp.route("/api/models/base")
 class BaseModels(MethodView):
     @access("admin")
-    @blp.arguments(RefreshArgs, location="query")
+    @blp.arguments(ModelsRefreshArgs, location="query")
     @blp.response(200)
     def get(self, args):
         """Provider models only, as the backends report them (admin)."""
@@ -111,7 +111,7 @@ class BaseModels(MethodView):
 
 @blp.route("/api/v1/models/create")
 class CreateModel(MethodView):
-    @blp.arguments(CreateFormSchema)
+    @blp.arguments(ModelCreateFormSchema)
     @blp.response(200)
     def post(self, form):
         """Create a preset (a base model with its own name, system prompt and params). Taken id → 409."""
@@ -121,7 +121,7 @@ class CreateModel(MethodView):
 
 @blp.route("/api/v1/models/list")
 class ListModels(MethodView):
-    @blp.arguments(ListArgs, location="query")
+    @blp.arguments(ModelListArgs, location="query")
     @blp.response(200)
     def get(self, args):
         """Presets the caller owns or may read, inactive ones included, 30 per page."""
@@ -147,7 +147,7 @@ class OverrideRows(MethodView):
 
 @blp.route("/api/v1/models/model")
 class GetModel(MethodView):
-    @blp.arguments(IdArgs, location="query")
+    @blp.arguments(ModelIdArgs, location="query")
     @blp.response(200)
     def get(self, args):
         """One preset. Missing or another user's private one → 404; readers get `params: {}`."""
@@ -156,7 +156,7 @@ class GetModel(MethodView):
 
 @blp.route("/api/v1/models/model/update")
 class UpdateModel(MethodView):
-    @blp.arguments(IdArgs, location="query")
+    @blp.arguments(ModelIdArgs, location="query")
     @blp.arguments(ModelFormSchema)
     @blp.response(200)
     def post(self, args, form):
@@ -166,7 +166,7 @@ class UpdateModel(MethodView):
 
 @blp.route("/api/v1/models/model/toggle")
 class ToggleModel(MethodView):
-    @blp.arguments(IdArgs, location="query")
+    @blp.arguments(ModelIdArgs, location="query")
     @blp.response(200)
     def post(self, args):
         """Flip `is_active`; a disabled preset is refused by chat at once, on every worker."""
@@ -175,8 +175,8 @@ class ToggleModel(MethodView):
 
 @blp.route("/api/v1/models/model/access/update")
 class UpdateModelAccess(MethodView):
-    @blp.arguments(IdArgs, location="query")
-    @blp.arguments(AccessFormSchema)
+    @blp.arguments(ModelIdArgs, location="query")
+    @blp.arguments(ModelAccessFormSchema)
     @blp.response(200)
     def post(self, args, form):
         """Make a preset public (`user`/`*`/`read` grant or `is_public: true`) or private (`[]`)."""
@@ -185,8 +185,8 @@ class UpdateModelAccess(MethodView):
 
 @blp.route("/api/v1/models/model/delete")
 class DeleteModel(MethodView):
-    @blp.arguments(IdArgs, location="query")
-    @blp.arguments(IdArgs, required=False)
+    @blp.arguments(ModelIdArgs, location="query")
+    @blp.arguments(ModelIdArgs, required=False)
     @blp.response(200)
     def post(self, args, body):
         """Delete a preset (`?id=` or body `{"id": ...}`) → `true`."""
