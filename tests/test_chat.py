@@ -411,3 +411,28 @@ def test_seed_doc_python_example(live_url, user, fake_backend):
 
     reply = chat_with_model(user["token"])
     assert reply["choices"][0]["message"]["role"] == "assistant" and reply["model"] == "granite3.1-dense:8b"
+
+
+# --- RAG end to end (real upload, real retrieval, fake embeddings) ------------------------------
+
+def upload(client, creds, text: bytes, name: str) -> str:
+    import io
+    response = client.post("/api/v1/files/", headers=creds["headers"], data={"file": (io.BytesIO(text), name)})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["id"]
+
+
+def test_rag_with_an_uploaded_file(client, chat, user, make_user, fake_backend):
+    file_id = upload(client, user, b"The secret launch code of project Zephyr is 7-4-1.", "zephyr.txt")
+    question = [{"role": "user", "content": "What is the launch code of project Zephyr?"}]
+    response = chat({"model": "gpt-4o-mini", "messages": question, "files": [{"type": "file", "id": file_id}]})
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert body["sources"][0]["source"]["id"] == file_id
+    assert "7-4-1" in body["sources"][0]["document"][0]
+    sent = fake_backend.last("/v1/chat/completions")["json"]["messages"][-1]["content"]
+    assert "7-4-1" in sent and "What is the launch code of project Zephyr?" in sent
+    stranger = make_user("user")
+    response = chat({"model": "gpt-4o-mini", "messages": question, "files": [{"type": "file", "id": file_id}]},
+                    creds=stranger)
+    assert response.status_code == 404
