@@ -382,7 +382,7 @@ def test_backend_refusing_our_key_is_502_not_401(chat, fake_backend):
 @pytest.fixture
 def live_url(app):
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
