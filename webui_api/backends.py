@@ -143,9 +143,10 @@ def backends_for_model(upstream: Upstream, model: str, kind: str = "ollama") -> 
 
 
 def find_backend_for_model(upstream: Upstream, model: str, kind: str = "ollama") -> tuple[Backend, str]:
-    """One backend hosting `model` (random among several, to spread load) and the resolved name."""
+    """One backend hosting `model` and the resolved name. Ollama: random among several (they serve the same
+    weights; this spreads load). OpenAI: the first connection listing the id, as in the model list's urlIdx."""
     hosts, resolved = backends_for_model(upstream, model, kind)
-    return random.choice(hosts), resolved
+    return (random.choice(hosts) if kind == "ollama" else hosts[0]), resolved
 
 
 def backend_by_idx(upstream: Upstream, kind: str, idx: int) -> Backend:
