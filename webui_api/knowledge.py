@@ -185,10 +185,10 @@ def reset(ext, user: User, knowledge_id: str) -> dict:
 
 def _forget_in_presets(knowledge_id: str) -> None:
     """A deleted collection named in a preset would make every chat with it fail with 404."""
-    for preset in Preset.select().where(Preset.meta.contains(knowledge_id)):
+    for preset in Preset.select(Preset.id, Preset.meta):
         meta = dict(preset.meta or {})
         items = meta.get("knowledge")
-        if isinstance(items, list):
+        if isinstance(items, list) and any(isinstance(i, dict) and i.get("id") == knowledge_id for i in items):
             meta["knowledge"] = [i for i in items if not (isinstance(i, dict) and i.get("id") == knowledge_id)]
             Preset.update(meta=meta).where(Preset.id == preset.id).execute()
 

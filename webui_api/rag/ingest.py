@@ -156,6 +156,7 @@ def _process_locked(ext, file_id: str, content: str | None) -> File:
     file = File.get_or_none(File.id == file_id)
     if file is None:
         raise NotFound()
+    before = (file.status, file.error)
     set_status(file_id, "processing")
     try:
         extracted = _extract(ext.settings, file, content)
@@ -168,7 +169,10 @@ def _process_locked(ext, file_id: str, content: str | None) -> File:
         new_ids, old_ids = _write_chunks(file_id, extracted, pieces, vectors, ext.embedder.model)
         _index(ext, file_id, new_ids, old_ids, vectors)
     except ApiError as exc:
-        set_status(file_id, "failed", _failure_text(exc))
+        if getattr(exc, "unchanged", False):
+            set_status(file_id, *before)  # refused before anything was touched: the file is as it was
+        else:
+            set_status(file_id, "failed", _failure_text(exc))
         raise
     except Exception as exc:
         log.exception("processing file %s failed", file_id)
@@ -207,7 +211,9 @@ def _check_dimensions(ext, file_id: str, dim: int) -> None:
     for kid in linked_knowledge(file_id):
         have = ext.vectors.dim(kid)
         if have is not None and have != dim:
-            raise dimension_conflict(kid, have, dim)
+            conflict = dimension_conflict(kid, have, dim)
+            conflict.unchanged = True
+            raise conflict
 
 
 def _write_chunks(file_id, extracted: Extracted, pieces, vectors: np.ndarray, model: str):

@@ -26,9 +26,9 @@ Loader = Callable[[str], "tuple[np.ndarray, np.ndarray]"]
 def dimension_conflict(name: str, have: int, got: int) -> Conflict:
     return Conflict(
         f"The embedding model changed: collection {name} holds {have}-dimensional vectors but the current "
-        f"embedding model produces {got}-dimensional ones. Re-process its files with "
-        "POST /api/v1/retrieval/process/file (or reset the knowledge collection), or switch "
-        "RAG_EMBEDDING_MODEL back.")
+        f"embedding model produces {got}-dimensional ones. Either set RAG_EMBEDDING_MODEL back, or re-embed: "
+        "empty knowledge collections with POST /api/v1/knowledge/{id}/reset, re-process their files with "
+        "POST /api/v1/retrieval/process/file, then add them again.")
 
 
 class VectorStore:
