@@ -16,8 +16,8 @@ log = logging.getLogger("webui_api.gateway")
 
 # Open WebUI request fields that are ours, never the backend's.
 OWN_FIELDS = frozenset({
-    "files", "params", "top_k", "tool_ids", "features", "variables", "chat_id", "id", "parent_id", "session_id",
-    "user_message", "message_ids", "background_tasks", "filter_ids", "folder_id", "skill_ids", "terminal_id",
+    "files", "params", "top_k", "tool_ids", "features", "variables", "chat_id", "id", "parent_id",
+    "session_id", "user_message", "message_ids", "background_tasks", "filter_ids", "folder_id", "skill_ids", "terminal_id",
     "tool_servers", "chat_variables", "regeneration_prompt", "model_item", "automation_id"})
 # Preset/request `params` keys that only steer this server.
 WEBUI_PARAMS = frozenset({
@@ -117,7 +117,7 @@ def retrieval_items(body: dict, preset) -> list[dict]:
     """The request's `files` plus the preset's `meta.knowledge`, without duplicates."""
     files = body.get("files")
     if files is not None and (not isinstance(files, list) or not all(isinstance(f, dict) for f in files)):
-        raise Unprocessable("`files` must be a list of objects such as {\"type\": \"file\", \"id\": \"...\"}.")
+        raise Unprocessable('`files` must be a list of objects such as {"type": "file", "id": "..."}.')
     meta = (preset.meta or {}) if preset is not None else {}
     if ((meta.get("capabilities") or {}).get("file_context")) is False:
         return []  # the preset turned retrieval off
@@ -143,7 +143,8 @@ def render_prompt(template: str, user) -> str:
     """Fill Open WebUI's common prompt variables."""
     now = datetime.now()
     values = {"{{USER_NAME}}": getattr(user, "name", "") or "", "{{CURRENT_DATE}}": now.strftime("%Y-%m-%d"),
-              "{{CURRENT_TIME}}": now.strftime("%H:%M:%S"), "{{CURRENT_DATETIME}}": now.strftime("%Y-%m-%d %H:%M:%S"),
+              "{{CURRENT_TIME}}": now.strftime("%H:%M:%S"),
+              "{{CURRENT_DATETIME}}": now.strftime("%Y-%m-%d %H:%M:%S"),
               "{{CURRENT_WEEKDAY}}": now.strftime("%A")}
     for key, value in values.items():
         template = template.replace(key, value)
@@ -232,7 +233,8 @@ def _inject_sources(buffer: bytes, sources: list) -> tuple[bytes, bytes, bool]:
 
 # --- Ollama backends ---------------------------------------------------------------------------
 
-def _ollama_chat(upstream, target, requested: str, body: dict, params: dict, sources: list) -> dict | Streamed:
+def _ollama_chat(upstream, target, requested: str, body: dict, params: dict,
+                 sources: list) -> dict | Streamed:
     options = body.pop("options", None)
     if options is not None and not isinstance(options, dict):
         raise Unprocessable("`options` must be an object.")

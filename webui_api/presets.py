@@ -162,8 +162,8 @@ def _clean_meta(meta: dict) -> dict:
     meta = dict(meta)
     knowledge = meta.get("knowledge")
     if isinstance(knowledge, list):
-        meta["knowledge"] = [{k: v for k, v in item.items() if k != "data"} if isinstance(item, dict) else item
-                             for item in knowledge]
+        meta["knowledge"] = [{k: v for k, v in item.items() if k != "data"} if isinstance(item, dict)
+                             else item for item in knowledge]
     return meta
 
 
@@ -272,7 +272,8 @@ def list_page(user, query: str | None = None, view_option: str | None = None, ta
 
 def list_all(user) -> list[dict]:
     """Every preset the caller may read, oldest first (the older `GET /api/v1/models/` array)."""
-    rows = sorted((r for r in _readable(user) if r.base_model_id is not None), key=lambda r: (r.created_at, r.id))
+    rows = [r for r in _readable(user) if r.base_model_id is not None]
+    rows.sort(key=lambda r: (r.created_at, r.id))
     return [to_user_dict(r, user) for r in rows]
 
 

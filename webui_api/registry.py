@@ -74,14 +74,17 @@ class Registry:
 
     def _stale(self) -> bool:
         ttl = self.settings.MODELS_CACHE_TTL
-        return self._fetched_at is None or ttl is None or ttl <= 0 or time.monotonic() - self._fetched_at >= ttl
+        if self._fetched_at is None or ttl is None or ttl <= 0:
+            return True
+        return time.monotonic() - self._fetched_at >= ttl
 
     def _fetch_all(self) -> list[dict]:
         jobs = [(b, "tags") for b in self.upstream.ollama] + [(b, "ps") for b in self.upstream.ollama]
         jobs += [(b, "models") for b in self.upstream.openai]
         if not jobs:
             return []
-        results = self.upstream.fan_out(self._fetch_one, jobs, self.settings.AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST)
+        timeout = self.settings.AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST
+        results = self.upstream.fan_out(self._fetch_one, jobs, timeout)
         good = []
         for (backend, what), result in results:
             if isinstance(result, BaseException):
@@ -170,7 +173,8 @@ class Registry:
                 raise BadRequest(MODEL_NOT_FOUND)
             inner = self._resolve(user, row.base_model_id, chain + (model_id,))
             entry = _preset_entry(row, inner.entry)
-            return Resolved(entry, inner.backend, inner.upstream_model, row, {**inner.params, **(row.params or {})})
+            params = {**inner.params, **(row.params or {})}
+            return Resolved(entry, inner.backend, inner.upstream_model, row, params)
         alias = untagged_alias(model_id)
         if alias and alias in bases:
             return self._resolve_base(bases[alias])
@@ -187,7 +191,10 @@ class Registry:
         if backend is None:
             raise BadRequest(MODEL_NOT_FOUND)
         shown = _with_override(entry, row) if row is not None else entry
-        upstream_model = entry["ollama"]["model"] if "ollama" in entry else entry["openai"].get("id", entry["id"])
+        if "ollama" in entry:
+            upstream_model = entry["ollama"]["model"]
+        else:
+            upstream_model = entry["openai"].get("id") or entry["id"]
         return Resolved(shown, backend, upstream_model, row, dict(row.params or {}) if row else {})
 
     def _backend_for(self, entry: dict):
@@ -226,9 +233,11 @@ def _ollama_entries(results: list) -> list[dict]:
 
 
 def _ollama_entry(name: str, model: dict, idx: int) -> dict:
-    raw = {**model, "model": name, "name": model.get("name") or name, "connection_type": "local", "urls": [idx]}
+    raw = {**model, "model": name, "name": model.get("name") or name, "connection_type": "local",
+           "urls": [idx]}
     return {"id": name, "name": raw["name"], "object": "model", "created": 0, "owned_by": "ollama",
-            "ollama": raw, "loaded": False, "connection_type": "local", "tags": [], "actions": [], "filters": []}
+            "ollama": raw, "loaded": False, "connection_type": "local",
+            "tags": [], "actions": [], "filters": []}
 
 
 def _openai_entries(results: list) -> list[dict]:
@@ -242,7 +251,8 @@ def _openai_entries(results: list) -> list[dict]:
                 continue
             raw = {**model, "connection_type": "external"}
             out.append({**model, "id": model_id, "object": "model", "created": model.get("created") or 0,
-                        "owned_by": "openai", "connection_type": "external", "name": model.get("name") or model_id,
+                        "owned_by": "openai", "connection_type": "external",
+                        "name": model.get("name") or model_id,
                         "openai": raw, "provider": "", "urlIdx": backend.idx,
                         "tags": [], "actions": [], "filters": []})
     return out
@@ -259,11 +269,13 @@ def _with_override(entry: dict, row) -> dict:
 def _preset_entry(row, base: dict | None) -> dict:
     base = base or {}
     entry = {"id": row.id, "name": row.name, "object": "model", "created": row.created_at,
-             "owned_by": base.get("owned_by", "openai"), "connection_type": base.get("connection_type", "external"),
+             "owned_by": base.get("owned_by", "openai"),
+             "connection_type": base.get("connection_type", "external"),
              "preset": True, "loaded": bool(base.get("loaded", False)), "info": presets.public_info(row),
              "tags": presets.tags(row), "actions": [], "filters": []}
     if not base:
-        entry["base_model_missing"] = True  # listed, but chat answers "Model not found" until the base is back
+        # Listed, but chat answers "Model not found" until the base model is back.
+        entry["base_model_missing"] = True
     return entry
 
 

@@ -18,12 +18,14 @@ class ChatCompletionSchema(ma.Schema):
     class Meta:
         unknown = ma.INCLUDE
 
-    model = ma.fields.String(required=True, metadata={"description": "Model or preset id; `name` = `name:latest`"})
+    model = ma.fields.String(required=True,
+                             metadata={"description": "Model or preset id; `name` means `name:latest`"})
     messages = ma.fields.List(ma.fields.Dict(), required=True,
                               metadata={"description": "OpenAI messages: {role, content}"})
     stream = ma.fields.Boolean(load_default=False)
     stream_options = ma.fields.Dict(allow_none=True)
-    files = ma.fields.List(ma.fields.Dict(), metadata={"description": "[{\"type\": \"file\"|\"collection\", \"id\"}]"})
+    files = ma.fields.List(ma.fields.Dict(),
+                           metadata={"description": 'RAG sources: [{"type": "file"|"collection", "id": ...}]'})
     params = ma.fields.Dict(metadata={"description": "Model params merged over the preset's (request wins)"})
     top_k = ma.fields.Integer(metadata={"description": "Chunks to retrieve (default RAG_TOP_K)"})
 
@@ -39,7 +41,8 @@ class EmbeddingsRequestSchema(ma.Schema):
 
 def _reply(result):
     if isinstance(result, gateway.Streamed):
-        return Response(result.body, mimetype=result.mimetype, headers=result.headers, direct_passthrough=True)
+        return Response(result.body, mimetype=result.mimetype, headers=result.headers,
+                        direct_passthrough=True)
     return result
 
 

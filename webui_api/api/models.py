@@ -32,7 +32,8 @@ class ModelListArgs(ma.Schema):
     query = ma.fields.String(load_default=None)
     view_option = ma.fields.String(load_default=None, metadata={"description": "`created` or `shared`"})
     tag = ma.fields.String(load_default=None)
-    order_by = ma.fields.String(load_default=None, metadata={"description": "`name`, `created_at`, `updated_at`"})
+    order_by = ma.fields.String(load_default=None,
+                                metadata={"description": "`name`, `created_at` or `updated_at`"})
     direction = ma.fields.String(load_default=None, metadata={"description": "`asc`; anything else = desc"})
     page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
 
