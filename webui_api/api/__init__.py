@@ -13,7 +13,7 @@ from ..errors import ApiError
 log = logging.getLogger("webui_api")
 
 # One module per endpoint group; each exposes `blp`.
-BLUEPRINTS = ("system", "auths", "users", "models", "chat", "ollama", "openai", "files", "knowledge", "retrieval")
+BLUEPRINTS = ("system", "auths", "users", "models", "chat", "ollama", "openai", "files", "knowledge", "retrieval", "ops")
 
 _LOCATIONS = {"json": "body", "form": "form", "files": "files", "query": "query", "querystring": "query",
               "headers": "header", "view_args": "path"}

@@ -1,0 +1,103 @@
+"""Readiness checks: the database, a writable data dir and each backend — a summary that never shows a key."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+from . import db
+from .errors import ApiError
+
+CACHE_SECONDS = 2.0  # an anonymous caller must not be able to turn probes into a flood of backend calls
+# Cheap, key-checking endpoints: Ollama's version, OpenAI's model list (a wrong key answers 401 there).
+PROBE_PATHS = {"ollama": "/api/version", "openai": "/models"}
+
+_cache: dict[int, tuple[float, dict, weakref.ref]] = {}
+_cache_lock = threading.Lock()
+
+
+def report(ext) -> dict:
+    """{"status": bool, "checks": {...}}, cached per process for CACHE_SECONDS. Not ready when the database or
+    the data dir fails, or when backends are configured and none answers; one backend down is reported
+    (`ok: false`) but the service stays ready, as the gateway skips it."""
+    key = id(ext)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit and hit[2]() is ext and time.monotonic() - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    result = _evaluate(ext)
+    with _cache_lock:
+        _cache[key] = (time.monotonic(), result, weakref.ref(ext))
+    return result
+
+
+def _evaluate(ext) -> dict:
+    checks = {"database": _timed(check_database), "data_dir": _timed(lambda: check_data_dir(ext.settings.DATA_DIR))}
+    backends = check_backends(ext.upstream)
+    checks["backends"] = backends
+    failed = [name for name in ("database", "data_dir") if not checks[name]["ok"]]
+    if backends and not any(b["ok"] for b in backends):
+        failed.append("backends")
+    return {"status": not failed, "failed": failed, "checks": checks}
+
+
+def _timed(fn: Callable[[], dict | None]) -> dict:
+    started = time.perf_counter()
+    try:
+        extra = fn() or {}
+        result = {"ok": True, **extra}
+    except Exception as exc:  # any failure is a "not ready" line, never a traceback
+        result = {"ok": False, "error": _describe(exc)}
+    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiError) and isinstance(exc.detail, str):
+        return exc.detail
+    return f"{exc.__class__.__name__}: {exc}"[:300]
+
+
+def check_database() -> dict:
+    version = db.database.execute_sql("PRAGMA user_version").fetchone()[0]
+    return {"schema_version": version}
+
+
+def check_data_dir(path: str) -> dict:
+    """Write, fsync and delete a small file, as an upload would."""
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".ready-", delete=True) as handle:
+        handle.write(b"ok")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return {"free_bytes": shutil.disk_usage(path).free}
+
+
+def check_backends(upstream) -> list[dict]:
+    """Probe every configured backend concurrently, within the model-list timeout."""
+    backends = list(upstream.ollama) + list(upstream.openai)
+    if not backends:
+        return []
+    timeout = upstream.list_timeout
+    results = upstream.fan_out(lambda b: _probe(upstream, b, timeout), backends, timeout + 0.5)
+    out = []
+    for backend, result in results:
+        entry = {"name": backend.label, "kind": backend.kind}
+        entry.update(result if isinstance(result, dict) else {"ok": False, "error": _describe(result)})
+        out.append(entry)
+    return out
+
+
+def _probe(upstream, backend, timeout: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    response = upstream.request(backend, "GET", PROBE_PATHS[backend.kind], timeout=timeout)
+    response.close()
+    ms = round((time.perf_counter() - started) * 1000, 1)
+    if response.status_code in (401, 403):
+        return {"ok": False, "ms": ms, "error": f"HTTP {response.status_code}: the configured key was rejected"}
+    if response.status_code >= 400:
+        return {"ok": False, "ms": ms, "error": f"HTTP {response.status_code}"}
+    return {"ok": True, "ms": ms}
