@@ -25,6 +25,7 @@ log = logging.getLogger("webui_api.backends")
 REFETCH_AFTER = 1.0  # seconds: a lookup miss re-asks the backends only if the cached lists are older
 OLLAMA_DISABLED = "The Ollama API is disabled. Please enable it to use this feature."
 OPENAI_DISABLED = "OpenAI API is disabled"
+_NAMES = {"ollama": "Ollama", "openai": "OpenAI"}
 
 
 def resolve_name(model: str, names: Iterable[str]) -> str | None:
@@ -53,10 +54,11 @@ def _fetch_lists(upstream: Upstream, backends: list[Backend], path: str, key: st
 
 
 def _cached(upstream: Upstream, kind: str, refresh: bool) -> tuple[float, list[tuple]]:
-    if kind == "ollama":
-        fetch = lambda: (time.monotonic(), _fetch_lists(upstream, upstream.ollama, "/api/tags", "models"))  # noqa
-    else:
-        fetch = lambda: (time.monotonic(), _fetch_lists(upstream, upstream.openai, "/models", "data"))  # noqa
+    """(fetch time, per-backend lists) from the cache, fetching when stale or asked to."""
+    def fetch() -> tuple[float, list[tuple]]:
+        if kind == "ollama":
+            return time.monotonic(), _fetch_lists(upstream, upstream.ollama, "/api/tags", "models")
+        return time.monotonic(), _fetch_lists(upstream, upstream.openai, "/models", "data")
     return upstream.memo(f"backends:{kind}", fetch, refresh=refresh)
 
 
@@ -114,8 +116,10 @@ def _hosting(lists: list[tuple], model: str, kind: str) -> tuple[list[Backend], 
         if isinstance(entries, Exception):
             continue
         answered = True
-        names = [e.get("model") or e.get("name") for e in entries] if kind == "ollama" else [e.get("id") for e in entries]
-        name = resolve_name(model, [n for n in names if n]) if kind == "ollama" else (model if model in names else None)
+        if kind == "ollama":
+            name = resolve_name(model, [e.get("model") or e.get("name") for e in entries])
+        else:
+            name = model if model in [e.get("id") for e in entries] else None
         if name and (resolved is None or name == resolved):
             hosts.append(backend)
             resolved = name
@@ -138,13 +142,13 @@ def backends_for_model(upstream: Upstream, model: str, kind: str = "ollama") -> 
     if hosts:
         return hosts, resolved
     if not answered:
-        raise UpstreamError(f"No {'Ollama' if kind == 'ollama' else 'OpenAI'} backend answered its model list")
+        raise UpstreamError(f"No {_NAMES[kind]} backend answered its model list")
     raise NotFound(f"Model '{model}' was not found")
 
 
 def find_backend_for_model(upstream: Upstream, model: str, kind: str = "ollama") -> tuple[Backend, str]:
-    """One backend hosting `model` and the resolved name. Ollama: random among several (they serve the same
-    weights; this spreads load). OpenAI: the first connection listing the id, as in the model list's urlIdx."""
+    """One backend hosting `model` and the resolved name. Ollama: random among several (same weights;
+    spreads load). OpenAI: the first connection listing the id, matching the model list's urlIdx."""
     hosts, resolved = backends_for_model(upstream, model, kind)
     return (random.choice(hosts) if kind == "ollama" else hosts[0]), resolved
 

@@ -201,9 +201,10 @@ def tool_calls_to_openai(calls: Any, with_index: bool = False, start: int = 0) -
     for i, call in enumerate(calls or []):
         function = (call or {}).get("function") or {}
         args = function.get("arguments", {})
+        if not isinstance(args, str):
+            args = json.dumps(args, ensure_ascii=False)
         item = {"id": call.get("id") or f"call_{uuid.uuid4().hex}", "type": "function",
-                "function": {"name": function.get("name", ""),
-                             "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}}
+                "function": {"name": function.get("name", ""), "arguments": args}}
         if with_index:
             item = {"index": start + i, **item}
         out.append(item)
@@ -248,7 +249,8 @@ class OllamaStreamConverter:
         self.tool_calls_seen = 0
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
-        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                 "model": self.model,
                  "choices": [{"index": 0, "logprobs": None, "finish_reason": finish, "delta": delta}]}
         if self.include_usage:
             chunk["usage"] = None

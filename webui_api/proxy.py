@@ -1,4 +1,4 @@
-"""The /ollama and /openai passthroughs: pick the backend, forward the body, relay the answer as it arrives."""
+"""The /ollama and /openai passthroughs: pick the backend, forward the body, relay the answer as it comes."""
 from __future__ import annotations
 
 import json
@@ -15,9 +15,10 @@ log = logging.getLogger("webui_api.proxy")
 
 STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
 # Open WebUI-only fields of a chat body that an OpenAI backend must not see.
-OPENAI_DROP = frozenset(("files", "tool_ids", "features", "variables", "chat_id", "id", "session_id", "parent_id",
-                         "message_ids", "background_tasks", "filter_ids", "model_item", "metadata", "params",
-                         "user_message", "folder_id", "skill_ids", "terminal_id", "tool_servers"))
+OPENAI_DROP = frozenset((
+    "files", "tool_ids", "features", "variables", "chat_id", "id", "session_id", "parent_id", "message_ids",
+    "background_tasks", "filter_ids", "model_item", "metadata", "params", "user_message", "folder_id",
+    "skill_ids", "terminal_id", "tool_servers"))
 PARAMS_OWUI_ONLY = frozenset(("system", "stream_response", "stream_delta_chunk_size", "function_calling",
                               "reasoning_tags", "compact_token_threshold", "note_id", "tool_approval_mode",
                               "model_controls", "custom_params"))
@@ -52,7 +53,8 @@ def _pick(upstream: Upstream, kind: str, body: dict, model_key: str | None, url_
     return backends.backend_by_idx(upstream, kind, default_idx or 0)
 
 
-def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | None = None) -> Iterator[bytes]:
+def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | None = None
+          ) -> Iterator[bytes]:
     """Yield the backend's bytes as they arrive. If the backend fails mid-stream, end with an error the
     client's parser understands (an NDJSON `{"error": ...}` line, or an SSE error event and [DONE])."""
     last = b"\n"
@@ -64,7 +66,8 @@ def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | N
         log.warning("stream from %s broke: %s", getattr(response, "backend", None), exc.detail)
         sep = b"" if last == b"\n" else b"\n"
         if sse:
-            yield sep + b"data: " + json.dumps({"error": {"message": exc.detail}}).encode() + b"\n\ndata: [DONE]\n\n"
+            event = json.dumps({"error": {"message": exc.detail}}).encode()
+            yield sep + b"data: " + event + b"\n\ndata: [DONE]\n\n"
         else:
             yield sep + json.dumps({"error": exc.detail}).encode() + b"\n"
     finally:
@@ -120,6 +123,10 @@ def ollama_tags(upstream: Upstream, url_idx: int | None = None) -> dict:
     return backends.list_ollama_tags(upstream)
 
 
+def _get(upstream: Upstream, backend: Backend, path: str) -> dict:
+    return upstream.json(backend, "GET", path, timeout=upstream.list_timeout)
+
+
 def _version_key(version: str) -> tuple:
     parts = []
     for piece in str(version).split("-")[0].split("."):
@@ -131,8 +138,7 @@ def ollama_version(upstream: Upstream, url_idx: int | None = None) -> dict:
     """The lowest version among the backends that answer (what every feature can rely on)."""
     pool = [backends.backend_by_idx(upstream, "ollama", url_idx)] if url_idx is not None else \
         [backends.backend_by_idx(upstream, "ollama", 0)] + upstream.ollama[1:]
-    results = upstream.fan_out(lambda b: upstream.json(b, "GET", "/api/version", timeout=upstream.list_timeout),
-                               pool, upstream.list_timeout)
+    results = upstream.fan_out(lambda b: _get(upstream, b, "/api/version"), pool, upstream.list_timeout)
     versions = [r["version"] for _, r in results if isinstance(r, dict) and r.get("version")]
     if not versions:
         raise UpstreamError("WebUI could not connect to Ollama")
@@ -143,16 +149,17 @@ def ollama_ps(upstream: Upstream, url_idx: int | None = None) -> dict:
     """Loaded models of every backend, merged like the tags."""
     pool = [backends.backend_by_idx(upstream, "ollama", url_idx)] if url_idx is not None else \
         [backends.backend_by_idx(upstream, "ollama", 0)] + upstream.ollama[1:]
-    results = upstream.fan_out(lambda b: upstream.json(b, "GET", "/api/ps", timeout=upstream.list_timeout)["models"],
-                               pool, upstream.list_timeout)
+    results = upstream.fan_out(lambda b: _get(upstream, b, "/api/ps")["models"], pool, upstream.list_timeout)
     return {"models": backends.merge_tags(results)}
 
 
 def ollama_v1_models(upstream: Upstream) -> dict:
     """Ollama's OpenAI-compatible model list, built from the merged tags."""
     now = int(time.time())
-    return {"object": "list", "data": [{"id": m["model"], "object": "model", "created": now, "owned_by": "openai"}
-                                       for m in ollama_tags(upstream)["models"]]}
+    models = ollama_tags(upstream)["models"]
+    return {"object": "list",
+            "data": [{"id": m["model"], "object": "model", "created": now, "owned_by": "openai"}
+                     for m in models]}
 
 
 # ----------------------------------------------------------------------------- OpenAI

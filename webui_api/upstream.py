@@ -1,4 +1,4 @@
-"""Upstream client: one pooled HTTP session to the Ollama and OpenAI backends, with timeouts and error mapping."""
+"""Upstream client: one pooled HTTP session to the Ollama and OpenAI backends, timeouts and error mapping."""
 from __future__ import annotations
 
 import logging
@@ -31,7 +31,8 @@ class Backend:
     @property
     def label(self) -> str:
         parts = urlsplit(self.url)
-        shown = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "") + parts.path
+        port = f":{parts.port}" if parts.port else ""
+        shown = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"  # userinfo dropped
         return f"{'Ollama' if self.kind == 'ollama' else 'OpenAI'} backend {self.idx} ({shown})"
 
 
@@ -99,8 +100,9 @@ class Upstream:
         self.ollama = [Backend("ollama", i, url) for i, url in enumerate(settings.OLLAMA_BASE_URLS)] \
             if settings.ENABLE_OLLAMA_API else []
         keys = list(settings.OPENAI_API_KEYS)
+        urls = settings.OPENAI_API_BASE_URLS if settings.ENABLE_OPENAI_API else []
         self.openai = [Backend("openai", i, url, keys[i] if i < len(keys) else "")
-                       for i, url in enumerate(settings.OPENAI_API_BASE_URLS)] if settings.ENABLE_OPENAI_API else []
+                       for i, url in enumerate(urls)]
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=max(4, len(self.ollama) + len(self.openai)),
                               pool_maxsize=max(1, int(settings.UPSTREAM_POOL_SIZE)), max_retries=0)
@@ -188,7 +190,7 @@ class Upstream:
             yield pending.rstrip(b"\r")
 
     # --- concurrency
-    def fan_out(self, fn: Callable[[Any], Any], items: Iterable[Any], timeout: float) -> list[tuple[Any, Any]]:
+    def fan_out(self, fn: Callable[[Any], Any], items: Iterable[Any], timeout: float) -> list[tuple]:
         """Run fn(item) concurrently; return [(item, result or exception)] in input order within `timeout`
         seconds whatever happens. Late items get UpstreamTimeout. Daemon threads (one per item) rather than
         a shared pool: a backend that never answers can neither starve later calls nor block shutdown."""

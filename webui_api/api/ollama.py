@@ -94,10 +94,12 @@ _route("/api/embeddings", "Embeddings", ("post",), "verified", "Legacy single-pr
 _route("/v1/chat/completions", "V1Chat", ("post",), "verified", "Ollama's OpenAI-compatible chat endpoint.")
 _route("/v1/completions", "V1Completions", ("post",), "verified", "Ollama's OpenAI-compatible completions.")
 _route("/v1/embeddings", "V1Embeddings", ("post",), "verified", "Ollama's OpenAI-compatible embeddings.")
-_route("/api/pull", "Pull", ("post",), "admin", "Pull a model (admin); backend 0 unless `/{url_idx}`. Streams "
-       "progress.", model_key=None, default_idx=0, changes_models=True)
-_route("/api/push", "Push", ("post", "delete"), "admin", "Push a model to a registry (admin). POST like Ollama; "
-       "DELETE accepted for Open WebUI compatibility.", upstream_method="POST", changes_models=True)
+_route("/api/pull", "Pull", ("post",), "admin",
+       "Pull a model (admin); backend 0 unless `/{url_idx}`. Streams progress.",
+       model_key=None, default_idx=0, changes_models=True)
+_route("/api/push", "Push", ("post", "delete"), "admin",
+       "Push a model to a registry (admin). POST like Ollama; DELETE accepted for Open WebUI compatibility.",
+       upstream_method="POST", changes_models=True)
 _route("/api/create", "Create", ("post",), "admin", "Create a model (admin); backend 0 unless `/{url_idx}`.",
        model_key=None, default_idx=0, changes_models=True)
 _route("/api/copy", "Copy", ("post",), "admin", "Copy a model on the backend hosting `source` (admin).",
