@@ -436,3 +436,16 @@ def test_rag_with_an_uploaded_file(client, chat, user, make_user, fake_backend):
     response = chat({"model": "gpt-4o-mini", "messages": question, "files": [{"type": "file", "id": file_id}]},
                     creds=stranger)
     assert response.status_code == 404
+
+
+def test_usage_tokens_are_counted_in_metrics(chat):
+    from prometheus_client import REGISTRY
+
+    def out_tokens() -> float:
+        return REGISTRY.get_sample_value("webui_api_tokens_total", {"direction": "out"}) or 0.0
+
+    for body in ({"model": "llama3.2", "messages": HELLO}, {"model": "gpt-4o-mini", "messages": HELLO},
+                 {"model": "llama3.2", "messages": HELLO, "stream": True}):
+        before = out_tokens()
+        chat(body).get_data()
+        assert out_tokens() - before == 16, body

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator
 
-from . import convert
+from . import convert, telemetry
 from .errors import ApiError, ServiceUnavailable, Unprocessable, UpstreamError
 from .upstream import http_error
 
@@ -187,6 +187,7 @@ def _openai_chat(upstream, target, body: dict, params: dict, sources: list) -> d
         raise backend_error(resp, target.backend)
     if not stream:
         data = _json_body(resp, target.backend)
+        _count_tokens(data)
         return {"sources": sources, **data} if sources else data
     return Streamed(_sse_passthrough(upstream, resp, sources))
 
@@ -261,6 +262,7 @@ def _ollama_chat(upstream, target, requested: str, body: dict, params: dict,
         if isinstance(data, dict) and data.get("error"):
             raise UpstreamError(f"{target.backend.label}: {data['error']}")
         completion = convert.ollama_to_openai_completion(data, requested, completion_id, created)
+        _count_tokens(completion)
         return {"sources": sources, **completion} if sources else completion
     converter = convert.OllamaStreamConverter(requested, completion_id, created, include_usage)
     return Streamed(_ollama_sse(upstream, resp, converter, sources))
@@ -285,6 +287,7 @@ def _ollama_sse(upstream, resp, converter, sources: list) -> Iterator[bytes]:
             for chunk in converter.feed(obj):
                 if pending_sources and isinstance(chunk.get("choices"), list) and chunk["choices"]:
                     chunk, pending_sources = {"sources": pending_sources, **chunk}, None
+                _count_tokens(chunk)
                 yield convert.sse(chunk)
             finished = finished or bool(obj.get("done"))
         if not finished:
@@ -323,7 +326,9 @@ def embeddings(ext, user, body: dict) -> dict:
         resp = ext.upstream.request(target.backend, "POST", "/embeddings", json=payload)
         if resp.status_code >= 400:
             raise backend_error(resp, target.backend)
-        return _json_body(resp, target.backend)
+        data = _json_body(resp, target.backend)
+        _count_tokens(data)
+        return data
     _check_input(inputs, tokens_ok=False)
     payload = {"model": target.upstream_model, "input": inputs}
     payload.update({k: body[k] for k in ("truncate", "options", "keep_alive", "dimensions") if k in body})
@@ -333,7 +338,9 @@ def embeddings(ext, user, body: dict) -> dict:
     data = _json_body(resp, target.backend)
     if not isinstance(data, dict) or not isinstance(data.get("embeddings"), list):
         raise UpstreamError(f"{target.backend.label} returned no embeddings")
-    return convert.ollama_embed_to_openai(data, requested, body.get("encoding_format"))
+    result = convert.ollama_embed_to_openai(data, requested, body.get("encoding_format"))
+    _count_tokens(result)
+    return result
 
 
 def _check_input(inputs: Any, tokens_ok: bool) -> None:
@@ -371,6 +378,16 @@ def _json_body(resp, backend) -> Any:
         raise UpstreamError(f"{backend.label} returned a body that is not JSON") from None
     finally:
         resp.close()
+
+
+def _count_tokens(reply: Any) -> None:
+    """Charge a reply's `usage` (if it carries one) to the current request's metrics."""
+    usage = reply.get("usage") if isinstance(reply, dict) else None
+    if isinstance(usage, dict):
+        try:
+            telemetry.record_tokens(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        except (TypeError, ValueError):
+            pass  # a backend's odd usage numbers must not fail the reply
 
 
 def _dumps(obj: Any) -> bytes:
