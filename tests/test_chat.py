@@ -449,3 +449,23 @@ def test_usage_tokens_are_counted_in_metrics(chat):
         before = out_tokens()
         chat(body).get_data()
         assert out_tokens() - before == 16, body
+
+
+@pytest.mark.parametrize("model", ["llama3.2", "gpt-4o-mini"])
+def test_client_going_away_frees_the_stream(live_url, user, fake_backend, model):
+    from prometheus_client import REGISTRY
+
+    def in_progress() -> float:
+        return REGISTRY.get_sample_value("webui_api_http_requests_in_progress") or 0.0
+
+    fake_backend.token_delay = 0.2  # the whole answer would take ~3 s
+    baseline = in_progress()
+    started = time.monotonic()
+    response = requests.post(f"{live_url}{CHAT}", headers=user["headers"], stream=True, timeout=10,
+                             json={"model": model, "messages": HELLO, "stream": True})
+    lines = response.iter_lines()
+    assert next(lines).startswith(b"data: ")
+    response.close()  # the client hangs up mid-answer
+    while in_progress() > baseline and time.monotonic() - started < 5:
+        time.sleep(0.05)
+    assert in_progress() == baseline and time.monotonic() - started < 2
