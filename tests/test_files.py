@@ -254,3 +254,28 @@ def test_upload_stream_is_not_held_in_memory(client, user, app):
     response = client.post("/api/v1/files/", headers=user["headers"], content_type="multipart/form-data",
                            data={"file": (big, "big.txt", "text/plain")})
     assert response.status_code == 413 and File.select().count() == 0
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_metadata_knowledge_id_links_after_processing(client, user, app, background):
+    kb = client.post("/api/v1/knowledge/create", headers=user["headers"], json={"name": "KB"}).get_json()
+    query_string = "?process_in_background=true" if background else ""
+    body = upload_ok(client, user["headers"], "z.txt", ZEPHYR, query=query_string,
+                     metadata=json.dumps({"knowledge_id": kb["id"]}))
+    if background:
+        _drain_background_now()
+    found = query(client, user["headers"], kb["id"], "launch code").get_json()
+    assert found["metadatas"][0][0]["file_id"] == body["id"]
+    assert body["meta"]["data"] == {"knowledge_id": kb["id"]}
+
+
+def _drain_background_now():
+    from webui_api.rag import ingest
+    assert ingest.drain(10)
+
+
+def test_metadata_knowledge_id_of_someone_else_stores_nothing(client, user, make_user):
+    kb = client.post("/api/v1/knowledge/create", headers=user["headers"], json={"name": "KB"}).get_json()
+    other = make_user("user")
+    response = upload(client, other["headers"], "z.txt", ZEPHYR, metadata=json.dumps({"knowledge_id": kb["id"]}))
+    assert response.status_code == 404 and File.select().count() == 0

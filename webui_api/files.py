@@ -104,11 +104,16 @@ def upload(ext, user: User, stream: BinaryIO, filename: str | None, content_type
            metadata: dict | None, process: bool = True, background: bool = False) -> tuple[File, bool]:
     """Store an upload and (unless `process` is false) make it searchable. Returns (file, created).
     The same user uploading the same bytes again gets the existing file (processed if needed)."""
+    from . import knowledge
+
     settings = ext.settings
     name = safe_filename(filename)
     if process:
         check_extension(settings, name)
     ctype = guess_type(name, content_type)
+    target = (metadata or {}).get("knowledge_id") if process else None
+    if target is not None:
+        knowledge.writable(user, target)  # Open WebUI's auto-link: refused before anything is stored
     staged = ingest.receive(settings, stream)
     try:
         if staged.size == 0:
@@ -116,15 +121,20 @@ def upload(ext, user: User, stream: BinaryIO, filename: str | None, content_type
         if process:
             extract.check_supported(staged.head, name, ctype)
         existing = _same_upload(user, staged.sha256)
-        if existing is not None:
-            return _reuse(ext, existing, process, background), False
-        file = ingest.store(settings, user.id, staged, name, ctype, metadata or {},
-                            "pending" if process else "stored")
+        if existing is None:
+            file = ingest.store(settings, user.id, staged, name, ctype, metadata or {},
+                                "pending" if process else "stored")
     finally:
         staged.discard()
-    if process:
+    if existing is not None:
+        file = _reuse(ext, existing, process, background)
+    elif process:
+        if target is not None:
+            knowledge.link(target, file.id)  # its vectors join the collection when processing completes
         file = _run(ext, file, background, new=True)
-    return file, True
+    if target is not None and file.status == "completed":
+        knowledge.add_file(ext, user, target, file.id)
+    return file, existing is None
 
 
 def _same_upload(user: User, sha256: str) -> File | None:

@@ -214,6 +214,12 @@ def add_file(ext, user: User, knowledge_id: str, file_id: str) -> dict:
     return with_files(user, Knowledge.get_by_id(kb.id))
 
 
+def link(knowledge_id: str, file_id: str) -> None:
+    """Membership only; the ingest pipeline puts the vectors in when the file's processing completes."""
+    with db.write_transaction():
+        KnowledgeFile.get_or_create(knowledge=knowledge_id, file=file_id)
+
+
 def _check_dimension(ext, knowledge_id: str, file_id: str) -> None:
     row = Chunk.select(Chunk.dim).where(Chunk.file == file_id).first()
     have = ext.vectors.dim(knowledge_id)
