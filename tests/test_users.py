@@ -61,3 +61,22 @@ def test_non_admin_cannot_manage_users(client, user, admin):
     assert client.post(f"/api/v1/users/{admin['id']}/update", headers=user["headers"],
                        json={"role": "user"}).status_code == 403
     assert client.delete(f"/api/v1/users/{admin['id']}", headers=user["headers"]).status_code == 403
+
+
+def test_deleting_a_user_removes_their_files_vectors_and_collections(client, admin, user, app):
+    import os
+
+    from webui_api.db import Chunk, File, Knowledge
+    data = {"file": (__import__("io").BytesIO(b"Deleted users leave nothing behind."), "note.txt")}
+    upload = client.post("/api/v1/files/", headers=user["headers"], data=data,
+                         content_type="multipart/form-data")
+    assert upload.status_code == 502  # no embedding backend in this module: the file is kept, failed
+    assert File.select().count() == 1
+    kb = client.post("/api/v1/knowledge/create", headers=user["headers"],
+                     json={"name": "mine", "description": ""}).get_json()
+    uploads = os.path.join(app.extensions["webui_api"].settings.DATA_DIR, "uploads")
+    assert len(os.listdir(uploads)) >= 1
+    assert client.delete(f"/api/v1/users/{user['id']}", headers=admin["headers"]).get_json() is True
+    assert File.select().count() == 0 and Chunk.select().count() == 0
+    assert Knowledge.get_or_none(Knowledge.id == kb["id"]) is None
+    assert [n for n in os.listdir(uploads) if not n.startswith(".")] == []

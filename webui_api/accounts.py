@@ -315,12 +315,18 @@ def _change_email(user: User, email: str) -> None:
     user.email = email
 
 
-def delete_user(user_id: str) -> None:
+def delete_user(user_id: str, purge=None) -> None:
+    """Delete an account; `purge(user)` first removes what lives outside SQLite (uploads, vectors)."""
+    user = get_user(user_id)
+    if user.role == "admin":
+        _forbid_last_admin(user)
+    if purge is not None:
+        purge(user)
     with write_transaction():
         user = get_user(user_id)
         if user.role == "admin":
             _forbid_last_admin(user)
-        user.delete_instance(recursive=False)
+        user.delete_instance(recursive=False)  # rows the user owns go by ON DELETE CASCADE
 
 
 def _forbid_last_admin(user: User) -> None:

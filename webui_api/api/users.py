@@ -5,7 +5,8 @@ import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import accounts
+from .. import accounts, files, knowledge
+from ..db import Knowledge
 from .deps import access, ext
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Admin user management")
@@ -69,8 +70,15 @@ class UserView(MethodView):
     @blp.response(200)
     def delete(self, user_id):
         """Delete an account and everything it owns. The last admin cannot be deleted."""
-        accounts.delete_user(user_id)
+        accounts.delete_user(user_id, purge=_purge_content)
         return True
+
+
+def _purge_content(user) -> None:
+    """Uploaded bytes, FAISS vectors and collection indexes of a user being deleted."""
+    files.purge_user(ext(), user.id)
+    for kb in Knowledge.select().where(Knowledge.user == user.id):
+        knowledge.delete(ext(), user, kb.id)
 
 
 @blp.route("/<string:user_id>/update")
