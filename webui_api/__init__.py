@@ -101,12 +101,9 @@ def _enable_cors(app: Flask, origins: list[str]) -> None:
 def _startup(app: Flask) -> None:
     """One-time work per process: the headless admin, and files a crashed worker left half-done."""
     from . import accounts
+    from .rag.ingest import recover_interrupted
 
     ext = app.extensions["webui_api"]
     if accounts.ensure_initial_admin(ext.settings):
         log.info("created the initial admin %s", ext.settings.WEBUI_ADMIN_EMAIL)
-    try:
-        from .rag.ingest import recover_interrupted
-    except ImportError:  # the RAG pipeline is optional at this layer
-        return
     recover_interrupted(ext)
