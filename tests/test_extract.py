@@ -134,3 +134,12 @@ def test_empty_is_400_with_open_webui_message(data):
     with pytest.raises(BadRequest) as err:
         extract(data, "empty.txt")
     assert err.value.detail == EMPTY_CONTENT
+
+
+def test_damaged_docx_is_400_not_500():
+    data = make_docx("T", ["body"])
+    damaged = data.replace(b"word/document.xml", b"word/documenX.xml", 1)
+    with pytest.raises((BadRequest, UnsupportedMediaType)):
+        extract(damaged, "broken.docx")
+    with pytest.raises(BadRequest):
+        extract(data[: len(data) // 2], "truncated.docx")

@@ -171,9 +171,11 @@ def _run(ext, file: File, background: bool, new: bool) -> File:
         if new and getattr(exc, "content_error", False):
             _delete(ext, file)  # a file we cannot read is refused outright: nothing stays behind
             raise
-        if isinstance(exc, UpstreamError):
+        kept = File.get_or_none(File.id == file.id)
+        if kept is not None and kept.status == "failed" and isinstance(exc.detail, str):
+            cause = "the embedding backend is back" if isinstance(exc, UpstreamError) else "the problem is fixed"
             exc.detail = (f"{exc.detail} The file was kept as {file.id} with status 'failed'; process it again "
-                          "with POST /api/v1/retrieval/process/file once the embedding backend is back.")
+                          f"with POST /api/v1/retrieval/process/file once {cause}.")
         raise
 
 

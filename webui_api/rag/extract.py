@@ -104,7 +104,13 @@ def extract(data: bytes, filename: str, content_type: str | None = None) -> Extr
         raise BadRequest(EMPTY_CONTENT)
     kind = check_supported(data[:8192], filename, content_type)
     reader = _READERS.get(kind, _read_text)
-    result = reader(data, filename)
+    try:
+        result = reader(data, filename)
+    except (BadRequest, UnsupportedMediaType):
+        raise
+    except Exception as exc:  # third-party parsers fail in many ways on damaged files: still the file's fault
+        log.info("extracting %r (%s) failed: %r", filename, kind, exc)
+        raise BadRequest(f"{filename!r} could not be read as {kind.upper()}: {type(exc).__name__}") from None
     result.text = result.text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
     if not result.text.strip():
         raise BadRequest(EMPTY_CONTENT)
@@ -176,7 +182,10 @@ def _read_csv(data: bytes, filename: str) -> Extracted:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel
-    rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
+    except csv.Error:
+        return Extracted(text, "csv")  # not really CSV: keep the text as it is
     if len(rows) < 2:
         return Extracted(text, "csv")
     header = [name.strip() or f"column {i + 1}" for i, name in enumerate(rows[0])]

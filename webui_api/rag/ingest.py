@@ -169,7 +169,7 @@ def _process_locked(ext, file_id: str, content: str | None) -> File:
         new_ids, old_ids = _write_chunks(file_id, extracted, pieces, vectors, ext.embedder.model)
         _index(ext, file_id, new_ids, old_ids, vectors)
     except ApiError as exc:
-        if getattr(exc, "unchanged", False):
+        if getattr(exc, "unchanged", False) and before[0] == "completed":
             set_status(file_id, *before)  # refused before anything was touched: the file is as it was
         else:
             set_status(file_id, "failed", _failure_text(exc))
