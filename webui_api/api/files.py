@@ -64,9 +64,17 @@ class ContentUpdateSchema(ma.Schema):
     content = ma.fields.String(required=True)
 
 
+UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary"},
+                   "metadata": {"type": "string", "description": "JSON object, kept as meta.data; "
+                                                                 "`knowledge_id` adds the file to that collection"}}}}}}
+
+
 @blp.route("/")
 class Files(MethodView):
     @blp.arguments(UploadArgs, location="query")
+    @blp.doc(requestBody=UPLOAD_BODY)
     @blp.response(200)
     def post(self, args):
         """Upload a file (multipart field `file`, optional JSON `metadata` field). By default the answer
