@@ -1,28 +1,77 @@
-"""gunicorn settings for a streaming gateway; every value can be set from the environment."""
+"""gunicorn settings for a streaming gateway; every value can be set from the environment.
+
+Chosen by measurement (bench/workers_threads.py, 2 CPUs, 2 workers, fake backend streaming 20 tokens x 50 ms,
+32 streams opened at once; full figures in the bench's commit message):
+
+    shape             32 streams: wall  worst TTFT  in flight | health check while they run: p50   max
+    sync               13.9 s     13.0 s        2             |                          13.5 s  13.5 s
+    gthread x16         1.8 s      0.95 s      16             |                          5.0 ms  592 ms
+    gthread x32         1.0 s      0.14 s      32             |                          3.6 ms    9 ms
+
+A sync worker is pinned by one stream, so every other request (even a health check) waits behind whole
+generations. gthread holds one *thread* per stream and heart-beats from the worker's main loop, so `timeout`
+never kills a long generation. Threads must exceed the concurrent streams you expect, or short requests queue
+behind them: 32 per worker by default (cheap: the threads mostly wait on sockets). Throughput of short
+requests is CPU-bound (~600-1000 req/s on 2 cores for any thread count), so add processes (WEB_CONCURRENCY,
+about one per core) for CPU and threads for concurrent streams.
+"""
 import os
+import shutil
 
 wsgi_app = "wsgi:app"
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# gthread: a streamed completion holds one thread, not a whole worker process, and the worker keeps
-# heart-beating from its main loop, so long generations are not killed by `timeout`.
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")  # "sync" only for comparison benches
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+os.environ["GUNICORN_THREADS"] = str(threads)  # workers size their upstream connection pool by it
+# A gthread worker keeps accepting connections up to this many and queues them for its threads. At 1000
+# (gunicorn's default) one worker grabbed 20 of 32 simultaneous streams while 16 threads served them and the
+# other worker idled; capped a little above the thread count, the kernel hands the surplus to the other worker
+# (peak streams served at once: 16 -> 28 at 16 threads, 4 -> 8 at 4 threads).
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", str(threads + max(4, threads // 4))))
+# gthread heart-beats from its main loop, not from the request threads: this only fires when a worker's
+# main loop is stuck, never because one generation is long.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+# On SIGTERM a worker stops accepting and lets in-flight requests (streams included) finish for this long.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+# The app writes the access log (stdout; JSON lines with LOG_FORMAT=json: request id, user id, route, status,
+# latency to the end of a stream, backend time). gunicorn's own line can be added: GUNICORN_ACCESSLOG=-.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 # No preload: each worker opens its own SQLite connections, FAISS handles and HTTP sessions after fork.
 preload_app = False
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
+
+
+def _data_dir() -> str:
+    from webui_api.config import Settings
+
+    return Settings.from_env().DATA_DIR
+
+
+# Cross-worker metrics: prometheus_client keeps each worker's values in mmap files in this directory and sums
+# them at scrape time. It must be in the environment before a worker imports the app (workers inherit it).
+metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(_data_dir(), "metrics")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
 
 def on_starting(server):
-    """Create the data dir and the generated secret once, in the master, before workers fork."""
+    """In the master, before workers fork: the data dir, the generated secret and a clean metrics dir."""
     from webui_api.config import Settings, load_secret_key
 
     settings = Settings.from_env()
     os.makedirs(settings.DATA_DIR, exist_ok=True)
     if not settings.WEBUI_SECRET_KEY:
         load_secret_key(settings.DATA_DIR)
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the server, as Prometheus expects
+    os.makedirs(metrics_dir, exist_ok=True)
+
+
+def child_exit(server, worker):
+    """A worker is gone: drop its live gauges (its counters and histograms stay in the sums)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, metrics_dir)

@@ -72,3 +72,101 @@ class Gunicorn:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+
+def nginx_binary() -> str | None:
+    """The nginx executable (Debian installs it in /usr/sbin, which may not be on a user's PATH)."""
+    import shutil
+
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+                                          if os.access(p, os.X_OK)), None)
+
+
+class Nginx:
+    """deploy/nginx.conf, rewritten for loopback ports and a private prefix dir, run in the foreground.
+
+    Only what must differ is rewritten (listen port, upstream address, body limit, pid/log/temp paths,
+    user); every proxy setting under test is the deployed file's own. A rewrite that no longer matches the
+    file fails loudly, so the test cannot drift away from the config it claims to test."""
+
+    def __init__(self, upstream_port: int, workdir: str | Path, client_max_body_size: str | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = Path(workdir)
+        self.upstream_port = upstream_port
+        self.client_max_body_size = client_max_body_size
+        self.access_log = self.dir / "access.log"
+        self.error_log = self.dir / "error.log"
+        self.proc: subprocess.Popen | None = None
+
+    def render(self) -> Path:
+        import pwd
+        import re
+
+        text = NGINX_CONF.read_text()
+        temp = "".join(f"    {name}_temp_path {self.dir / name};\n" for name in
+                       ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        rewrites = [
+            (r"(?m)^user .*;$", f"user {pwd.getpwuid(os.geteuid()).pw_name};"),
+            (r"(?m)^worker_processes .*;$", "worker_processes 2;"),
+            (r"(?m)^pid .*;$", f"pid {self.dir / 'nginx.pid'};"),
+            (r"(?m)^error_log .*;$", f"error_log {self.error_log} info;"),
+            (r"(?m)^(\s*)access_log \S+ gateway;$", rf"\g<1>access_log {self.access_log} gateway;"),
+            (r"(?m)^http \{$", "http {\n" + temp),
+            (r"server 127\.0\.0\.1:8080;", f"server 127.0.0.1:{self.upstream_port};"),
+            (r"(?m)^(\s*)listen 80;$", rf"\g<1>listen 127.0.0.1:{self.port};"),
+        ]
+        if self.client_max_body_size:
+            rewrites.append((r"client_max_body_size \S+;", f"client_max_body_size {self.client_max_body_size};"))
+        for pattern, replacement in rewrites:
+            text, count = re.subn(pattern, replacement, text)
+            if count != 1:
+                raise RuntimeError(f"deploy/nginx.conf changed: {pattern!r} matched {count} times")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "nginx.conf"
+        conf.write_text(text)
+        return conf
+
+    def start(self) -> "Nginx":
+        binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed")
+        conf = self.render()
+        subprocess.run([binary, "-t", "-q", "-p", str(self.dir), "-c", str(conf)], check=True,
+                       capture_output=True, timeout=30)
+        self.proc = subprocess.Popen([binary, "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until_listening(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()  # SIGTERM: nginx's fast shutdown, master and workers
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def wait_until_listening(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")

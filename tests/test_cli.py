@@ -1,0 +1,147 @@
+"""The `webui-api` console script, run as a real process against the same DATA_DIR as the app."""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from webui_api.db import File, Knowledge, User
+
+from .servers import BIN
+
+WEBUI_API = str(BIN / "webui-api")
+
+
+@pytest.fixture
+def settings_overrides(fake_backend):
+    return {"OLLAMA_BASE_URLS": fake_backend.url}
+
+
+@pytest.fixture
+def run(data_dir, fake_backend):
+    env = {**os.environ, "DATA_DIR": data_dir, "OLLAMA_BASE_URLS": fake_backend.url, "OPENAI_API_BASE_URLS": "",
+           "PASSWORD_HASH_COST": "1024", "RAG_EMBEDDING_MODEL": "nomic-embed-text"}
+    env.pop("WEBUI_ADMIN_PASSWORD", None)
+
+    def run(*args, stdin: str | None = None, **extra_env) -> subprocess.CompletedProcess:
+        return subprocess.run([WEBUI_API, *args], input=stdin, capture_output=True, text=True, timeout=120,
+                              env={**env, **extra_env})
+    return run
+
+
+def one_line_error(result, fragment: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("webui-api: error:") and fragment in lines[0], result.stderr
+
+
+def test_accounts_from_the_command_line(run, client):
+    result = run("create-admin", "--email", "Root@Example.com", "--name", "Root", stdin="s3cret-pass\n")
+    assert result.returncode == 0, result.stderr
+    session = client.post("/api/v1/auths/signin", json={"email": "root@example.com", "password": "s3cret-pass"})
+    assert session.status_code == 200 and session.get_json()["role"] == "admin"
+
+    key = run("create-api-key", "--email", "root@example.com").stdout.strip()
+    assert key.startswith("sk-") and len(key) == 35
+    assert client.get("/api/v1/auths/", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+    client.post("/api/v1/auths/add", headers={"Authorization": f"Bearer {key}"},
+                json={"name": "U", "email": "u@example.com", "password": "pw-pw-pw", "role": "user"})
+    assert run("set-role", "u@example.com", "pending").returncode == 0
+    assert User.get(User.email == "u@example.com").role == "pending"
+
+
+def test_errors_are_one_line_without_traceback(run, data_dir):
+    one_line_error(run("set-role", "ghost@example.com", "admin"), "no account with email 'ghost@example.com'")
+    one_line_error(run("create-api-key", "--email", "ghost@example.com"), "no account")
+    assert run("create-admin", "--email", "a@example.com", "--password", "pw").returncode == 0
+    one_line_error(run("create-admin", "--email", "a@example.com", "--password", "pw"), "already registered")
+    one_line_error(run("set-role", "a@example.com", "user"), "last admin")
+    one_line_error(run("create-admin", "--email", "not-an-email", "--password", "pw"), "email format")
+    one_line_error(run("check", DATA_DIR=os.path.join(data_dir, "missing")), "does not exist")
+    one_line_error(run("ingest", os.path.join(data_dir, "nope")), "no such file or folder")
+    usage = run("set-role", "a@example.com", "emperor")
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr and "Traceback" not in usage.stderr
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "alpha.md").write_text("# Alpha\n\nThe alpaca grazes on the high plateau every morning.\n")
+    (folder / "beta.txt").write_text("Beta notes: the lighthouse keeper logs every passing ship.\n")
+    (folder / "sub" / "gamma.txt").write_text("Gamma: volcanic soil makes the vineyard terraces fertile.\n")
+    (folder / ".hidden.txt").write_text("never ingested")
+    (folder / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    return folder
+
+
+def query(client, headers, collection, text):
+    response = client.post("/api/v1/retrieval/query/collection", headers=headers,
+                           json={"collection_names": [collection], "query": text, "k": 1})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["documents"][0]
+
+
+def test_ingest_a_folder_into_a_collection_then_resume_and_update(run, client, admin, fake_backend, corpus):
+    first = run("ingest", str(corpus), "--knowledge", "Field notes")
+    assert first.returncode == 1  # the png could not be ingested; the rest was
+    assert "3 added, 0 updated, 0 unchanged, 1 failed" in first.stdout
+    assert "ingest [" in first.stderr and "5/4" not in first.stderr and "4/4" in first.stderr
+    assert "photo.png" in first.stderr.splitlines()[-1] and "Traceback" not in first.stderr
+    kb = Knowledge.get(Knowledge.name == "Field notes")
+    assert "vineyard" in query(client, admin["headers"], kb.id, "vineyard terraces")[0]
+
+    embeds = len(fake_backend.requests_to("/api/embed"))
+    again = run("ingest", str(corpus), "--knowledge", "Field notes")
+    assert "0 added, 0 updated, 3 unchanged, 1 failed" in again.stdout
+    assert len(fake_backend.requests_to("/api/embed")) == embeds  # nothing embedded twice
+    assert Knowledge.select().where(Knowledge.name == "Field notes").count() == 1
+
+    (corpus / "beta.txt").write_text("Beta notes, revised: the harbour pilot guides tankers at night.\n")
+    (corpus / "photo.png").unlink()
+    third = run("ingest", str(corpus), "--knowledge", "Field notes")
+    assert third.returncode == 0 and "0 added, 1 updated, 2 unchanged, 0 failed" in third.stdout
+    assert "harbour" in query(client, admin["headers"], kb.id, "harbour pilot tankers")[0]
+    assert not any("lighthouse" in (f.content or "") for f in File.select())  # the old version is gone
+    assert run("check").returncode == 0
+
+
+def test_reindex_and_check_find_and_repair_drift(run, client, admin, corpus, data_dir):
+    assert run("ingest", str(corpus / "sub"), str(corpus / "alpha.md"), "--knowledge", "K").returncode == 0
+    index_dir = os.path.join(data_dir, "vector_db")
+    kb = Knowledge.get(Knowledge.name == "K")
+    file_id = File.get(File.filename == "alpha.md").id
+    ok = run("check")
+    assert ok.returncode == 0 and "ok: 3 collection(s)" in ok.stdout
+
+    os.unlink(os.path.join(index_dir, f"{kb.id}.faiss"))
+    shutil.copy(os.path.join(index_dir, f"file-{file_id}.faiss"), os.path.join(index_dir, "file-gone.faiss"))
+    with open(os.path.join(index_dir, f"file-{file_id}.faiss"), "r+b") as handle:
+        handle.truncate(40)  # a half-written index
+    drift = run("check")
+    assert drift.returncode == 3
+    assert f"drift: {kb.id}: index file missing" in drift.stdout
+    assert f"drift: file-{file_id}: index file unreadable" in drift.stdout
+    assert "drift: file-gone: index file for a collection that does not exist" in drift.stdout
+
+    fixed = run("reindex")
+    assert fixed.returncode == 0 and "rebuilt 3 collection(s)" in fixed.stdout and "removed 1 stray" in fixed.stdout
+    assert "reindex [" in fixed.stderr
+    assert run("check").returncode == 0
+    assert "alpaca" in query(client, admin["headers"], kb.id, "alpaca plateau")[0]
+
+
+def test_check_sees_orphaned_vectors_and_reindex_of_one_collection(run, app, admin, corpus):
+    assert run("ingest", str(corpus / "alpha.md"), "--knowledge", "K").returncode == 0
+    kb = Knowledge.get(Knowledge.name == "K")
+    vectors = app.extensions["webui_api"].vectors
+    vectors.add(kb.id, [999_999], np.ones((1, 64), dtype=np.float32) / 8.0)  # a vector of no chunk
+    drift = run("check")
+    assert drift.returncode == 3 and f"drift: {kb.id}: 1 orphaned vector(s) in the index" in drift.stdout
+    assert run("reindex", "--collection", kb.id).returncode == 0
+    assert 999_999 not in vectors.ids(kb.id)
+    assert run("check").returncode == 0
+    one_line_error(run("reindex", "--collection", "no-such"), "no collection 'no-such'")

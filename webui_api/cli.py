@@ -1,0 +1,447 @@
+"""`webui-api` command line: accounts, bulk ingest, index rebuild and database/index consistency check."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import logging
+import mimetypes
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DRIFT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class CliError(Exception):
+    """A failure explained in one line on stderr."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING, format="webui-api: %(levelname)s: %(message)s")
+    try:
+        return args.handler(args) or EXIT_OK
+    except KeyboardInterrupt:
+        print("webui-api: interrupted (run the same command again to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # every failure is one line, never a traceback
+        print(f"webui-api: error: {describe(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def describe(exc: BaseException) -> str:
+    from .errors import ApiError
+
+    if isinstance(exc, ApiError):
+        return exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if isinstance(exc, CliError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc.__class__.__name__}: {exc.filename}"
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webui-api", description="Operate a webui_api installation. Configuration comes from the same "
+        "environment variables as the server (DATA_DIR, DATABASE_URL, RAG_*, OLLAMA_BASE_URLS, ...).")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    cmd = sub.add_parser("create-admin", help="create an admin account")
+    cmd.add_argument("--email", required=True)
+    cmd.add_argument("--name", default="Admin")
+    cmd.add_argument("--password", help="default: WEBUI_ADMIN_PASSWORD, else read from stdin / prompt")
+    cmd.set_defaults(handler=cmd_create_admin)
+
+    cmd = sub.add_parser("set-role", help="change an account's role")
+    cmd.add_argument("email")
+    cmd.add_argument("role", choices=["pending", "user", "admin"])
+    cmd.set_defaults(handler=cmd_set_role)
+
+    cmd = sub.add_parser("create-api-key", help="create (or replace) an account's API key and print it once")
+    cmd.add_argument("--email", required=True)
+    cmd.set_defaults(handler=cmd_create_api_key)
+
+    cmd = sub.add_parser("ingest", help="upload files or folders (recursively) and make them searchable")
+    cmd.add_argument("paths", nargs="+", metavar="PATH")
+    cmd.add_argument("--knowledge", metavar="NAME", help="add every file to this collection (created if missing)")
+    cmd.add_argument("--email", help="owner of the files (default: the first admin)")
+    cmd.set_defaults(handler=cmd_ingest)
+
+    cmd = sub.add_parser("reindex", help="rebuild vector index files from the database (no embedding calls)")
+    cmd.add_argument("--collection", metavar="NAME", help="only this collection: a knowledge id or file-<id>")
+    cmd.set_defaults(handler=cmd_reindex)
+
+    cmd = sub.add_parser("check", help="verify database <-> vector index consistency; exit 3 on drift")
+    cmd.set_defaults(handler=cmd_check)
+    return parser
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def open_services():
+    """Settings, database and the per-app objects, as the server builds them (no network, no start-up jobs)."""
+    from . import db
+    from .config import Settings
+    from .extensions import build_extensions
+
+    settings = Settings.from_env()
+    if not os.path.isdir(settings.DATA_DIR):
+        raise CliError(f"DATA_DIR {settings.DATA_DIR} does not exist (set DATA_DIR to the server's data dir)")
+    db.init_database(settings.database_path)
+    return build_extensions(settings)
+
+
+def find_user(email: str):
+    from .db import User
+
+    user = User.get_or_none(User.email == (email or "").strip().lower())
+    if user is None:
+        raise CliError(f"no account with email {email!r}")
+    return user
+
+
+# ---------------------------------------------------------------- accounts
+
+
+def cmd_create_admin(args) -> int:
+    from . import accounts
+
+    ext = open_services()
+    password = args.password or os.environ.get("WEBUI_ADMIN_PASSWORD") or read_password()
+    user = accounts.add_user(ext.settings, args.name, args.email, password, "admin")
+    print(f"created admin {user.email} ({user.id})")
+    return EXIT_OK
+
+
+def read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Repeat password: "):
+            raise CliError("the passwords differ")
+        password = first
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise CliError("an empty password is not allowed")
+    return password
+
+
+def cmd_set_role(args) -> int:
+    from . import accounts
+
+    ext = open_services()
+    user = accounts.update_user(ext.settings, find_user(args.email).id, {"role": args.role})
+    print(f"{user.email} is now {user.role}")
+    return EXIT_OK
+
+
+def cmd_create_api_key(args) -> int:
+    from . import accounts
+
+    ext = open_services()
+    key = accounts.create_api_key(ext.settings, find_user(args.email))
+    print(key)  # the only time it is shown: only its hash is stored
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, one line per step otherwise (logs, CI)."""
+
+    def __init__(self, total: int, label: str, stream=None):
+        self.total, self.label, self.done = max(total, 0), label, 0
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.started = time.monotonic()
+
+    def step(self, note: str = "") -> None:
+        self.done += 1
+        width = 30
+        filled = int(width * self.done / self.total) if self.total else width
+        bar = "#" * filled + "." * (width - filled)
+        elapsed = time.monotonic() - self.started
+        line = f"{self.label} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s {note}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line[:max(20, os.get_terminal_size(self.stream.fileno()).columns - 1)])
+            if self.done >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+# ---------------------------------------------------------------- ingest
+
+
+@dataclass
+class IngestTally:
+    added: int = 0
+    skipped: int = 0
+    updated: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def cmd_ingest(args) -> int:
+    from .db import User
+
+    ext = open_services()
+    if args.email:
+        owner = find_user(args.email)
+    else:
+        owner = User.select().where(User.role == "admin").order_by(User.created_at).first()
+        if owner is None:
+            raise CliError("no admin account exists; create one with `webui-api create-admin` or pass --email")
+    paths = list(collect_files(args.paths))
+    if not paths:
+        raise CliError("no files found under the given paths")
+    knowledge_id = ensure_knowledge(owner, args.knowledge) if args.knowledge else None
+    tally = IngestTally()
+    progress = Progress(len(paths), "ingest")
+    known = previous_uploads(owner)
+    for path in paths:
+        progress.step(f"{ingest_one(ext, owner, path, knowledge_id, known, tally)}: {path}")
+    print(f"{tally.added} added, {tally.updated} updated, {tally.skipped} unchanged, {len(tally.failed)} failed"
+          + (f" (knowledge {args.knowledge!r}: {knowledge_id})" if knowledge_id else ""))
+    for line in tally.failed:
+        print(f"webui-api: failed: {line}", file=sys.stderr)
+    return EXIT_ERROR if tally.failed else EXIT_OK
+
+
+def collect_files(paths: Iterable[str]) -> Iterator[str]:
+    """Files named, and files under folders named (recursively, hidden ones left out), sorted, once each."""
+    seen: set[str] = set()
+    for given in paths:
+        if not os.path.exists(given):
+            raise CliError(f"no such file or folder: {given}")
+        if os.path.isfile(given):
+            candidates = [given]
+        else:
+            candidates = []
+            for root, dirs, names in os.walk(given):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                candidates += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+        for path in candidates:
+            real = os.path.realpath(path)
+            if real not in seen and os.path.isfile(real):
+                seen.add(real)
+                yield os.path.abspath(path)
+
+
+def ensure_knowledge(owner, name: str) -> str:
+    from . import knowledge
+    from .db import Knowledge
+
+    found = Knowledge.select().where(Knowledge.user == owner.id, Knowledge.name == name) \
+        .order_by(Knowledge.created_at).first()
+    if found is not None:
+        return found.id
+    return knowledge.create(owner, name, "Created by webui-api ingest")["id"]
+
+
+def previous_uploads(owner) -> dict[str, object]:
+    """This owner's files that came from `webui-api ingest`, by source path (kept in the file's metadata)."""
+    from .db import File
+
+    by_path = {}
+    for file in File.select().where(File.user == owner.id).order_by(File.created_at):
+        source = ((file.meta or {}).get("data") or {}).get("source_path")
+        if source:
+            by_path[source] = file
+    return by_path
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest_one(ext, owner, path: str, knowledge_id: str | None, known: dict, tally: IngestTally) -> str:
+    """Upload one file unless the same bytes are already searchable; a changed file replaces its previous
+    version (also in the collection). Returns a short note for the progress line."""
+    from . import files, knowledge
+    from .errors import ApiError
+
+    try:
+        digest = sha256_of(path)
+        previous = known.get(path)
+        if previous is not None and previous.file_hash == digest and previous.status == "completed":
+            note, file_id = "unchanged", previous.id
+            tally.skipped += 1
+        else:
+            resume_abandoned(ext, owner, digest)
+            with open(path, "rb") as handle:
+                file, _created = files.upload(ext, owner, handle, os.path.basename(path),
+                                              mimetypes.guess_type(path)[0], {"source_path": path})
+            file_id = file.id
+            if previous is not None and previous.id != file.id:
+                files.delete(ext, owner, previous.id)  # the old version leaves the collections too
+                note = "updated"
+                tally.updated += 1
+            else:
+                note = "added"
+                tally.added += 1
+        if knowledge_id:
+            knowledge.add_file(ext, owner, knowledge_id, file_id)
+        return note
+    except (ApiError, OSError) as exc:
+        tally.failed.append(f"{path}: {describe(exc)}")
+        return "FAILED"
+
+
+def resume_abandoned(ext, owner, digest: str) -> None:
+    """Same bytes left pending/processing by an interrupted run and held by nobody: finish them here (an
+    upload of the same bytes would otherwise wait for a worker that no longer exists)."""
+    from .db import File
+    from .rag import ingest
+
+    for file in File.select().where(File.user == owner.id, File.file_hash == digest,
+                                    File.status.in_(ingest.UNSETTLED)):
+        with ingest.file_lock(ext.settings, file.id, blocking=False) as free:
+            abandoned = free
+        if abandoned:
+            ingest.process(ext, file.id)
+
+
+# ---------------------------------------------------------------- reindex and check
+
+
+def expected_collections() -> dict[str, list[str]]:
+    """Collection name -> file ids whose chunks belong in it, from the database (the source of truth)."""
+    from .db import File, Knowledge, KnowledgeFile
+    from .rag import ingest
+
+    wanted = {ingest.collection_name(f.id): [f.id] for f in File.select(File.id).where(File.status == "completed")}
+    for kb in Knowledge.select(Knowledge.id):
+        wanted[kb.id] = [link.file_id for link in KnowledgeFile.select(KnowledgeFile.file)
+                         .join(File).where(KnowledgeFile.knowledge == kb.id, File.status == "completed")]
+    return wanted
+
+
+def cmd_reindex(args) -> int:
+    from .rag import ingest
+
+    ext = open_services()
+    wanted = expected_collections()
+    if args.collection:
+        if args.collection not in wanted:
+            raise CliError(f"no collection {args.collection!r} (use a knowledge id or file-<id> of a completed file)")
+        wanted = {args.collection: wanted[args.collection]}
+    progress = Progress(len(wanted), "reindex")
+    vectors = 0
+    for name, file_ids in wanted.items():
+        ids, matrix = ingest.stored_vectors(file_ids)
+        ext.vectors.rebuild(name, ids, matrix)
+        vectors += len(ids)
+        progress.step(f"{name} ({len(ids)} vectors)")
+    removed = [] if args.collection else remove_strays(ext.vectors.index_dir, set(wanted))
+    print(f"rebuilt {len(wanted)} collection(s), {vectors} vectors" +
+          (f"; removed {len(removed)} stray file(s)" if removed else ""))
+    return EXIT_OK
+
+
+def index_files(index_dir: str) -> tuple[dict[str, str], list[str]]:
+    """({collection: path} of index files, [left-over temp files of interrupted writes])."""
+    indexes, temps = {}, []
+    if not os.path.isdir(index_dir):
+        return indexes, temps
+    for name in sorted(os.listdir(index_dir)):
+        path = os.path.join(index_dir, name)
+        if ".faiss.tmp-" in name:
+            temps.append(path)
+        elif name.endswith(".faiss"):
+            indexes[name[:-len(".faiss")]] = path
+    return indexes, temps
+
+
+def remove_strays(index_dir: str, wanted: set[str]) -> list[str]:
+    """Index files of collections that no longer exist, and temp files of writes a crash interrupted."""
+    indexes, temps = index_files(index_dir)
+    cutoff = time.time() - 60  # a temp file this young may belong to a live writer
+    strays = [p for name, p in indexes.items() if name not in wanted]
+    strays += [p for p in temps if os.path.getmtime(p) < cutoff]
+    for path in strays:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return strays
+
+
+def cmd_check(args) -> int:
+    ext = open_services()
+    problems = find_drift(ext)
+    for line in problems:
+        print(f"drift: {line}")
+    wanted = expected_collections()
+    if problems:
+        print(f"{len(problems)} problem(s) in {len(wanted)} collection(s); repair with `webui-api reindex` "
+              "(files left pending/failed: POST /api/v1/retrieval/process/file)", file=sys.stderr)
+        return EXIT_DRIFT
+    print(f"ok: {len(wanted)} collection(s) match the database")
+    return EXIT_OK
+
+
+def find_drift(ext) -> list[str]:
+    """Compare every index file, read as is (never auto-rebuilt), with the chunk rows it must hold."""
+    import faiss
+
+    from .db import Chunk, File
+    from .rag import ingest, vectors
+
+    wanted = expected_collections()
+    indexes, temps = index_files(ext.vectors.index_dir)
+    chunk_ids: dict[str, set[int]] = {}
+    for chunk_id, file_id in Chunk.select(Chunk.id, Chunk.file).tuples():
+        chunk_ids.setdefault(file_id, set()).add(chunk_id)
+    problems = []
+    progress = Progress(len(wanted), "check") if wanted else None
+    for name, file_ids in wanted.items():
+        expected = set().union(*(chunk_ids.get(f, set()) for f in file_ids)) if file_ids else set()
+        problems += _compare(name, indexes.get(name), expected, vectors, faiss)
+        if progress:
+            progress.step(name)
+    problems += [f"{name}: index file for a collection that does not exist" for name in indexes if name not in wanted]
+    problems += [f"{os.path.basename(p)}: temp file of an interrupted index write" for p in temps
+                 if os.path.getmtime(p) < time.time() - 60]
+    for file in File.select(File.id, File.status):
+        if file.status == "completed" and not chunk_ids.get(file.id):
+            problems.append(f"file {file.id}: completed but has no chunks")
+        if file.status in ingest.UNSETTLED:
+            with ingest.file_lock(ext.settings, file.id, blocking=False) as free:
+                if free:
+                    problems.append(f"file {file.id}: left {file.status!r} and nobody is processing it")
+    return problems
+
+
+def _compare(name, path, expected: set[int], vectors, faiss) -> list[str]:
+    if path is None:
+        return [f"{name}: index file missing ({len(expected)} vectors in the database)"] if expected else []
+    index = vectors._read(path)
+    if index is None:
+        return [f"{name}: index file unreadable"]
+    have = set(faiss.vector_to_array(index.id_map).tolist()) if index.ntotal else set()
+    lines = []
+    if expected - have:
+        lines.append(f"{name}: {len(expected - have)} vector(s) missing from the index")
+    if have - expected:
+        lines.append(f"{name}: {len(have - expected)} orphaned vector(s) in the index")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
