@@ -6,17 +6,13 @@ comes when the file is searchable) and checks that it is found; then puts --file
 knowledge collection (their stored vectors are reused: no new embedding) and times /query/collection
 (query embedding + FAISS + SQLite) and the bare FAISS search.
 
-By default the fake backend's sockets get TCP_NODELAY, as real Ollama (Go) and uvicorn set it; without it
-each small embedding reply waits ~40 ms for a delayed ACK (--raw-fake shows that).
-
-    .venv/bin/python bench/rag_ingest.py [--mb 1] [--files 4] [-n 50] [--raw-fake]
+    .venv/bin/python bench/rag_ingest.py [--mb 1] [--files 4] [-n 50]
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -48,24 +44,12 @@ def text_of_size(size: int, seed: int) -> str:
     return "\n\n".join(parts)[:size]
 
 
-def nodelay() -> None:
-    original = fake._Handler.setup
-
-    def setup(self):
-        original(self)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    fake._Handler.setup = setup
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=1.0, help="size of each text file in MB")
     parser.add_argument("--files", type=int, default=4, help="files in the searched collection")
     parser.add_argument("-n", type=int, default=50, help="queries to time")
-    parser.add_argument("--raw-fake", action="store_true", help="leave the fake backend's Nagle on")
     args = parser.parse_args()
-    if not args.raw_fake:
-        nodelay()
     for name in ("webui_api", "werkzeug"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -85,8 +69,7 @@ def main() -> None:
     headers = {"Authorization": f"Bearer {token}"}
     size = int(args.mb * 1024 * 1024)
     print(f"settings: CHUNK_SIZE={ext.settings.CHUNK_SIZE} CHUNK_OVERLAP={ext.settings.CHUNK_OVERLAP} "
-          f"RAG_EMBEDDING_BATCH_SIZE={ext.settings.RAG_EMBEDDING_BATCH_SIZE} "
-          f"fake backend TCP_NODELAY={'off' if args.raw_fake else 'on'}")
+          f"RAG_EMBEDDING_BATCH_SIZE={ext.settings.RAG_EMBEDDING_BATCH_SIZE}")
     try:
         kb = session.post(server.url + "/api/v1/knowledge/create", headers=headers, json={"name": "bench"}).json()
         upload_times, file_ids = [], []

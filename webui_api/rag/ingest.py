@@ -27,7 +27,10 @@ log = logging.getLogger("webui_api.rag")
 UNSETTLED = ("pending", "processing")
 INCOMING_PREFIX = ".incoming-"
 READ_BLOCK = 256 * 1024
-_BATCH_ROWS = 500
+_CHUNK_COLUMNS = ("file", "seq", "text", "start", "end", "vector", "dim", "model")
+_INSERT_CHUNK = 'INSERT INTO "{}" ({}) VALUES ({})'.format(
+    Chunk._meta.table_name, ", ".join(f'"{Chunk._meta.fields[name].column_name}"' for name in _CHUNK_COLUMNS),
+    ", ".join("?" for _ in _CHUNK_COLUMNS))
 
 
 def too_large(limit_mb: float) -> PayloadTooLarge:
@@ -224,17 +227,17 @@ def _write_chunks(file_id, extracted: Extracted, pieces, vectors: np.ndarray, mo
         file = File.get_or_none(File.id == file_id)
         if file is None:
             raise NotFound("The file was deleted while it was being processed.")
-        old_ids = [row.id for row in Chunk.select(Chunk.id).where(Chunk.file == file_id)]
+        old_ids = [row[0] for row in Chunk.select(Chunk.id).where(Chunk.file == file_id).tuples()]
         Chunk.delete().where(Chunk.file == file_id).execute()
-        rows = [{"file": file_id, "seq": i, "text": piece.text, "start": piece.start, "end": piece.end,
-                 "vector": vectors[i].tobytes(), "dim": dim, "model": model} for i, piece in enumerate(pieces)]
-        for i in range(0, len(rows), _BATCH_ROWS):
-            Chunk.insert_many(rows[i:i + _BATCH_ROWS]).execute()
+        rows = [(file_id, i, piece.text, piece.start, piece.end, vectors[i].tobytes(), dim, model)
+                for i, piece in enumerate(pieces)]
+        db.database.cursor().executemany(_INSERT_CHUNK, rows)  # peewee's per-row SQL building costs ~10x more
         meta = dict(file.meta or {})
         meta["pages"] = extracted.pages or None
         File.update(content=extracted.text, text_hash=text_hash, meta=meta, updated_at=db.now()) \
             .where(File.id == file_id).execute()
-        new_ids = [row.id for row in Chunk.select(Chunk.id).where(Chunk.file == file_id).order_by(Chunk.seq)]
+        new_ids = [row[0] for row in Chunk.select(Chunk.id).where(Chunk.file == file_id).order_by(Chunk.seq)
+                   .tuples()]
     return new_ids, old_ids
 
 
