@@ -240,14 +240,22 @@ def test_sources_ride_on_first_streamed_chunk_with_choices(chat, rag_calls):
         assert got[0]["sources"] == SOURCES and got[0]["choices"] and got[-1] == "[DONE]"
 
 
-def test_preset_knowledge_is_retrieved(client, chat, user, rag_calls):
-    knowledge = [{"type": "collection", "id": "kb1", "name": "Docs"}]
-    make_preset(client, user, id="kb-bot", base_model_id="llama3.2", name="KB", meta={"knowledge": knowledge})
+def test_preset_knowledge_is_retrieved_when_the_caller_may_read_it(client, chat, user, make_user, rag_calls):
+    response = client.post("/api/v1/knowledge/create", headers=user["headers"], json={"name": "Docs",
+                                                                                      "description": ""})
+    assert response.status_code == 200, response.get_json()
+    knowledge = [{"type": "collection", "id": response.get_json()["id"], "name": "Docs"},
+                 {"type": "file", "id": "no-such-file"}]
+    make_preset(client, user, id="kb-bot", base_model_id="llama3.2", name="KB", meta={"knowledge": knowledge},
+                is_public=True)
     make_preset(client, user, id="no-rag", base_model_id="llama3.2", name="No",
                 meta={"knowledge": knowledge, "capabilities": {"file_context": False}})
     assert chat({"model": "kb-bot", "messages": HELLO, "files": [{"type": "file", "id": "f"}]}).status_code == 200
-    assert rag_calls[-1]["items"] == [{"type": "file", "id": "f"}] + knowledge
+    assert rag_calls[-1]["items"] == [{"type": "file", "id": "f"}, knowledge[0]]
     assert chat({"model": "no-rag", "messages": HELLO}).status_code == 200 and len(rag_calls) == 1
+    # Another user may chat with the shared preset, but its private collection is not searched for them.
+    assert chat({"model": "kb-bot", "messages": HELLO}, creds=make_user("user")).status_code == 200
+    assert len(rag_calls) == 1
 
 
 # --- bad input ---------------------------------------------------------------------------------

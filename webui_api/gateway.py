@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator
 
-from . import convert, telemetry
-from .errors import ApiError, ServiceUnavailable, Unprocessable, UpstreamError
+from . import convert, files, knowledge, telemetry
+from .errors import ApiError, NotFound, ServiceUnavailable, Unprocessable, UpstreamError
 from .upstream import http_error
 
 log = logging.getLogger("webui_api.gateway")
@@ -56,7 +56,7 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
     if isinstance(params.get("stream_response"), bool):
         body["stream"] = params["stream_response"]  # a preset may force streaming on or off
     params = {k: v for k, v in params.items() if k not in WEBUI_PARAMS}
-    items = retrieval_items(body, target.preset)
+    items = retrieval_items(user, body, target.preset)
     top_k = _top_k(body.get("top_k"))
     body = {k: v for k, v in body.items() if k not in OWN_FIELDS}
     if isinstance(system, str) and system.strip():
@@ -113,22 +113,42 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def retrieval_items(body: dict, preset) -> list[dict]:
-    """The request's `files` plus the preset's `meta.knowledge`, without duplicates."""
-    files = body.get("files")
-    if files is not None and (not isinstance(files, list) or not all(isinstance(f, dict) for f in files)):
+def retrieval_items(user, body: dict, preset) -> list[dict]:
+    """The request's `files` plus the preset's `meta.knowledge` the caller may read, without duplicates.
+
+    A file the caller names and may not read is an error (404, from retrieval); knowledge attached to a
+    shared preset that the caller may not read is skipped, so sharing a preset never shares private files."""
+    requested = body.get("files")
+    if requested is not None and (not isinstance(requested, list)
+                                  or not all(isinstance(f, dict) for f in requested)):
         raise Unprocessable('`files` must be a list of objects such as {"type": "file", "id": "..."}.')
     meta = (preset.meta or {}) if preset is not None else {}
     if ((meta.get("capabilities") or {}).get("file_context")) is False:
         return []  # the preset turned retrieval off
-    knowledge = meta.get("knowledge") if isinstance(meta.get("knowledge"), list) else []
+    listed = meta.get("knowledge") if isinstance(meta.get("knowledge"), list) else []
     items, seen = [], set()
-    for item in list(files or []) + [k for k in knowledge if isinstance(k, dict)]:
+    attached = [k for k in listed if isinstance(k, dict) and _caller_may_read(user, k)]
+    for item in list(requested or []) + attached:
         key = json.dumps(item, sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
             items.append(item)
     return items
+
+
+def _caller_may_read(user, item: dict) -> bool:
+    kind, ident = item.get("type"), item.get("id")
+    checks = {"collection": [knowledge.readable], "file": [files.readable]}.get(
+        kind, [knowledge.readable, files.readable] if kind is None else [])
+    for readable in checks:
+        try:
+            readable(user, ident)
+            return True
+        except NotFound:
+            continue
+    if checks:
+        log.info("preset knowledge %s %s is not readable by user %s; skipped", kind, ident, user.id)
+    return not checks  # other item kinds are left to retrieval to accept or ignore
 
 
 def _top_k(value: Any) -> int | None:
