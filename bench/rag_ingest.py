@@ -62,7 +62,8 @@ def main() -> None:
                       "RAG_EMBEDDING_MODEL": "nomic-embed-text", "PASSWORD_HASH_COST": 1024,
                       "RAG_FILE_MAX_SIZE": str(max(2.0, args.mb * 2))})
     ext = app.extensions["webui_api"]
-    admin = accounts.add_user(ext.settings, "Bench", "bench@example.com", "correct horse battery staple", "admin")
+    admin = accounts.add_user(ext.settings, "Bench", "bench@example.com", "correct horse battery staple",
+                              "admin")
     token = accounts.issue_session(ext.settings, admin)["token"]
     server = fake.LiveServer(app)
     session = requests.Session()
@@ -71,12 +72,14 @@ def main() -> None:
     print(f"settings: CHUNK_SIZE={ext.settings.CHUNK_SIZE} CHUNK_OVERLAP={ext.settings.CHUNK_OVERLAP} "
           f"RAG_EMBEDDING_BATCH_SIZE={ext.settings.RAG_EMBEDDING_BATCH_SIZE}")
     try:
-        kb = session.post(server.url + "/api/v1/knowledge/create", headers=headers, json={"name": "bench"}).json()
+        kb = session.post(server.url + "/api/v1/knowledge/create", headers=headers,
+                          json={"name": "bench"}).json()
         upload_times, file_ids = [], []
         for i in range(max(1, args.files)):
             text = text_of_size(size, seed=i)
             if i == 0:
-                beacon = "# Beacon\n\nThe unique beacon sentence mentions a zebra named Quillon.\n\n# Notes\n\n"
+                beacon = ("# Beacon\n\nThe unique beacon sentence mentions a zebra named Quillon.\n\n"
+                          "# Notes\n\n")
                 text = beacon + text[len(beacon):]
             started = time.perf_counter()
             response = session.post(server.url + "/api/v1/files/", headers=headers,
@@ -92,9 +95,10 @@ def main() -> None:
             add.raise_for_status()
         chunks = Chunk.select().where(Chunk.file == file_ids[0]).count()
         calls = len(backend.requests_to("/api/embed"))
-        print(f"upload-to-searchable, {args.mb:g} MB text ({chunks} chunks, {calls // len(file_ids)} embed calls "
-              f"each): first {upload_times[0] * 1000:.0f} ms, median {statistics.median(upload_times) * 1000:.0f} ms "
-              f"over {len(upload_times)} files")
+        first, median = upload_times[0] * 1000, statistics.median(upload_times) * 1000
+        per_file = calls // len(file_ids)
+        print(f"upload-to-searchable, {args.mb:g} MB text ({chunks} chunks, {per_file} embed calls each): "
+              f"first {first:.0f} ms, median {median:.0f} ms over {len(upload_times)} files")
         found = session.post(server.url + "/api/v1/retrieval/query/doc", headers=headers,
                              json={"collection_name": f"file-{file_ids[0]}", "query": "zebra named Quillon",
                                    "k": 1}).json()

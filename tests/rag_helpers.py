@@ -24,7 +24,8 @@ def _drain_background():
 
 def upload(client, headers, name="notes.txt", data=b"hello world", ctype="text/plain", query="", **form):
     body = {"file": (io.BytesIO(data), name, ctype), **form}
-    return client.post(f"/api/v1/files/{query}", headers=headers, data=body, content_type="multipart/form-data")
+    return client.post(f"/api/v1/files/{query}", headers=headers, data=body,
+                       content_type="multipart/form-data")
 
 
 def upload_ok(client, headers, name="notes.txt", data=b"hello world", **kwargs) -> dict:

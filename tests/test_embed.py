@@ -41,7 +41,8 @@ def test_falls_back_to_first_gateway_backend(tmp_path, fake_backend, make_backen
 
 
 def test_openai_engine_uses_gateway_key_and_sorts_by_index(tmp_path, fake_backend):
-    embedder = make_embedder(tmp_path, RAG_EMBEDDING_ENGINE="openai", RAG_EMBEDDING_MODEL="text-embedding-3-small",
+    embedder = make_embedder(tmp_path, RAG_EMBEDDING_ENGINE="openai",
+                             RAG_EMBEDDING_MODEL="text-embedding-3-small",
                              OPENAI_API_BASE_URLS=fake_backend.openai_url, OPENAI_API_KEYS=OPENAI_KEY)
     vectors = embedder.embed(["one two", "three"])
     assert vectors.shape == (2, 64)
@@ -51,7 +52,8 @@ def test_openai_engine_uses_gateway_key_and_sorts_by_index(tmp_path, fake_backen
 
 
 def test_openai_engine_with_own_url_and_wrong_key_is_502(tmp_path, fake_backend):
-    embedder = make_embedder(tmp_path, RAG_EMBEDDING_ENGINE="openai", RAG_EMBEDDING_MODEL="text-embedding-3-small",
+    embedder = make_embedder(tmp_path, RAG_EMBEDDING_ENGINE="openai",
+                             RAG_EMBEDDING_MODEL="text-embedding-3-small",
                              RAG_OPENAI_API_BASE_URL=fake_backend.openai_url, RAG_OPENAI_API_KEY="sk-wrong")
     with pytest.raises(UpstreamError) as err:
         embedder.embed(["x"])
@@ -67,7 +69,8 @@ def test_backend_down_is_502_naming_the_backend(tmp_path, fake_backend):
 
 
 def test_unknown_model_is_502_with_backend_message(tmp_path, fake_backend):
-    embedder = make_embedder(tmp_path, RAG_OLLAMA_BASE_URL=fake_backend.url, RAG_EMBEDDING_MODEL="missing-model")
+    embedder = make_embedder(tmp_path, RAG_OLLAMA_BASE_URL=fake_backend.url,
+                             RAG_EMBEDDING_MODEL="missing-model")
     with pytest.raises(UpstreamError) as err:
         embedder.embed(["x"])
     assert "missing-model" in err.value.detail and "not found" in err.value.detail
@@ -87,5 +90,6 @@ def test_empty_input_makes_no_call(tmp_path, fake_backend):
 
 def test_model_dimension_follows_backend(tmp_path, fake_backend):
     fake_backend.embed_dims = {"nomic-embed-text:latest": 16}
-    embedder = make_embedder(tmp_path, RAG_OLLAMA_BASE_URL=fake_backend.url, RAG_EMBEDDING_MODEL="nomic-embed-text")
+    embedder = make_embedder(tmp_path, RAG_OLLAMA_BASE_URL=fake_backend.url,
+                             RAG_EMBEDDING_MODEL="nomic-embed-text")
     assert embedder.embed(["a b"]).shape == (1, 16)

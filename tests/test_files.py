@@ -33,7 +33,8 @@ def query(client, headers, name, text, k=3):
 
 def test_upload_answers_when_searchable_in_open_webui_shape(client, user, data_dir):
     body = upload_ok(client, user["headers"], "zephyr.txt", ZEPHYR)
-    assert list(body) == ["id", "user_id", "hash", "filename", "data", "meta", "created_at", "updated_at", "status"]
+    assert list(body) == ["id", "user_id", "hash", "filename", "data", "meta", "created_at",
+                          "updated_at", "status"]
     assert body["status"] is True and body["data"]["status"] == "completed"
     assert body["meta"]["collection_name"] == f"file-{body['id']}"
     assert body["meta"]["size"] == len(ZEPHYR) and body["meta"]["content_type"] == "text/plain"
@@ -53,7 +54,8 @@ def test_upload_answers_when_searchable_in_open_webui_shape(client, user, data_d
 ])
 def test_each_text_type_is_processed(client, user, name, data, ctype, expect):
     body = upload_ok(client, user["headers"], name, data, ctype=ctype)
-    content = client.get(f"/api/v1/files/{body['id']}/data/content", headers=user["headers"]).get_json()["content"]
+    content = client.get(f"/api/v1/files/{body['id']}/data/content",
+                         headers=user["headers"]).get_json()["content"]
     assert expect in content and "evil" not in content
 
 
@@ -109,7 +111,8 @@ def test_extension_allow_list(client, user, app):
 
 
 def test_missing_file_field_and_bad_metadata(client, user):
-    response = client.post("/api/v1/files/", headers=user["headers"], data={}, content_type="multipart/form-data")
+    response = client.post("/api/v1/files/", headers=user["headers"], data={},
+                           content_type="multipart/form-data")
     assert response.status_code == 422
     assert response.get_json()["detail"][0]["loc"] == ["body", "file"]
     bad = upload(client, user["headers"], metadata="{not json")
@@ -185,7 +188,8 @@ def test_original_content_types_and_disposition(client, user):
     response = client.get(f"/api/v1/files/{text['id']}/content", headers=user["headers"])
     assert response.data == b"plain words" and response.mimetype == "text/plain"
     assert response.headers["Content-Disposition"].startswith("inline")
-    html = upload_ok(client, user["headers"], "x.html", b"<p>hi<script>alert(1)</script></p>", ctype="text/html")
+    html = upload_ok(client, user["headers"], "x.html", b"<p>hi<script>alert(1)</script></p>",
+                     ctype="text/html")
     response = client.get(f"/api/v1/files/{html['id']}/content", headers=user["headers"])
     assert response.headers["Content-Disposition"].startswith("attachment")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -233,7 +237,8 @@ def test_other_users_cannot_touch_a_private_file(client, user, admin, make_user)
         ("post", f"/api/v1/files/{fid}/data/content/update", {"json": {"content": "hijack"}}),
         ("delete", f"/api/v1/files/{fid}", {}),
         ("post", "/api/v1/retrieval/process/file", {"json": {"file_id": fid}}),
-        ("post", "/api/v1/retrieval/query/doc", {"json": {"collection_name": f"file-{fid}", "query": "code"}}),
+        ("post", "/api/v1/retrieval/query/doc", {"json": {"collection_name": f"file-{fid}",
+                                                          "query": "code"}}),
     ]:
         response = getattr(client, method)(path, headers=other, **kwargs)
         assert response.status_code == 404, (method, path, response.get_json())
@@ -277,5 +282,6 @@ def _drain_background_now():
 def test_metadata_knowledge_id_of_someone_else_stores_nothing(client, user, make_user):
     kb = client.post("/api/v1/knowledge/create", headers=user["headers"], json={"name": "KB"}).get_json()
     other = make_user("user")
-    response = upload(client, other["headers"], "z.txt", ZEPHYR, metadata=json.dumps({"knowledge_id": kb["id"]}))
+    response = upload(client, other["headers"], "z.txt", ZEPHYR,
+                      metadata=json.dumps({"knowledge_id": kb["id"]}))
     assert response.status_code == 404 and File.select().count() == 0

@@ -40,7 +40,8 @@ def test_index_written_by_one_worker_is_read_by_the_other(tmp_path, fake_backend
         token = on_worker(server, a, "POST", "/api/v1/auths/signup",
                           json={"name": "A", "email": "a@example.com", "password": "pw"}).json()["token"]
         headers = {"Authorization": f"Bearer {token}"}
-        kb = on_worker(server, a, "POST", "/api/v1/knowledge/create", headers, json={"name": "KB"}).json()["id"]
+        kb = on_worker(server, a, "POST", "/api/v1/knowledge/create", headers,
+                       json={"name": "KB"}).json()["id"]
         for pid, text in ((a, FIRST), (b, SECOND)):
             upload = on_worker(server, pid, "POST", "/api/v1/files/", headers,
                                files={"file": ("doc.txt", text.encode(), "text/plain")})

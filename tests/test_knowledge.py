@@ -52,9 +52,9 @@ def test_create_get_list_update_delete(client, user):
 
 def test_create_validation(client, user):
     assert client.post("/api/v1/knowledge/create", headers=user["headers"], json={}).status_code == 422
+    grant = {"principal_type": "group", "principal_id": "g1", "permission": "write"}
     bad_grant = client.post("/api/v1/knowledge/create", headers=user["headers"],
-                            json={"name": "x", "access_grants": [{"principal_type": "group", "principal_id": "g1",
-                                                                  "permission": "write"}]})
+                            json={"name": "x", "access_grants": [grant]})
     assert bad_grant.status_code == 400 and "public read" in bad_grant.get_json()["detail"]
 
 
@@ -118,8 +118,8 @@ def test_remove_unlinks_only_unless_asked(client, user, vectors):
                            json={"file_id": keep["id"]})
     assert response.status_code == 200 and [f["id"] for f in response.get_json()["files"]] == [drop["id"]]
     assert vectors.count(kb["id"]) == 1 and File.get_or_none(File.id == keep["id"]) is not None
-    response = client.post(f"/api/v1/knowledge/{kb['id']}/file/remove?delete_file=true", headers=user["headers"],
-                           json={"file_id": drop["id"]})
+    response = client.post(f"/api/v1/knowledge/{kb['id']}/file/remove?delete_file=true",
+                           headers=user["headers"], json={"file_id": drop["id"]})
     assert response.status_code == 200 and response.get_json()["files"] == []
     assert File.get_or_none(File.id == drop["id"]) is None and vectors.count(kb["id"]) == 0
     again = client.post(f"/api/v1/knowledge/{kb['id']}/file/remove", headers=user["headers"],
@@ -159,7 +159,8 @@ def test_private_collection_is_invisible_to_others_for_every_route(client, user,
         ("post", f"/api/v1/knowledge/{kid}/file/add", {"json": {"file_id": own_file["id"]}}),
         ("post", f"/api/v1/knowledge/{kid}/file/remove", {"json": {"file_id": file["id"]}}),
         ("post", f"/api/v1/knowledge/{kid}/reset", {}), ("delete", f"/api/v1/knowledge/{kid}/delete", {}),
-        ("post", "/api/v1/retrieval/query/collection", {"json": {"collection_names": [kid], "query": "code"}}),
+        ("post", "/api/v1/retrieval/query/collection", {"json": {"collection_names": [kid],
+                                                                 "query": "code"}}),
     ]:
         response = getattr(client, method)(path, headers=other["headers"], **kwargs)
         assert response.status_code == 404, (method, path, response.get_json())
@@ -195,7 +196,8 @@ def test_public_collection_is_read_only_for_others(client, user, make_user):
                         json={"collection_names": [kb["id"]], "query": "launch code"})
     assert found.status_code == 200 and "7-alpha-9" in found.get_json()["documents"][0][0]
     # making it private again hides it
-    client.post(f"/api/v1/knowledge/{kb['id']}/access/update", headers=user["headers"], json={"access_grants": []})
+    client.post(f"/api/v1/knowledge/{kb['id']}/access/update", headers=user["headers"],
+                json={"access_grants": []})
     assert client.get(f"/api/v1/knowledge/{kb['id']}", headers=reader).status_code == 404
 
 
@@ -207,7 +209,8 @@ def test_embedding_dimension_change_is_explained(client, user, fake_backend):
     new = upload_ok(client, user["headers"], "new.txt", b"text embedded by the new model")
     response = add(client, user["headers"], kb["id"], new["id"])
     assert response.status_code == 409 and "embedding model changed" in response.get_json()["detail"]
-    reprocess = client.post("/api/v1/retrieval/process/file", headers=user["headers"], json={"file_id": old["id"]})
+    reprocess = client.post("/api/v1/retrieval/process/file", headers=user["headers"],
+                            json={"file_id": old["id"]})
     assert reprocess.status_code == 409 and "knowledge/{id}/reset" in reprocess.get_json()["detail"]
     assert File.get_by_id(old["id"]).status == "completed"  # refused before anything changed
     found = client.post("/api/v1/retrieval/query/collection", headers=user["headers"],

@@ -29,7 +29,8 @@ def corpus(client, user):
     for label, members in (("A", ["fruit.txt", "code.txt"]), ("B", ["space.txt", "sea.txt"])):
         kb = client.post("/api/v1/knowledge/create", headers=headers, json={"name": label}).get_json()
         for name in members:
-            client.post(f"/api/v1/knowledge/{kb['id']}/file/add", headers=headers, json={"file_id": ids[name]})
+            client.post(f"/api/v1/knowledge/{kb['id']}/file/add", headers=headers,
+                        json={"file_id": ids[name]})
         kbs.append(kb["id"])
     return ids, kbs
 
@@ -86,7 +87,8 @@ def test_query_other_users_collections_is_404(client, corpus, make_user):
 def test_process_text_makes_searchable_text_and_can_join_a_collection(client, user, corpus):
     _, kbs = corpus
     response = post(client, user["headers"], "process/text",
-                    {"name": "memo", "content": "Quarterly budget review moved to Friday.", "collection_name": kbs[1]})
+                    {"name": "memo", "content": "Quarterly budget review moved to Friday.",
+                     "collection_name": kbs[1]})
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] is True and body["collection_name"] == kbs[1]
@@ -101,7 +103,8 @@ def test_process_text_into_someone_elses_collection_stores_nothing(client, corpu
     _, kbs = corpus
     count = File.select().count()
     other = make_user("user")["headers"]
-    response = post(client, other, "process/text", {"name": "x", "content": "intrusion", "collection_name": kbs[0]})
+    response = post(client, other, "process/text", {"name": "x", "content": "intrusion",
+                                                    "collection_name": kbs[0]})
     assert response.status_code == 404 and File.select().count() == count
 
 
@@ -109,7 +112,8 @@ def test_process_file_with_replacement_content_and_collection(client, user, corp
     ids, kbs = corpus
     calls = embed_calls(fake_backend)
     response = post(client, user["headers"], "process/file",
-                    {"file_id": ids["fruit.txt"], "content": "Cherries ripen in June.", "collection_name": kbs[1]})
+                    {"file_id": ids["fruit.txt"], "content": "Cherries ripen in June.",
+                     "collection_name": kbs[1]})
     assert response.status_code == 200
     body = response.get_json()
     assert body == {"status": True, "collection_name": kbs[1], "filename": "fruit.txt",

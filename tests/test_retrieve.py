@@ -122,14 +122,16 @@ def test_ranking_over_several_sources_top_k_and_threshold(ext, user):
 def test_identical_texts_are_cited_once(ext, user, make_user):
     a = upload_ok_direct(ext, user, SECRET.encode(), "a.txt")
     b = upload_ok_direct(ext, user, (SECRET + " ").encode(), "b.txt")  # other bytes, same extracted chunk
-    new, sources = retrieve.augment(ext, me(user), ask(), [{"type": "file", "id": a}, {"type": "file", "id": b}])
+    new, sources = retrieve.augment(ext, me(user), ask(), [{"type": "file", "id": a}, {"type": "file",
+                                                                                       "id": b}])
     assert sum(len(s["document"]) for s in sources) == 1
     assert new[0]["content"].count(SECRET) == 1
 
 
 def test_full_context_items_use_the_whole_text(ext, user):
     fid = upload_ok_direct(ext, user, b"Alpha section.\n\nUnrelated beta words.", "full.txt")
-    new, sources = retrieve.augment(ext, me(user), ask("alpha?"), [{"type": "file", "id": fid, "context": "full"}])
+    new, sources = retrieve.augment(ext, me(user), ask("alpha?"), [{"type": "file", "id": fid,
+                                                                    "context": "full"}])
     assert sources[0]["document"] == ["Alpha section.\n\nUnrelated beta words."]
 
 
@@ -213,7 +215,8 @@ def test_openai_sdk_sees_sources_stream_and_not(live_server, client, user, fake_
     reply = sdk.chat.completions.create(model="gpt-4o-mini", messages=ask(), extra_body=extra)
     check_sources(reply.model_extra["sources"], "collection", kb["id"], target)
     assert SECRET in backend_prompt(fake_backend, "/v1/chat/completions")
-    chunks = list(sdk.chat.completions.create(model="gpt-4o-mini", messages=ask(), extra_body=extra, stream=True))
+    chunks = list(sdk.chat.completions.create(model="gpt-4o-mini", messages=ask(), extra_body=extra,
+                                              stream=True))
     assert chunks[0].choices and chunks[0].model_extra.get("sources")
     check_sources(chunks[0].model_extra["sources"], "collection", kb["id"], target)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -1,4 +1,4 @@
-"""The on-disk FAISS store: add/remove/search, idempotence, rebuild from the source of truth, cross-process."""
+"""The on-disk FAISS store: add/remove/search, idempotence, rebuilds from the source of truth, processes."""
 from __future__ import annotations
 
 import multiprocessing

@@ -10,7 +10,8 @@ from typing import BinaryIO
 
 from . import db
 from .db import Chunk, File, Knowledge, KnowledgeFile, User
-from .errors import EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, NotFound, UpstreamError
+from .errors import (EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, NotFound,
+                     UpstreamError)
 from .rag import extract, ingest
 
 log = logging.getLogger("webui_api.files")
@@ -173,9 +174,10 @@ def _run(ext, file: File, background: bool, new: bool) -> File:
             raise
         kept = File.get_or_none(File.id == file.id)
         if kept is not None and kept.status == "failed" and isinstance(exc.detail, str):
-            cause = "the embedding backend is back" if isinstance(exc, UpstreamError) else "the problem is fixed"
-            exc.detail = (f"{exc.detail} The file was kept as {file.id} with status 'failed'; process it again "
-                          f"with POST /api/v1/retrieval/process/file once {cause}.")
+            cause = "the embedding backend is back" if isinstance(exc, UpstreamError) \
+                else "the problem is fixed"
+            exc.detail = (f"{exc.detail} The file was kept as {file.id} with status 'failed'; "
+                          f"process it again with POST /api/v1/retrieval/process/file once {cause}.")
         raise
 
 

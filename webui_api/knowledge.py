@@ -28,7 +28,8 @@ def readable(user: User, knowledge_id: str) -> Knowledge:
 def writable(user: User, knowledge_id: str) -> Knowledge:
     kb = readable(user, knowledge_id)
     if not can_write(user, kb):
-        raise Forbidden("This knowledge collection is read-only for you; only its owner or an admin may change it.")
+        raise Forbidden("This knowledge collection is read-only for you; "
+                        "only its owner or an admin may change it.")
     return kb
 
 
@@ -69,7 +70,8 @@ def to_dict(kb: Knowledge, file_list: list[dict] | None = None) -> dict:
 
 
 def with_files(user: User, kb: Knowledge) -> dict:
-    return {**to_dict(kb, [_file_entry(f, kb) for f in member_files(kb.id)]), "write_access": can_write(user, kb)}
+    entries = [_file_entry(f, kb) for f in member_files(kb.id)]
+    return {**to_dict(kb, entries), "write_access": can_write(user, kb)}
 
 
 def _file_entry(file: File, kb: Knowledge) -> dict:
@@ -132,7 +134,8 @@ def list_files(user: User, knowledge_id: str) -> dict:
     items = []
     for file in member_files(kb.id):
         shape = files.to_dict(file, content=False)
-        items.append({**shape, "data": {"status": file.status}, "meta": dict(shape["meta"], collection_name=kb.id),
+        items.append({**shape, "data": {"status": file.status},
+                      "meta": dict(shape["meta"], collection_name=kb.id),
                       "directory_id": None, "directory_path": "", "has_original": True,
                       "user": {"id": file.user.id, "name": file.user.name, "role": file.user.role}})
     return {"items": items, "directories": [], "breadcrumbs": [], "total": len(items)}
@@ -188,8 +191,11 @@ def _forget_in_presets(knowledge_id: str) -> None:
     for preset in Preset.select(Preset.id, Preset.meta):
         meta = dict(preset.meta or {})
         items = meta.get("knowledge")
-        if isinstance(items, list) and any(isinstance(i, dict) and i.get("id") == knowledge_id for i in items):
-            meta["knowledge"] = [i for i in items if not (isinstance(i, dict) and i.get("id") == knowledge_id)]
+        if not isinstance(items, list):
+            continue
+        kept = [i for i in items if not (isinstance(i, dict) and i.get("id") == knowledge_id)]
+        if len(kept) != len(items):
+            meta["knowledge"] = kept
             Preset.update(meta=meta).where(Preset.id == preset.id).execute()
 
 
@@ -236,7 +242,8 @@ def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: b
         raise NotFound("This file is not in the knowledge collection.")
     chunk_ids = [c.id for c in Chunk.select(Chunk.id).where(Chunk.file == file_id)]
     with db.write_transaction():
-        KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id, KnowledgeFile.file == file_id).execute()
+        KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id,
+                                     KnowledgeFile.file == file_id).execute()
         Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
     ext.vectors.remove(kb.id, chunk_ids)
     if delete_file:

@@ -30,9 +30,9 @@ class UploadArgs(ma.Schema):
         unknown = ma.EXCLUDE
 
     process = ma.fields.Boolean(load_default=True, metadata={"description": "Extract, chunk and embed"})
-    process_in_background = ma.fields.Boolean(
-        load_default=False, metadata={"description": "Answer at once and process in the background "
-                                                     "(poll /{id}/process/status); default: answer when searchable"})
+    process_in_background = ma.fields.Boolean(load_default=False, metadata={"description": (
+        "Answer at once and process in the background (poll /{id}/process/status); "
+        "default: answer when searchable")})
 
 
 class ListArgs(ma.Schema):
@@ -67,8 +67,9 @@ class ContentUpdateSchema(ma.Schema):
 UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary"},
-                   "metadata": {"type": "string", "description": "JSON object, kept as meta.data; "
-                                                                 "`knowledge_id` adds the file to that collection"}}}}}}
+                   "metadata": {"type": "string", "description": (
+                       "JSON object, kept as meta.data; "
+                       "`knowledge_id` adds the file to that collection")}}}}}}
 
 
 @blp.route("/")
@@ -103,7 +104,8 @@ def _multipart(settings):
     except RequestEntityTooLarge:
         raise ingest.too_large(settings.RAG_FILE_MAX_SIZE) from None
     if upload is None:
-        raise Unprocessable([{"type": "missing", "loc": ["body", "file"], "msg": "Field required", "input": None}])
+        raise Unprocessable([{"type": "missing", "loc": ["body", "file"], "msg": "Field required",
+                              "input": None}])
     metadata = None
     if raw_meta not in (None, ""):
         try:

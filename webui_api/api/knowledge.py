@@ -35,8 +35,9 @@ class CreateSchema(ma.Schema):
     description = ma.fields.String(load_default="")
     meta = ma.fields.Dict(load_default=None, allow_none=True)
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), load_default=None, allow_none=True,
-                                   metadata={"description": "[] private (default) or the public read grant "
-                                                            "{principal_type: user, principal_id: *, permission: read}"})
+                                   metadata={"description": (
+                                       "[] private (default) or the public read grant "
+                                       "{principal_type: user, principal_id: *, permission: read}")})
 
 
 class UpdateSchema(ma.Schema):
@@ -67,7 +68,8 @@ class RemoveArgs(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
-    delete_file = ma.fields.Boolean(load_default=False, metadata={"description": "Also delete the file itself"})
+    delete_file = ma.fields.Boolean(load_default=False,
+                                    metadata={"description": "Also delete the file itself"})
 
 
 @blp.route("/")
@@ -140,7 +142,8 @@ class KnowledgeFileRemove(MethodView):
     @blp.response(200)
     def post(self, body, args, knowledge_id):
         """Take a file out of the collection; `delete_file=true` also deletes the file (if it is yours)."""
-        return knowledge.remove_file(ext(), current_user(), knowledge_id, body["file_id"], args["delete_file"])
+        return knowledge.remove_file(ext(), current_user(), knowledge_id, body["file_id"],
+                                     args["delete_file"])
 
 
 @blp.route("/<string:knowledge_id>/reset")

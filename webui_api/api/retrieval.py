@@ -16,7 +16,8 @@ class QueryDocSchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
-    collection_name = ma.fields.String(required=True, metadata={"description": "`file-<id>` or a knowledge id"})
+    collection_name = ma.fields.String(required=True,
+                                       metadata={"description": "`file-<id>` or a knowledge id"})
     query = ma.fields.String(required=True)
     k = ma.fields.Integer(load_default=None, allow_none=True)
 
@@ -36,9 +37,11 @@ class ProcessFileSchema(ma.Schema):
 
     file_id = ma.fields.String(required=True)
     content = ma.fields.String(load_default=None, allow_none=True,
-                               metadata={"description": "Replacement text (else the stored bytes are read again)"})
+                               metadata={"description": "Replacement text (else the stored bytes are "
+                                                        "read again)"})
     collection_name = ma.fields.String(load_default=None, allow_none=True,
-                                       metadata={"description": "Also add the file to this knowledge collection"})
+                                       metadata={"description": "Also add the file to this knowledge "
+                                                                "collection"})
 
 
 class ProcessTextSchema(ma.Schema):
@@ -56,7 +59,8 @@ class QueryDoc(MethodView):
     @blp.response(200)
     def post(self, body):
         """Top `k` chunks of one collection: `{ids, documents, metadatas, distances}` (lists of lists)."""
-        return retrieve.query_collections(ext(), current_user(), [body["collection_name"]], body["query"], body["k"])
+        return retrieve.query_collections(ext(), current_user(), [body["collection_name"]], body["query"],
+                                          body["k"])
 
 
 @blp.route("/query/collection")
@@ -75,7 +79,8 @@ class ProcessFile(MethodView):
     @blp.response(200)
     def post(self, body):
         """(Re-)process a file, e.g. after the embedding backend failed; answers when it is searchable."""
-        return files.process_again(ext(), current_user(), body["file_id"], body["content"], body["collection_name"])
+        return files.process_again(ext(), current_user(), body["file_id"], body["content"],
+                                   body["collection_name"])
 
 
 @blp.route("/process/text")

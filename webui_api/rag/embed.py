@@ -40,8 +40,8 @@ class Embedder:
 
         settings, engine = self.settings, self.engine
         if engine not in ENGINES:
-            raise ServiceUnavailable(f"RAG_EMBEDDING_ENGINE={engine!r} is not supported here; use 'ollama' or "
-                                     "'openai'.")
+            raise ServiceUnavailable(f"RAG_EMBEDDING_ENGINE={engine!r} is not supported here; "
+                                     "use 'ollama' or 'openai'.")
         own_url = settings.RAG_OLLAMA_BASE_URL if engine == "ollama" else settings.RAG_OPENAI_API_BASE_URL
         own_key = settings.RAG_OLLAMA_API_KEY if engine == "ollama" else settings.RAG_OPENAI_API_KEY
         if own_url:
@@ -89,8 +89,9 @@ class Embedder:
             raise UpstreamError(f"{backend.label} returned an unreadable embedding answer for model "
                                 f"{self.model!r}.") from None
         if matrix.ndim != 2 or matrix.shape[0] != len(texts) or matrix.shape[1] == 0:
-            raise UpstreamError(f"{backend.label} returned {matrix.shape[0] if matrix.ndim else 0} embeddings "
-                                f"for {len(texts)} texts (model {self.model!r}).")
+            got = matrix.shape[0] if matrix.ndim else 0
+            raise UpstreamError(f"{backend.label} returned {got} embeddings for {len(texts)} texts "
+                                f"(model {self.model!r}).")
         if not np.isfinite(matrix).all():
             raise UpstreamError(f"{backend.label} returned non-finite embedding values.")
         return matrix

@@ -41,7 +41,8 @@ _MAGIC = [
     (b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF8", "GIF image"),
     (b"\x1f\x8b", "gzip archive"), (b"7z\xbc\xaf", "7-Zip archive"), (b"Rar!", "RAR archive"),
     (b"\x7fELF", "executable"), (b"MZ", "executable"), (b"SQLite format 3", "SQLite database"),
-    (b"\xd0\xcf\x11\xe0", "legacy Office document"), (b"OggS", "audio"), (b"ID3", "audio"), (b"fLaC", "audio"),
+    (b"\xd0\xcf\x11\xe0", "legacy Office document"), (b"OggS", "audio"), (b"ID3", "audio"),
+    (b"fLaC", "audio"),
 ]
 # Zip-based formats are decompressed in memory; refuse archives that would expand beyond this.
 MAX_UNZIPPED_BYTES = 256 * 1024 * 1024
@@ -264,7 +265,8 @@ def _read_pdf(data: bytes, filename: str) -> Extracted:
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
-            raise UnsupportedMediaType(f"{filename!r} is a password-protected PDF; upload an unprotected copy.")
+            raise UnsupportedMediaType(f"{filename!r} is a password-protected PDF; "
+                                       "upload an unprotected copy.")
         texts = [page.extract_text() or "" for page in reader.pages]
     except UnsupportedMediaType:
         raise
@@ -323,7 +325,8 @@ def _check_zip(data: bytes, filename: str) -> None:
             if "word/document.xml" not in archive.namelist():
                 raise UnsupportedMediaType(f"{filename!r} is not a Word (DOCX) document.")
     except zipfile.BadZipFile:
-        raise BadRequest(f"{filename!r} could not be read as a DOCX document: not a valid ZIP container") from None
+        raise BadRequest(f"{filename!r} could not be read as a DOCX document: "
+                         "not a valid ZIP container") from None
     if total > MAX_UNZIPPED_BYTES:
         raise BadRequest(f"{filename!r} expands to {total // 2**20} MB when unpacked, more than the "
                          f"{MAX_UNZIPPED_BYTES // 2**20} MB allowed.")

@@ -34,8 +34,8 @@ _INSERT_CHUNK = 'INSERT INTO "{}" ({}) VALUES ({})'.format(
 
 
 def too_large(limit_mb: float) -> PayloadTooLarge:
-    return PayloadTooLarge("Oops! The file you're trying to upload is too large. Please upload a file that is "
-                           f"less than {limit_mb:g} MB.")
+    return PayloadTooLarge("Oops! The file you're trying to upload is too large. "
+                           f"Please upload a file that is less than {limit_mb:g} MB.")
 
 
 def max_upload_bytes(settings) -> int | None:

@@ -77,7 +77,7 @@ def _resolve_one(ext, user, item) -> Source | None:
     from .. import files, knowledge
 
     if not isinstance(item, dict):
-        raise BadRequest("Each item of `files` must be an object such as {\"type\": \"file\", \"id\": \"...\"}.")
+        raise BadRequest('Each item of `files` must be an object such as {"type": "file", "id": "..."}.')
     kind, ident = item.get("type"), item.get("id")
     full = item.get("context") == "full"
     if kind is None and isinstance(ident, str):  # preset knowledge entries are often bare objects
@@ -92,7 +92,8 @@ def _resolve_one(ext, user, item) -> Source | None:
             kb = knowledge.readable(user, ident)
         except NotFound:
             raise NotFound(f"Knowledge collection {ident} was not found.") from None
-        return Source("collection", kb.id, kb.name, kb.id, full, [f.id for f in knowledge.member_files(kb.id)])
+        members = [f.id for f in knowledge.member_files(kb.id)]
+        return Source("collection", kb.id, kb.name, kb.id, full, members)
     try:
         file = files.readable(user, ident)
     except NotFound:
@@ -106,8 +107,8 @@ def _ready(file: File) -> File:
     if file.status in ingest.UNSETTLED:
         file = ingest.wait_settled(file.id, SETTLE_WAIT) or file
     if file.status in ingest.UNSETTLED:
-        raise Conflict(f"File {file.filename!r} ({file.id}) is still being processed; try again when its status "
-                       "is 'completed'.")
+        raise Conflict(f"File {file.filename!r} ({file.id}) is still being processed; "
+                       "try again when its status is 'completed'.")
     if file.status == "stored":
         raise BadRequest(f"{FILE_NOT_PROCESSED} ({file.filename!r} was uploaded with process=false.)")
     if file.status == "failed":
@@ -179,8 +180,9 @@ def metadata(hit: Hit, embedding: dict | None = None) -> dict:
            "end_index": chunk.end, "score": round(hit.score, 6), "chunk_id": chunk.id,
            "collection_name": hit.source.collection, "created_by": file.user_id,
            "content_type": file.content_type, "size": file.size, "file_hash": file.file_hash,
-           "hash": file.text_hash, "embedding_config": {"engine": (embedding or {}).get("engine", ""),
-                                                        "model": chunk.model or (embedding or {}).get("model")}}
+           "hash": file.text_hash,
+           "embedding_config": {"engine": (embedding or {}).get("engine", ""),
+                                "model": chunk.model or (embedding or {}).get("model")}}
     pages = (file.meta or {}).get("pages")
     if pages:
         out["page"] = Extracted("", "pdf", pages).page_at(chunk.start)
@@ -275,7 +277,8 @@ def _last_user(messages: list[dict]) -> int | None:
 
 def _text(content) -> str:
     if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "\n".join(str(p.get("text", "")) for p in content
+                         if isinstance(p, dict) and p.get("type") == "text")
     return content if isinstance(content, str) else ""
 
 
