@@ -211,3 +211,14 @@ def test_disabled_ollama_api_is_503(app, client, key):
     resp = client.get("/ollama/api/tags", headers=key)
     assert resp.status_code == 503 and "disabled" in resp.get_json()["detail"]
     assert client.get("/ollama/").status_code == 200
+
+
+def test_request_id_and_backend_time_reach_backend_and_headers(client, key, fake_backend):
+    fake_backend.token_delay = 0.02
+    response = client.post("/ollama/api/generate", headers={**key, "X-Request-ID": "trace-abc-123"},
+                           json={"model": "llama3.2", "prompt": "hi", "stream": False})
+    assert response.status_code == 200
+    assert response.headers["X-Request-ID"] == "trace-abc-123"
+    assert fake_backend.last("/api/generate")["headers"].get("X-Request-ID") == "trace-abc-123"
+    timing = dict(part.strip().split(";dur=") for part in response.headers["Server-Timing"].split(","))
+    assert float(timing["backend"]) >= 8 * 20 * 0.8  # 8 tokens, 20 ms apart, spent waiting on the backend

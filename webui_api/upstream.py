@@ -12,6 +12,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from . import telemetry
 from .errors import ApiError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("webui_api.upstream")
@@ -127,12 +128,17 @@ class Upstream:
         The response carries `.backend`; streamed ones must be consumed with stream_lines/stream_chunks
         (or closed)."""
         sent = {"Authorization": f"Bearer {backend.key}"} if backend.key else {}
+        if telemetry.request_id():
+            sent["X-Request-ID"] = telemetry.request_id()
         sent.update(headers or {})
+        started = time.perf_counter()
         try:
             response = self.session.request(method, backend.url + path, json=json, params=params, data=data,
                                             headers=sent, stream=stream, timeout=self.timeouts(timeout))
         except _STREAM_ERRORS as exc:
+            telemetry.record_backend(time.perf_counter() - started, backend.label, error=True)
             raise network_error(backend, exc) from None
+        telemetry.record_backend(time.perf_counter() - started, backend.label, error=response.status_code >= 500)
         response.backend = backend
         return response
 
@@ -160,19 +166,26 @@ class Upstream:
         """Raw body bytes exactly as they arrive (one HTTP chunk at a time); always closes the response.
         A failure mid-stream raises UpstreamError / UpstreamTimeout naming the backend."""
         raw = response.raw
+        backend = getattr(response, "backend", None)
+        waited, failed = 0.0, False
         try:
-            if raw.chunked and raw.supports_chunked_reads():
-                yield from (c for c in raw.stream(None, decode_content=True) if c)
-            else:
-                while True:  # read1 returns as soon as *some* bytes are there, unlike read()
-                    chunk = raw.read1(65536, decode_content=True)
-                    if not chunk:
-                        break
+            chunks = (raw.stream(None, decode_content=True) if raw.chunked and raw.supports_chunked_reads()
+                      else iter(lambda: raw.read1(65536, decode_content=True), b""))  # read1: whatever is there
+            while True:
+                started = time.perf_counter()
+                chunk = next(chunks, None)
+                waited += time.perf_counter() - started  # time the backend kept us waiting, not the client
+                if chunk is None:
+                    break
+                if chunk:
                     yield chunk
         except _STREAM_ERRORS as exc:
-            raise network_error(getattr(response, "backend", None), exc) from None
+            failed = True
+            raise network_error(backend, exc) from None
         finally:
             response.close()
+            if backend is not None:
+                telemetry.record_backend(waited, backend.label, error=failed, observe=False)
 
     def stream_lines(self, response: requests.Response) -> Iterator[bytes]:
         """Each non-empty line (without its newline) as soon as it arrives; always closes the response."""
@@ -208,7 +221,7 @@ class Upstream:
                 done.notify_all()
 
         for i, item in enumerate(items):
-            threading.Thread(target=run, args=(i, item), daemon=True, name="upstream-fan-out").start()
+            threading.Thread(target=telemetry.bind(run), args=(i, item), daemon=True, name="upstream-fan-out").start()
         deadline = time.monotonic() + timeout
         with done:
             while len(results) < len(items) and (left := deadline - time.monotonic()) > 0:
