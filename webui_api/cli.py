@@ -320,127 +320,40 @@ def resume_abandoned(ext, owner, digest: str) -> None:
 # ---------------------------------------------------------------- reindex and check
 
 
-def expected_collections() -> dict[str, list[str]]:
-    """Collection name -> file ids whose chunks belong in it, from the database (the source of truth)."""
-    from .db import File, Knowledge, KnowledgeFile
-    from .rag import ingest
-
-    wanted = {ingest.collection_name(f.id): [f.id] for f in File.select(File.id).where(File.status == "completed")}
-    for kb in Knowledge.select(Knowledge.id):
-        wanted[kb.id] = [link.file_id for link in KnowledgeFile.select(KnowledgeFile.file)
-                         .join(File).where(KnowledgeFile.knowledge == kb.id, File.status == "completed")]
-    return wanted
-
-
 def cmd_reindex(args) -> int:
-    from .rag import ingest
+    from . import consistency
 
     ext = open_services()
-    wanted = expected_collections()
+    wanted = consistency.expected_ids()
     if args.collection:
         if args.collection not in wanted:
-            raise CliError(f"no collection {args.collection!r} (use a knowledge id or file-<id> of a completed file)")
-        wanted = {args.collection: wanted[args.collection]}
-    progress = Progress(len(wanted), "reindex")
-    vectors = 0
-    for name, file_ids in wanted.items():
-        ids, matrix = ingest.stored_vectors(file_ids)
-        ext.vectors.rebuild(name, ids, matrix)
-        vectors += len(ids)
-        progress.step(f"{name} ({len(ids)} vectors)")
-    removed = [] if args.collection else remove_strays(ext.vectors.index_dir, set(wanted))
-    print(f"rebuilt {len(wanted)} collection(s), {vectors} vectors" +
-          (f"; removed {len(removed)} stray file(s)" if removed else ""))
+            raise CliError(f"no collection {args.collection!r} (use a knowledge id or file-<id> of a processed file)")
+        names = [args.collection]
+    else:
+        names = list(wanted)
+    progress = Progress(len(names), "reindex")
+    total, removed = consistency.repair(ext, names, progress=lambda name: progress.step(name),
+                                        sweep=not args.collection)  # strays only go with a full reindex
+    print(f"rebuilt {len(names)} collection(s), {total} vectors"
+          + (f"; removed {len(removed)} stray file(s)" if removed else ""))
     return EXIT_OK
-
-
-def index_files(index_dir: str) -> tuple[dict[str, str], list[str]]:
-    """({collection: path} of index files, [left-over temp files of interrupted writes])."""
-    indexes, temps = {}, []
-    if not os.path.isdir(index_dir):
-        return indexes, temps
-    for name in sorted(os.listdir(index_dir)):
-        path = os.path.join(index_dir, name)
-        if ".faiss.tmp-" in name:
-            temps.append(path)
-        elif name.endswith(".faiss"):
-            indexes[name[:-len(".faiss")]] = path
-    return indexes, temps
-
-
-def remove_strays(index_dir: str, wanted: set[str]) -> list[str]:
-    """Index files of collections that no longer exist, and temp files of writes a crash interrupted."""
-    indexes, temps = index_files(index_dir)
-    cutoff = time.time() - 60  # a temp file this young may belong to a live writer
-    strays = [p for name, p in indexes.items() if name not in wanted]
-    strays += [p for p in temps if os.path.getmtime(p) < cutoff]
-    for path in strays:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    return strays
 
 
 def cmd_check(args) -> int:
+    from . import consistency
+
     ext = open_services()
-    problems = find_drift(ext)
-    for line in problems:
-        print(f"drift: {line}")
-    wanted = expected_collections()
+    count = len(consistency.expected_ids())
+    progress = Progress(count, "check")
+    problems = consistency.find_drift(ext, progress=lambda name: progress.step(name))
+    for problem in problems:
+        print(f"drift: {problem}")
     if problems:
-        print(f"{len(problems)} problem(s) in {len(wanted)} collection(s); repair with `webui-api reindex` "
-              "(files left pending/failed: POST /api/v1/retrieval/process/file)", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {count} collection(s); repair with `webui-api reindex` "
+              "(files left pending: restart the server or POST /api/v1/retrieval/process/file)", file=sys.stderr)
         return EXIT_DRIFT
-    print(f"ok: {len(wanted)} collection(s) match the database")
+    print(f"ok: {count} collection(s) match the database")
     return EXIT_OK
-
-
-def find_drift(ext) -> list[str]:
-    """Compare every index file, read as is (never auto-rebuilt), with the chunk rows it must hold."""
-    import faiss
-
-    from .db import Chunk, File
-    from .rag import ingest, vectors
-
-    wanted = expected_collections()
-    indexes, temps = index_files(ext.vectors.index_dir)
-    chunk_ids: dict[str, set[int]] = {}
-    for chunk_id, file_id in Chunk.select(Chunk.id, Chunk.file).tuples():
-        chunk_ids.setdefault(file_id, set()).add(chunk_id)
-    problems = []
-    progress = Progress(len(wanted), "check") if wanted else None
-    for name, file_ids in wanted.items():
-        expected = set().union(*(chunk_ids.get(f, set()) for f in file_ids)) if file_ids else set()
-        problems += _compare(name, indexes.get(name), expected, vectors, faiss)
-        if progress:
-            progress.step(name)
-    problems += [f"{name}: index file for a collection that does not exist" for name in indexes if name not in wanted]
-    problems += [f"{os.path.basename(p)}: temp file of an interrupted index write" for p in temps
-                 if os.path.getmtime(p) < time.time() - 60]
-    for file in File.select(File.id, File.status):
-        if file.status == "completed" and not chunk_ids.get(file.id):
-            problems.append(f"file {file.id}: completed but has no chunks")
-        if file.status in ingest.UNSETTLED:
-            with ingest.file_lock(ext.settings, file.id, blocking=False) as free:
-                if free:
-                    problems.append(f"file {file.id}: left {file.status!r} and nobody is processing it")
-    return problems
-
-
-def _compare(name, path, expected: set[int], vectors, faiss) -> list[str]:
-    if path is None:
-        return [f"{name}: index file missing ({len(expected)} vectors in the database)"] if expected else []
-    index = vectors._read(path)
-    if index is None:
-        return [f"{name}: index file unreadable"]
-    have = set(faiss.vector_to_array(index.id_map).tolist()) if index.ntotal else set()
-    lines = []
-    if expected - have:
-        lines.append(f"{name}: {len(expected - have)} vector(s) missing from the index")
-    if have - expected:
-        lines.append(f"{name}: {len(have - expected)} orphaned vector(s) in the index")
-    return lines
 
 
 if __name__ == "__main__":
