@@ -41,3 +41,12 @@ def test_concurrent_writers_never_see_database_locked(tmp_path):
         proc.join(60)
     assert errors.empty(), errors.get()
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM signin_attempt").fetchone()[0] == 1200
+
+
+def test_chunk_ids_are_never_reused(app, admin):
+    owner = db.User.get_by_id(admin["id"])
+    file = db.File.create(user=owner, filename="a.txt", storage_name="x", file_hash="h")
+    first = db.Chunk.create(file=file, seq=0, text="t", start=0, end=1, vector=b"", dim=0, model="m")
+    first.delete_instance()
+    second = db.Chunk.create(file=file, seq=0, text="t", start=0, end=1, vector=b"", dim=0, model="m")
+    assert second.id > first.id

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import peewee as pw
+from playhouse.sqlite_ext import AutoIncrementField
 
 # Bound by create_app (or a test) through `init_database`; peewee keeps one connection per thread.
 database = pw.SqliteDatabase(None)
@@ -133,7 +134,7 @@ class File(BaseModel):
 class Chunk(BaseModel):
     """A piece of a file's text with its embedding: the source of truth every FAISS index is rebuilt from."""
 
-    id = pw.AutoField()                        # also the FAISS id
+    id = AutoIncrementField()                  # the FAISS id; never reused, so a stale vector cannot alias
     file = pw.ForeignKeyField(File, on_delete="CASCADE", backref="chunks")
     seq = pw.IntegerField()
     text = pw.TextField()
