@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from webui_api import gateway
 
@@ -387,30 +385,20 @@ def test_backend_refusing_our_key_is_502_not_401(chat, fake_backend):
 
 # --- the seed document's examples, over real HTTP ----------------------------------------------
 
-@pytest.fixture
-def live_url(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
-
-
-def test_seed_doc_curl_example(live_url, user):
+def test_seed_doc_curl_example(live_server, user):
     # curl -X POST .../api/chat/completions -H "Authorization: Bearer KEY" -H "Content-Type: application/json" -d '{...}'
     data = '{"model": "llama3.1", "messages": [{"role": "user", "content": "¿Por qué el cielo es azul?"}]}'
-    response = requests.post(f"{live_url}/api/chat/completions", data=data.encode(), timeout=10,
+    response = requests.post(f"{live_server}/api/chat/completions", data=data.encode(), timeout=10,
                              headers={"Authorization": f"Bearer {user['token']}", "Content-Type": "application/json"})
     assert response.status_code == 200, response.text
     assert "¿Por qué el cielo es azul?" in response.json()["choices"][0]["message"]["content"]
 
 
-def test_seed_doc_python_example(live_url, user, fake_backend):
+def test_seed_doc_python_example(live_server, user, fake_backend):
     fake_backend.ollama_models.append("granite3.1-dense:8b")
 
     def chat_with_model(token):
-        url = f"{live_url}/api/chat/completions"
+        url = f"{live_server}/api/chat/completions"
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         data = {"model": "granite3.1-dense:8b",
                 "messages": [{"role": "user", "content": "¿Por qué el cielo es azul?"}]}
@@ -460,7 +448,7 @@ def test_usage_tokens_are_counted_in_metrics(chat):
 
 
 @pytest.mark.parametrize("model", ["llama3.2", "gpt-4o-mini"])
-def test_client_going_away_frees_the_stream(live_url, user, fake_backend, model):
+def test_client_going_away_frees_the_stream(live_server, user, fake_backend, model):
     from prometheus_client import REGISTRY
 
     def in_progress() -> float:
@@ -469,7 +457,7 @@ def test_client_going_away_frees_the_stream(live_url, user, fake_backend, model)
     fake_backend.token_delay = 0.2  # the whole answer would take ~3 s
     baseline = in_progress()
     started = time.monotonic()
-    response = requests.post(f"{live_url}{CHAT}", headers=user["headers"], stream=True, timeout=10,
+    response = requests.post(f"{live_server}{CHAT}", headers=user["headers"], stream=True, timeout=10,
                              json={"model": model, "messages": HELLO, "stream": True})
     lines = response.iter_lines()
     assert next(lines).startswith(b"data: ")

@@ -6,7 +6,6 @@ import ollama
 import pytest
 import requests
 
-from tests.fake_backend import live_server  # noqa: F401  (fixture)
 
 HELLO = [{"role": "user", "content": "Why is the sky blue?"}]
 

@@ -5,7 +5,6 @@ import time
 import pytest
 import requests
 
-from tests.fake_backend import live_server  # noqa: F401  (fixture)
 
 HELLO = [{"role": "user", "content": "Hello there, who are you?"}]
 

@@ -1,11 +1,9 @@
 """The official `openai` SDK against a live server: models, chat (plain and streamed with usage), embeddings."""
 from __future__ import annotations
 
-import threading
 
 import openai
 import pytest
-from werkzeug.serving import make_server
 
 from .fake_backend import embed_text
 
@@ -20,20 +18,10 @@ def settings_overrides(data_dir, fake_backend):
 
 
 @pytest.fixture
-def live_url(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
-
-
-@pytest.fixture
-def sdk(live_url, user, api_key_headers) -> openai.OpenAI:
+def sdk(live_server, user, api_key_headers) -> openai.OpenAI:
     key = api_key_headers(user)["Authorization"].split(" ", 1)[1]
     assert key.startswith("sk-")
-    return openai.OpenAI(base_url=live_url + "/api", api_key=key, max_retries=0, timeout=10)
+    return openai.OpenAI(base_url=live_server + "/api", api_key=key, max_retries=0, timeout=10)
 
 
 def test_models_list(sdk):
