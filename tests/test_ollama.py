@@ -214,7 +214,7 @@ def test_disabled_ollama_api_is_503(app, client, key):
 
 def test_request_id_and_backend_time_reach_backend_and_headers(client, key, fake_backend):
     fake_backend.token_delay = 0.02
-    response = client.post("/ollama/api/generate", headers={**key, "X-Request-ID": "trace-abc-123"},
+    response = client.post("/ollama/api/generate/0", headers={**key, "X-Request-ID": "trace-abc-123"},
                            json={"model": "llama3.2", "prompt": "hi", "stream": False})
     assert response.status_code == 200
     assert response.headers["X-Request-ID"] == "trace-abc-123"
