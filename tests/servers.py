@@ -130,16 +130,26 @@ class Nginx:
         conf.write_text(text)
         return conf
 
-    def start(self) -> "Nginx":
+    def start(self, attempts: int = 3) -> "Nginx":
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError("nginx is not installed")
-        conf = self.render()
-        subprocess.run([binary, "-t", "-q", "-p", str(self.dir), "-c", str(conf)], check=True,
-                       capture_output=True, timeout=30)
-        self.proc = subprocess.Popen([binary, "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until_listening(self.port, proc=self.proc)
+        for attempt in range(attempts):
+            conf = self.render()
+            subprocess.run([binary, "-t", "-q", "-p", str(self.dir), "-c", str(conf)], check=True,
+                           capture_output=True, timeout=30)
+            self.proc = subprocess.Popen([binary, "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                # nginx writes its pid file only after it bound the port: a connect alone could reach
+                # whichever other process grabbed the port first.
+                wait_until_listening(self.port, proc=self.proc, ready=lambda: (self.dir / "nginx.pid").exists())
+                return self
+            except RuntimeError:  # another process took the free port meanwhile: try another one
+                if attempt == attempts - 1 or "in use" not in self.error_log.read_text(errors="replace"):
+                    raise RuntimeError(f"nginx did not start: {self.error_log.read_text(errors='replace')[-500:]}")
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     def stop(self) -> None:
@@ -159,11 +169,15 @@ class Nginx:
         self.stop()
 
 
-def wait_until_listening(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+def wait_until_listening(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None,
+                         ready=lambda: True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
+        if not ready():
+            time.sleep(0.05)
+            continue
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return

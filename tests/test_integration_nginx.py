@@ -78,13 +78,15 @@ def paced(backend):
     backend.token_delay = 0.0
 
 
-def test_ndjson_stream_reaches_the_client_token_by_token(stack, paced):
+def test_ndjson_stream_reaches_the_client_token_by_token(stack, paced, backend):
     body = {"model": "llama3.2", "prompt": "why is the sky blue on a clear day", "stream": True}
     with requests.post(stack["nginx"].url + "/ollama/api/generate", json=body, headers=stack["headers"],
                        stream=True, timeout=60) as response:
         assert response.status_code == 200 and response.headers["Server"] == "nginx"
         lines = arrivals(response)
     assert json.loads(lines[-1][1])["done"] is True
+    # nginx's request id went through the gateway to the backend
+    assert backend.last("/api/generate")["headers"].get("X-Request-ID") == response.headers["X-Request-ID"]
     assert_token_by_token([t for t, _ in lines], "NDJSON /ollama/api/generate via nginx")
 
 

@@ -171,6 +171,30 @@ def test_32_clients_uploading_editing_and_signing_in_lose_nothing(cluster):
     assert check.returncode == 0, check.stdout + check.stderr  # every index file matches the database
 
 
+def scrape(url, headers, name: str, **labels) -> float:
+    response = call(url, "GET", "/metrics", headers)
+    assert response.status_code == 200, response.text
+    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "} "
+    line = next((line for line in response.text.splitlines() if line.startswith(wanted)), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_metrics_count_every_worker_s_requests(cluster):
+    server, headers, url = cluster["server"], cluster["headers"], cluster["server"].url
+    labels = {"method": "GET", "route": "/api/version", "status": "200"}
+    before = scrape(url, headers, "webui_api_http_requests_total", **labels)
+    workers = wait_for_workers(server, WORKERS)
+    for pid in workers:  # 10 requests served by each worker in turn
+        with only(server, pid):
+            for _ in range(10):
+                assert call(url, "GET", "/api/version").status_code == 200
+    for pid in (workers[0], workers[-1]):  # any worker's scrape sums them all
+        with only(server, pid):
+            assert scrape(url, headers, "webui_api_http_requests_total", **labels) == before + 10 * WORKERS
+            assert scrape(url, headers, "webui_api_http_request_duration_seconds_count",
+                          **labels) == before + 10 * WORKERS
+
+
 # --- streams: the worker timeout and a graceful stop -----------------------------------------------
 
 @pytest.fixture
