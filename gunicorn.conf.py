@@ -1,18 +1,20 @@
 """gunicorn settings for a streaming gateway; every value can be set from the environment.
 
-Chosen by measurement (bench/workers_threads.py, 2 CPUs, 2 workers, fake backend streaming 20 tokens x 50 ms,
-32 streams opened at once; full figures in the bench's commit message):
+Chosen by measurement (bench/workers_threads.py: 2 CPUs, 2 workers, fake backend streaming 20 tokens x 50 ms,
+32 streams opened at once; "c" = worker_connections; short = GET /api/v1/auths/ with an API key):
 
-    shape             32 streams: wall  worst TTFT  in flight | health check while they run: p50   max
-    sync               13.9 s     13.0 s        2             |                          13.5 s  13.5 s
-    gthread x16         1.8 s      0.95 s      16             |                          5.0 ms  592 ms
-    gthread x32         1.0 s      0.14 s      32             |                          3.6 ms    9 ms
+    shape              32 streams: wall  worst TTFT  in flight | short req/s | short during streams p50  max
+    sync                 13.8 s     12.9 s         2           |   726       |              13498 ms  13498 ms
+    gthread x4  c1000     6.9 s      6.0 s         4           |   894       |                  3 ms      7 ms
+    gthread x16 c1000     1.8 s      0.90 s       16           |   983       |                  3 ms    610 ms
+    gthread x32 c1000     1.0 s      0.13 s       32           |   935       |                  3 ms     10 ms
+    gthread x32 c40       0.93 s     0.06 s       32           |  1030       |                  3 ms      4 ms
 
 A sync worker is pinned by one stream, so every other request (even a health check) waits behind whole
 generations. gthread holds one *thread* per stream and heart-beats from the worker's main loop, so `timeout`
 never kills a long generation. Threads must exceed the concurrent streams you expect, or short requests queue
 behind them: 32 per worker by default (cheap: the threads mostly wait on sockets). Throughput of short
-requests is CPU-bound (~600-1000 req/s on 2 cores for any thread count), so add processes (WEB_CONCURRENCY,
+requests is CPU-bound (700-1000 req/s on 2 cores for any thread count), so add processes (WEB_CONCURRENCY,
 about one per core) for CPU and threads for concurrent streams.
 """
 import os
@@ -25,9 +27,9 @@ worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")  # "sync" only
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 os.environ["GUNICORN_THREADS"] = str(threads)  # workers size their upstream connection pool by it
 # A gthread worker keeps accepting connections up to this many and queues them for its threads. At 1000
-# (gunicorn's default) one worker grabbed 20 of 32 simultaneous streams while 16 threads served them and the
-# other worker idled; capped a little above the thread count, the kernel hands the surplus to the other worker
-# (peak streams served at once: 16 -> 28 at 16 threads, 4 -> 8 at 4 threads).
+# (gunicorn's default) one worker took more streams than it had threads while the other idled; capped a
+# little above the thread count, the kernel hands the surplus to the other worker (streams served at once
+# with 4 threads: 4 -> 8; with 16: 16 -> 30; worst time to first token at 32 threads: 0.13 s -> 0.06 s).
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", str(threads + max(4, threads // 4))))
 # gthread heart-beats from its main loop, not from the request threads: this only fires when a worker's
 # main loop is stuck, never because one generation is long.

@@ -1,4 +1,4 @@
-"""Which gunicorn worker class and thread count: measured against the fake backend streaming a token every 50 ms.
+"""Which gunicorn worker class and thread count: measured with the fake backend streaming a token per 50 ms.
 
 For each server shape (sync vs gthread, threads per worker) it starts real gunicorn with gunicorn.conf.py and
 measures:
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -98,7 +97,8 @@ def short_requests(url: str, headers: dict, clients: int, seconds: float) -> dic
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
-    return {"rps": len(latencies) / elapsed, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+    return {"rps": len(latencies) / elapsed, "p50": percentile(latencies, 0.5),
+            "p99": percentile(latencies, 0.99)}
 
 
 def mixed(url: str, headers: dict, n_streams: int) -> dict:
@@ -131,7 +131,9 @@ def run_shape(backend: FakeBackend, worker_class: str, threads: int, connections
     data_dir = tempfile.mkdtemp(prefix="bench-workers-")
     env = {"DATA_DIR": data_dir, "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "",
            "GUNICORN_WORKER_CLASS": worker_class, "MODELS_CACHE_TTL": "300", "LOG_LEVEL": "warning",
-           "GUNICORN_TIMEOUT": "120", "GUNICORN_WORKER_CONNECTIONS": connections}
+           "GUNICORN_TIMEOUT": "120"}
+    if connections:
+        env["GUNICORN_WORKER_CONNECTIONS"] = connections
     server = Gunicorn(env, workers=workers, threads=threads, log_path=os.path.join(data_dir, "gunicorn.log"))
     server.start()
     try:
@@ -150,24 +152,28 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=32, help="concurrent streams")
     parser.add_argument("--clients", type=int, default=16, help="concurrent short-request clients")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of the short-request run")
-    parser.add_argument("--shapes", default="sync:1,gthread:4,gthread:16,gthread:32,gthread:16:20,gthread:32:40",
-                        help="comma-separated worker_class:threads[:worker_connections] (default connections 1000)")
+    parser.add_argument("--shapes", default="sync:1,gthread:4:1000,gthread:4,gthread:16:1000,gthread:16,"
+                                            "gthread:32:1000,gthread:32",
+                        help="comma-separated worker_class:threads[:worker_connections] "
+                             "(without: gunicorn.conf.py's default, threads + max(4, threads // 4))")
     args = parser.parse_args()
     backend = FakeBackend()
     backend.token_delay = TOKEN_DELAY
     print(f"{os.cpu_count()} CPUs; {args.workers} workers; streams: {args.streams} x 20 tokens x "
           f"{TOKEN_DELAY * 1000:.0f} ms (~1 s each); short: {args.clients} clients x {args.seconds:g} s of "
           f"GET /api/v1/auths/ (API key)")
-    print(f"{'shape':14} {'streams wall':>12} {'max TTFT':>9} {'in flight':>9} | {'short rps':>9} {'p50':>7} "
+    print(f"{'shape':18} {'streams wall':>12} {'max TTFT':>9} {'in flight':>9} | {'short rps':>9} {'p50':>7} "
           f"{'p99':>7} | {'short during streams p50':>24} {'max':>7}")
     try:
         for shape in args.shapes.split(","):
-            worker_class, threads, connections = (shape.split(":") + ["1000"])[:3]
+            worker_class, threads, connections = (shape.split(":") + [""])[:3]
             r = run_shape(backend, worker_class, int(threads), connections, args.workers, args.streams,
                           args.clients, args.seconds)
-            label = f"{worker_class} x{threads}" + (f" c{connections}" if connections != "1000" else "")
+            default = int(threads) + max(4, int(threads) // 4)
+            label = f"{worker_class} x{threads}"
+            label += "" if worker_class == "sync" else f" c{connections or default}"
             s, q, m = r["streams"], r["short"], r["mixed"]
-            print(f"{label:14} {s['wall']:11.2f}s {s['ttft_max']:8.2f}s {s['peak']:9d} | "
+            print(f"{label:18} {s['wall']:11.2f}s {s['ttft_max']:8.2f}s {s['peak']:9d} | "
                   f"{q['rps']:9.0f} {q['p50'] * 1000:6.1f}ms {q['p99'] * 1000:6.1f}ms | "
                   f"{m['p50'] * 1000:23.1f}ms {m['max'] * 1000:6.0f}ms", flush=True)
     finally:

@@ -120,7 +120,8 @@ class Nginx:
             (r"(?m)^(\s*)listen 80;$", rf"\g<1>listen 127.0.0.1:{self.port};"),
         ]
         if self.client_max_body_size:
-            rewrites.append((r"client_max_body_size \S+;", f"client_max_body_size {self.client_max_body_size};"))
+            rewrites.append((r"client_max_body_size \S+;",
+                             f"client_max_body_size {self.client_max_body_size};"))
         for pattern, replacement in rewrites:
             text, count = re.subn(pattern, replacement, text)
             if count != 1:
@@ -139,15 +140,18 @@ class Nginx:
             subprocess.run([binary, "-t", "-q", "-p", str(self.dir), "-c", str(conf)], check=True,
                            capture_output=True, timeout=30)
             self.proc = subprocess.Popen([binary, "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
             try:
                 # nginx writes its pid file only after it bound the port: a connect alone could reach
                 # whichever other process grabbed the port first.
-                wait_until_listening(self.port, proc=self.proc, ready=lambda: (self.dir / "nginx.pid").exists())
+                pid_file = self.dir / "nginx.pid"
+                wait_until_listening(self.port, proc=self.proc, ready=pid_file.exists)
                 return self
             except RuntimeError:  # another process took the free port meanwhile: try another one
                 if attempt == attempts - 1 or "in use" not in self.error_log.read_text(errors="replace"):
-                    raise RuntimeError(f"nginx did not start: {self.error_log.read_text(errors='replace')[-500:]}")
+                    log = self.error_log.read_text(errors="replace")
+                    raise RuntimeError(f"nginx did not start: {log[-500:]}")
                 self.port = free_port()
                 self.url = f"http://127.0.0.1:{self.port}"
         return self

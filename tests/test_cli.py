@@ -20,8 +20,9 @@ def settings_overrides(fake_backend):
 
 @pytest.fixture
 def run(data_dir, fake_backend):
-    env = {**os.environ, "DATA_DIR": data_dir, "OLLAMA_BASE_URLS": fake_backend.url, "OPENAI_API_BASE_URLS": "",
-           "PASSWORD_HASH_COST": "1024", "RAG_EMBEDDING_MODEL": "nomic-embed-text"}
+    env = {**os.environ, "DATA_DIR": data_dir, "OLLAMA_BASE_URLS": fake_backend.url,
+           "OPENAI_API_BASE_URLS": "", "PASSWORD_HASH_COST": "1024",
+           "RAG_EMBEDDING_MODEL": "nomic-embed-text"}
     env.pop("WEBUI_ADMIN_PASSWORD", None)
 
     def run(*args, stdin: str | None = None, **extra_env) -> subprocess.CompletedProcess:
@@ -34,13 +35,15 @@ def one_line_error(result, fragment: str) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("webui-api: error:") and fragment in lines[0], result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("webui-api: error:") and fragment in lines[0], result.stderr
 
 
 def test_accounts_from_the_command_line(run, client):
     result = run("create-admin", "--email", "Root@Example.com", "--name", "Root", stdin="s3cret-pass\n")
     assert result.returncode == 0, result.stderr
-    session = client.post("/api/v1/auths/signin", json={"email": "root@example.com", "password": "s3cret-pass"})
+    session = client.post("/api/v1/auths/signin",
+                          json={"email": "root@example.com", "password": "s3cret-pass"})
     assert session.status_code == 200 and session.get_json()["role"] == "admin"
 
     key = run("create-api-key", "--email", "root@example.com").stdout.strip()
@@ -128,7 +131,8 @@ def test_reindex_and_check_find_and_repair_drift(run, client, admin, corpus, dat
     assert "drift: file-gone: index file for a collection that does not exist" in drift.stdout
 
     fixed = run("reindex")
-    assert fixed.returncode == 0 and "rebuilt 3 collection(s)" in fixed.stdout and "removed 1 stray" in fixed.stdout
+    assert fixed.returncode == 0
+    assert "rebuilt 3 collection(s)" in fixed.stdout and "removed 1 stray" in fixed.stdout
     assert "reindex [" in fixed.stderr
     assert run("check").returncode == 0
     assert "alpaca" in query(client, admin["headers"], kb.id, "alpaca plateau")[0]

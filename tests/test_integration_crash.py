@@ -1,5 +1,5 @@
-"""kill -9 in the middle of ingesting (one worker, or the whole server), then restart: every file ends completed
-and searchable, or failed with a reason and re-processable; the database and every index file still agree."""
+"""kill -9 in the middle of ingesting (one worker, or the whole server), then restart: every file ends
+completed and searchable, or failed with a reason and re-processable; the database and index files agree."""
 import os
 import random
 import signal
@@ -41,7 +41,8 @@ def backend():
 def env(backend, tmp_path):
     return {"DATA_DIR": str(tmp_path / "data"), "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "",
             "RAG_EMBEDDING_MODEL": "nomic-embed-text", "RAG_EMBEDDING_BATCH_SIZE": "4", "CHUNK_SIZE": "200",
-            "CHUNK_OVERLAP": "20", "WEBUI_ADMIN_EMAIL": "admin@example.com", "WEBUI_ADMIN_PASSWORD": "admin-pw"}
+            "CHUNK_OVERLAP": "20", "WEBUI_ADMIN_EMAIL": "admin@example.com",
+            "WEBUI_ADMIN_PASSWORD": "admin-pw"}
 
 
 def start(env, workers=2, log="gunicorn.log") -> Gunicorn:
@@ -97,8 +98,9 @@ def settled(server, headers, expected: int) -> list[dict]:
 def searchable(server, headers, file: dict) -> bool:
     """Every page of the document comes back from the file's collection (all its chunks are indexed)."""
     i = int(file["filename"].split("-")[1].split(".")[0])
+    body = {"collection_name": f"file-{file['id']}", "query": f"crate{i}x3 cargo", "k": 50}
     response = requests.post(server.url + "/api/v1/retrieval/query/doc", headers=headers, timeout=30,
-                             json={"collection_name": f"file-{file['id']}", "query": f"crate{i}x3 cargo", "k": 50})
+                             json=body)
     if response.status_code != 200:
         return False
     found = " ".join(response.json()["documents"][0])
@@ -168,8 +170,8 @@ def test_kill_9_of_the_whole_server_then_failed_files_are_reprocessable(backend,
 
         backend.fault = None
         for file in files:
-            response = requests.post(server.url + "/api/v1/retrieval/process/file", headers=headers, timeout=60,
-                                     json={"file_id": file["id"]})
+            response = requests.post(server.url + "/api/v1/retrieval/process/file", headers=headers,
+                                     timeout=60, json={"file_id": file["id"]})
             assert response.status_code == 200, response.text
         files = all_files(server, headers)
         assert {f["data"]["status"] for f in files} == {"completed"}
@@ -180,8 +182,8 @@ def test_kill_9_of_the_whole_server_then_failed_files_are_reprocessable(backend,
 
 
 @pytest.mark.xfail(not _startup_repairs_indexes(), strict=False,
-                   reason="start-up does not call consistency.repair yet: a kill between a knowledge link's commit "
-                          "and its index write leaves the collection missing vectors (~1 run in 3)")
+                   reason="start-up does not call consistency.repair yet: a kill between a knowledge link's "
+                          "commit and its index write leaves the collection missing vectors (~1 run in 3)")
 def test_random_kill_9_during_bulk_ingest_leaves_nothing_half_done(backend, env):
     """Kill the whole server at random moments of a busy ingest (uploads, knowledge links), three times."""
     rng = random.Random()
@@ -199,8 +201,8 @@ def test_random_kill_9_during_bulk_ingest_leaves_nothing_half_done(backend, env)
             try:
                 for file in all_files(server, headers):
                     if file["filename"] == f"ledger-{i}.txt":
-                        requests.post(server.url + f"/api/v1/knowledge/{kb}/file/add", headers=headers, timeout=60,
-                                      json={"file_id": file["id"]})
+                        requests.post(server.url + f"/api/v1/knowledge/{kb}/file/add", headers=headers,
+                                      timeout=60, json={"file_id": file["id"]})
             except (requests.RequestException, AssertionError, ValueError):
                 pass
 
@@ -217,8 +219,9 @@ def test_random_kill_9_during_bulk_ingest_leaves_nothing_half_done(backend, env)
         headers = admin_headers(server)
         files = wait_for(lambda: settled(server, headers, 1), 60, "every interrupted file to settle")
         statuses = [f["data"]["status"] for f in files]
-        print(f"\n3 random kills during {uploaded} uploads; statuses on disk at each kill: {caught}; after restart "
-              f"{len(files)} files: {statuses.count('completed')} completed, {statuses.count('failed')} failed")
+        print(f"\n3 random kills during {uploaded} uploads; statuses on disk at each kill: {caught}; "
+              f"after restart {len(files)} files: {statuses.count('completed')} completed, "
+              f"{statuses.count('failed')} failed")
         for file in files:
             assert file["data"]["status"] == "completed" or file["data"]["error"], file
             if file["data"]["status"] == "completed":

@@ -1,5 +1,5 @@
-"""deploy/nginx.conf in front of real gunicorn on loopback: streams arrive token by token, upload limits answer
-JSON 413s, and the client's X-Forwarded-For and X-Request-ID reach the logs."""
+"""deploy/nginx.conf in front of real gunicorn on loopback: streams arrive token by token, upload limits
+answer JSON 413s, and the client's X-Forwarded-For and X-Request-ID reach the logs."""
 import json
 import statistics
 import time
@@ -13,11 +13,12 @@ from .servers import Gunicorn, Nginx, free_port, nginx_binary
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(nginx_binary() is None,
-                       reason="nginx is not installed (apt-get install nginx; .ci/run does it): proxy tests skipped"),
+                       reason="nginx is not installed (apt-get install nginx; .ci/run does it): "
+                              "proxy tests skipped"),
 ]
 
 TOKEN_DELAY = 0.05
-LIMIT_MB = 1  # RAG_FILE_MAX_SIZE for these tests; nginx gets the same +1 MB envelope as the deployed 100 -> 101m
+LIMIT_MB = 1  # RAG_FILE_MAX_SIZE here; nginx gets the same +1 MB envelope as the deployed 100 -> 101m
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,14 @@ def stack(backend, tmp_path_factory):
     plays, whose X-Forwarded-For is therefore trusted."""
     data = tmp_path_factory.mktemp("data")
     env = {"DATA_DIR": str(data), "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "",
-           "RAG_FILE_MAX_SIZE": str(LIMIT_MB), "RAG_EMBEDDING_MODEL": "nomic-embed-text", "TRUSTED_PROXY_HOPS": "2",
-           "LOG_FORMAT": "json", "MODELS_CACHE_TTL": "60"}
+           "RAG_FILE_MAX_SIZE": str(LIMIT_MB), "RAG_EMBEDDING_MODEL": "nomic-embed-text",
+           "TRUSTED_PROXY_HOPS": "2", "LOG_FORMAT": "json", "MODELS_CACHE_TTL": "60"}
     gunicorn = Gunicorn(env, workers=2, threads=8, log_path=str(data / "gunicorn.log")).start()
     nginx = Nginx(gunicorn.port, tmp_path_factory.mktemp("nginx"), client_max_body_size=f"{LIMIT_MB + 1}m")
     try:
         nginx.start()
-        signup = requests.post(nginx.url + "/api/v1/auths/signup", timeout=30,
-                               json={"name": "Ops", "email": "ops@example.com", "password": "ops-password"}).json()
+        account = {"name": "Ops", "email": "ops@example.com", "password": "ops-password"}
+        signup = requests.post(nginx.url + "/api/v1/auths/signup", timeout=30, json=account).json()
         key = requests.post(nginx.url + "/api/v1/auths/api_key", timeout=30,
                             headers={"Authorization": f"Bearer {signup['token']}"}).json()["api_key"]
         yield {"nginx": nginx, "gunicorn": gunicorn, "headers": {"Authorization": f"Bearer {key}"},
@@ -64,7 +65,8 @@ def arrivals(response) -> list[tuple[float, bytes]]:
 def assert_token_by_token(times: list[float], label: str) -> None:
     gaps = [b - a for a, b in zip(times, times[1:])]
     print(f"\n{label}: {len(times)} lines over {times[-1] - times[0]:.2f} s; inter-arrival ms "
-          f"min {min(gaps) * 1000:.1f} median {statistics.median(gaps) * 1000:.1f} max {max(gaps) * 1000:.1f}")
+          f"min {min(gaps) * 1000:.1f} median {statistics.median(gaps) * 1000:.1f} "
+          f"max {max(gaps) * 1000:.1f}")
     assert len(times) >= 15
     assert 0.035 <= statistics.median(gaps) <= 0.1  # paced like the backend, not held back
     assert sum(gap < 0.01 for gap in gaps) <= 2  # no burst: at most the role/first and final lines together
@@ -91,13 +93,16 @@ def test_ndjson_stream_reaches_the_client_token_by_token(stack, paced, backend):
 
 
 def test_sse_stream_reaches_the_client_token_by_token(stack, paced):
-    body = {"model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "tell me about tides"}]}
+    body = {"model": "llama3.2", "stream": True,
+            "messages": [{"role": "user", "content": "tell me about tides"}]}
     with requests.post(stack["nginx"].url + "/api/chat/completions", json=body, headers=stack["headers"],
                        stream=True, timeout=60) as response:
-        assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
         lines = arrivals(response)
     assert lines[-1][1] == b"data: [DONE]"
-    assert_token_by_token([t for t, line in lines if line != b"data: [DONE]"], "SSE /api/chat/completions via nginx")
+    times = [t for t, line in lines if line != b"data: [DONE]"]
+    assert_token_by_token(times, "SSE /api/chat/completions via nginx")
 
 
 def upload(stack, size: int, name: str = "limit.txt"):
@@ -125,22 +130,27 @@ def log_entry(path, request_id: str, timeout: float = 5.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in path.read_text(errors="replace").splitlines():
-            if line.startswith("{") and request_id in line and json.loads(line).get("request_id") == request_id:
-                return json.loads(line)
+            if line.startswith("{") and request_id in line:
+                entry = json.loads(line)
+                if entry.get("request_id") == request_id:
+                    return entry
         time.sleep(0.05)
     raise AssertionError(f"no log line for request {request_id} in {path}")
 
 
 def test_forwarded_for_and_request_id_reach_both_logs(stack):
     url = stack["nginx"].url + "/api/version"
-    response = requests.get(url, headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "xff-test-1"}, timeout=10)
+    response = requests.get(url, headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "xff-test-1"},
+                            timeout=10)
     assert response.headers["X-Request-ID"] == "xff-test-1"
     entry = log_entry(stack["log"], "xff-test-1")
-    assert entry["remote_addr"] == "203.0.113.7" and entry["route"] == "/api/version" and entry["status"] == 200
+    assert entry["remote_addr"] == "203.0.113.7"
+    assert entry["route"] == "/api/version" and entry["status"] == 200
     assert "latency_ms" in entry and "backend_ms" in entry and "user_id" in entry
 
     # A client cannot push a fake address past the trusted hops: only the last two entries are believed.
-    requests.get(url, headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.8", "X-Request-ID": "xff-test-2"}, timeout=10)
+    requests.get(url, headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.8", "X-Request-ID": "xff-test-2"},
+                 timeout=10)
     assert log_entry(stack["log"], "xff-test-2")["remote_addr"] == "203.0.113.8"
 
     # Without a client id, nginx makes one; the gateway answers and logs that same id.

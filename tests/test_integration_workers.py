@@ -1,5 +1,6 @@
-"""Many gunicorn workers, one truth: writes through any worker are seen by every worker at once, 32 concurrent
-clients neither lock nor lose anything, long streams outlive the worker timeout and survive a graceful stop."""
+"""Many gunicorn workers, one truth: writes through any worker are seen by every worker at once, 32
+concurrent clients neither lock nor lose anything, metrics sum over workers, long streams outlive the worker
+timeout and survive a graceful stop."""
 import json
 import os
 import signal
@@ -36,7 +37,8 @@ def cluster(backend, tmp_path_factory):
         wait_for_workers(server, WORKERS)
         session = post(server.url, "/api/v1/auths/signup", None,
                        {"name": "Admin", "email": "admin@example.com", "password": "admin-password"})
-        key = post(server.url, "/api/v1/auths/api_key", {"Authorization": f"Bearer {session['token']}"})["api_key"]
+        bearer = {"Authorization": f"Bearer {session['token']}"}
+        key = post(server.url, "/api/v1/auths/api_key", bearer)["api_key"]
         yield {"server": server, "headers": {"Authorization": f"Bearer {key}"}, "data": data}
     finally:
         server.stop()
@@ -87,14 +89,15 @@ def top_document(url, headers, collection: str, query: str) -> str:
     return answer["documents"][0][0] if answer["documents"] and answer["documents"][0] else ""
 
 
-FILLER = ("Harbour logbook entry: the tide turned at dawn, gulls circled the breakwater and the ferry left on time. "
-          * 3)
+FILLER = ("Harbour logbook entry: the tide turned at dawn, gulls circled the breakwater and the ferry left "
+          "on time. ") * 3
+QUESTION = "brass astrolabe chapel organ quartermaster"
 
 
 def test_a_write_through_any_worker_is_seen_by_every_worker_at_once(cluster):
     server, headers, url = cluster["server"], cluster["headers"], cluster["server"].url
     workers = wait_for_workers(server, WORKERS)
-    kb = post(url, "/api/v1/knowledge/create", headers, {"name": "Shared", "description": "multi-worker"})["id"]
+    kb = post(url, "/api/v1/knowledge/create", headers, {"name": "Shared", "description": "workers"})["id"]
     base = upload(url, headers, "base.txt", FILLER)
     post(url, f"/api/v1/knowledge/{kb}/file/add", headers, {"file_id": base["id"]})
     for pid in workers:  # every worker loads (and caches) the collection's index
@@ -107,14 +110,14 @@ def test_a_write_through_any_worker_is_seen_by_every_worker_at_once(cluster):
         post(url, f"/api/v1/knowledge/{kb}/file/add", headers, {"file_id": added["id"]})
     for pid in workers:  # no waiting, no retry: the very next request on each worker sees it
         with only(server, pid):
-            assert "astrolabe" in top_document(url, headers, kb, "brass astrolabe chapel organ quartermaster")
+            assert "astrolabe" in top_document(url, headers, kb, QUESTION)
             assert "astrolabe" in top_document(url, headers, f"file-{added['id']}", "astrolabe")
 
     with only(server, workers[-1]):
         assert call(url, "DELETE", f"/api/v1/files/{added['id']}", headers).status_code == 200
     for pid in workers:
         with only(server, pid):
-            assert "astrolabe" not in top_document(url, headers, kb, "brass astrolabe chapel organ quartermaster")
+            assert "astrolabe" not in top_document(url, headers, kb, QUESTION)
             assert call(url, "GET", f"/api/v1/files/{added['id']}", headers).status_code == 404
             gone = call(url, "POST", "/api/v1/retrieval/query/doc", headers,
                         {"collection_name": f"file-{added['id']}", "query": "astrolabe", "k": 1})
@@ -122,7 +125,7 @@ def test_a_write_through_any_worker_is_seen_by_every_worker_at_once(cluster):
 
 
 def test_32_clients_uploading_editing_and_signing_in_lose_nothing(cluster):
-    server, admin, url = cluster["server"], cluster["headers"], cluster["server"].url
+    admin, url = cluster["headers"], cluster["server"].url
     kb = post(url, "/api/v1/knowledge/create", admin, {"name": "Crowd", "description": "v0"})["id"]
     users = [post(url, "/api/v1/auths/add", admin, {"name": f"C{i}", "email": f"c{i}@example.com",
                                                    "password": f"pw-{i}-pw", "role": "user"})
@@ -139,9 +142,11 @@ def test_32_clients_uploading_editing_and_signing_in_lose_nothing(cluster):
             mine = {"Authorization": f"Bearer {session['token']}"}
             for n in range(2):
                 word = f"zebra{i:02d}x{n}"
-                file = upload(url, mine, f"c{i}-{n}.txt", f"Client {i} note {n}: the {word} crossed the river.")
+                text = f"Client {i} note {n}: the {word} crossed the river."
+                file = upload(url, mine, f"c{i}-{n}.txt", text)
                 post(url, f"/api/v1/knowledge/{kb}/file/add", admin, {"file_id": file["id"]})
-            post(url, f"/api/v1/knowledge/{kb}/update", admin, {"name": "Crowd", "description": f"edited by {i}"})
+            post(url, f"/api/v1/knowledge/{kb}/update", admin,
+                 {"name": "Crowd", "description": f"edited by {i}"})
             own = post(url, "/api/v1/knowledge/create", mine, {"name": f"own-{i}"})["id"]
             post(url, f"/api/v1/knowledge/{own}/file/add", mine, {"file_id": file["id"]})
         except BaseException as exc:  # collected and asserted below, with every client's story
@@ -153,7 +158,8 @@ def test_32_clients_uploading_editing_and_signing_in_lose_nothing(cluster):
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    print(f"\n{CLIENTS} clients x (2 sign-ins, 2 uploads, 3 knowledge edits): {time.monotonic() - started:.1f} s")
+    print(f"\n{CLIENTS} clients x (2 sign-ins, 2 uploads, 3 knowledge edits): "
+          f"{time.monotonic() - started:.1f} s")
     assert not failures, "\n".join(failures)
 
     collection = call(url, "GET", f"/api/v1/knowledge/{kb}", admin).json()
@@ -214,7 +220,8 @@ def short_fuse(backend, tmp_path):
 def generate(url, headers, words: int, on_first=None) -> list[dict]:
     body = {"model": "llama3.2", "prompt": " ".join(["wave"] * words), "stream": True}
     lines = []
-    with requests.post(url + "/ollama/api/generate", json=body, headers=headers, stream=True, timeout=60) as response:
+    with requests.post(url + "/ollama/api/generate", json=body, headers=headers, stream=True,
+                       timeout=60) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line:
@@ -235,8 +242,11 @@ def test_a_generation_longer_than_the_worker_timeout_completes(short_fuse):
 def test_sigterm_lets_the_stream_in_flight_finish(short_fuse):
     server, headers = short_fuse
     stopped_at = []
-    lines = generate(server.url, headers, words=30,  # ~40 tokens: 2 s of stream after the signal
-                     on_first=lambda: (stopped_at.append(time.monotonic()), server.proc.send_signal(signal.SIGTERM)))
+    def stop_server():
+        stopped_at.append(time.monotonic())
+        server.proc.send_signal(signal.SIGTERM)
+
+    lines = generate(server.url, headers, words=30, on_first=stop_server)  # ~40 tokens: 2 s after SIGTERM
     assert lines[-1]["done"] is True and len(lines) > 30
     assert time.monotonic() - stopped_at[0] > 1.5  # the stream really went on after SIGTERM
     assert server.proc.wait(15) == 0

@@ -136,7 +136,8 @@ class TestProxyHops:
         return {"TRUSTED_PROXY_HOPS": 1}
 
     def test_the_trusted_proxy_s_forwarded_for_is_the_client(self, client, access_lines):
-        client.get("/health", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9", "X-Request-ID": "rid-xff"})
+        client.get("/health", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9",
+                                       "X-Request-ID": "rid-xff"})
         line = next(e for e in access_lines() if e["request_id"] == "rid-xff")
         assert line["remote_addr"] == "203.0.113.9"  # one hop trusted: the spoofable left part is ignored
 
@@ -155,8 +156,8 @@ class TestReady:
         return {"OLLAMA_BASE_URLS": f"{fake_backend.url};{self.other.url}",
                 "OPENAI_API_BASE_URLS": fake_backend.openai_url, "OPENAI_API_KEYS": "sk-wrong-key-1234"}
 
-    def test_ready_lists_each_backend_without_keys(self, client, fake_backend):
-        response = client.get("/health/ready")
+    def test_ready_lists_each_backend_without_keys(self, client, admin, fake_backend):
+        response = client.get("/health/ready", headers=admin["headers"])
         body = response.get_json()
         assert response.status_code == 200 and body["status"] is True, body
         assert body["checks"]["database"]["ok"] and body["checks"]["data_dir"]["ok"]
@@ -165,6 +166,16 @@ class TestReady:
         openai = next(b for b in body["checks"]["backends"] if b["kind"] == "openai")
         assert "rejected" in openai["error"] and fake_backend.openai_url.split("//")[1] in openai["name"]
         assert "sk-wrong" not in response.get_data(as_text=True)
+
+    def test_anonymous_callers_get_a_summary_without_addresses(self, client, fake_backend):
+        response = client.get("/health/ready")
+        body = response.get_json()
+        assert response.status_code == 200 and body["status"] is True
+        assert body["checks"]["database"] == {"ok": True}
+        expected = [{"kind": "ollama", "ok": True}, {"kind": "ollama", "ok": True},
+                    {"kind": "openai", "ok": False}]
+        assert sorted(body["checks"]["backends"], key=str) == sorted(expected, key=str)
+        assert "127.0.0.1" not in response.get_data(as_text=True)
 
     def test_one_backend_down_is_reported_but_still_ready(self, client):
         self.other.stop()
@@ -197,6 +208,7 @@ def test_metrics_are_for_admins(client, admin, user):
     response = client.get("/metrics", headers=admin["headers"])
     assert response.status_code == 200 and response.content_type.startswith("text/plain")
     text = response.get_data(as_text=True)
-    assert re.search(r'webui_api_http_requests_total\{method="GET",route="/api/version",status="200"\} \d', text)
+    assert re.search(r'webui_api_http_requests_total\{method="GET",route="/api/version",status="200"\} \d',
+                     text)
     for name in ("webui_api_http_request_duration_seconds_bucket", "webui_api_http_requests_in_progress"):
         assert name in text

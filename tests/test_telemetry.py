@@ -111,7 +111,8 @@ def test_metrics_are_summed_across_processes(tmp_path):
     text = subprocess.run([sys.executable, "-c", scrape], env=env, check=True, timeout=60,
                           capture_output=True, text=True).stdout
     assert 'webui_api_tokens_total{direction="in"} 12.0' in text
-    assert 'webui_api_http_requests_total{method="POST",route="/api/chat/completions",status="200"} 3.0' in text
+    labels = 'method="POST",route="/api/chat/completions",status="200"'
+    assert f"webui_api_http_requests_total{{{labels}}} 3.0" in text
     assert 'webui_api_backend_request_duration_seconds_count{backend="shared"} 3.0' in text
     # the live gauge of finished processes sums to zero
     assert "webui_api_http_requests_in_progress 0.0" in text

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("ingest", help="upload files or folders (recursively) and make them searchable")
     cmd.add_argument("paths", nargs="+", metavar="PATH")
-    cmd.add_argument("--knowledge", metavar="NAME", help="add every file to this collection (created if missing)")
+    cmd.add_argument("--knowledge", metavar="NAME",
+                     help="add every file to this collection (created if missing)")
     cmd.add_argument("--email", help="owner of the files (default: the first admin)")
     cmd.set_defaults(handler=cmd_ingest)
 
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_services():
-    """Settings, database and the per-app objects, as the server builds them (no network, no start-up jobs)."""
+    """Settings, database and the per-app objects as the server builds them (no network, no start-up jobs)."""
     from . import db
     from .config import Settings
     from .extensions import build_extensions
@@ -174,7 +175,8 @@ class Progress:
         elapsed = time.monotonic() - self.started
         line = f"{self.label} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s {note}"
         if self.tty:
-            self.stream.write("\r\033[K" + line[:max(20, os.get_terminal_size(self.stream.fileno()).columns - 1)])
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+            self.stream.write("\r\033[K" + line[:max(20, columns - 1)])
             if self.done >= self.total:
                 self.stream.write("\n")
         else:
@@ -202,7 +204,8 @@ def cmd_ingest(args) -> int:
     else:
         owner = User.select().where(User.role == "admin").order_by(User.created_at).first()
         if owner is None:
-            raise CliError("no admin account exists; create one with `webui-api create-admin` or pass --email")
+            raise CliError("no admin account exists; create one with `webui-api create-admin` "
+                           "or pass --email")
     paths = list(collect_files(args.paths))
     if not paths:
         raise CliError("no files found under the given paths")
@@ -212,7 +215,8 @@ def cmd_ingest(args) -> int:
     known = previous_uploads(owner)
     for path in paths:
         progress.step(f"{ingest_one(ext, owner, path, knowledge_id, known, tally)}: {path}")
-    print(f"{tally.added} added, {tally.updated} updated, {tally.skipped} unchanged, {len(tally.failed)} failed"
+    print(f"{tally.added} added, {tally.updated} updated, {tally.skipped} unchanged, "
+          f"{len(tally.failed)} failed"
           + (f" (knowledge {args.knowledge!r}: {knowledge_id})" if knowledge_id else ""))
     for line in tally.failed:
         print(f"webui-api: failed: {line}", file=sys.stderr)
@@ -327,7 +331,8 @@ def cmd_reindex(args) -> int:
     wanted = consistency.expected_ids()
     if args.collection:
         if args.collection not in wanted:
-            raise CliError(f"no collection {args.collection!r} (use a knowledge id or file-<id> of a processed file)")
+            raise CliError(f"no collection {args.collection!r} "
+                           "(use a knowledge id or file-<id> of a processed file)")
         names = [args.collection]
     else:
         names = list(wanted)
@@ -349,8 +354,8 @@ def cmd_check(args) -> int:
     for problem in problems:
         print(f"drift: {problem}")
     if problems:
-        print(f"{len(problems)} problem(s) in {count} collection(s); repair with `webui-api reindex` "
-              "(files left pending: restart the server or POST /api/v1/retrieval/process/file)", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {count} collection(s); repair with `webui-api reindex` (files "
+              "left pending: restart the server or POST /api/v1/retrieval/process/file)", file=sys.stderr)
         return EXIT_DRIFT
     print(f"ok: {count} collection(s) match the database")
     return EXIT_OK

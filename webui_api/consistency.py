@@ -1,4 +1,4 @@
-"""Database <-> vector index consistency: find drift (read the index files as they are) and repair it from SQLite."""
+"""Database <-> vector index consistency: find drift (index files read as they are), repair it from SQLite."""
 from __future__ import annotations
 
 import os
@@ -27,8 +27,8 @@ class Drift:
 
 
 def expected_ids() -> dict[str, set[int]]:
-    """Collection -> the chunk ids its index must hold, as the vector store's own loader defines them: a file's
-    chunks under `file-<id>`, and the chunks of a knowledge collection's files (the majority dimension)."""
+    """Collection -> the chunk ids its index must hold, as the vector store's own loader defines them: a
+    file's chunks under `file-<id>`, and the chunks of a knowledge collection's files (majority dimension)."""
     by_file: dict[str, list[tuple[int, int]]] = {}
     for chunk_id, file_id, dim in Chunk.select(Chunk.id, Chunk.file, Chunk.dim).tuples():
         by_file.setdefault(file_id, []).append((chunk_id, dim))
@@ -107,7 +107,9 @@ def find_drift(ext, progress=None) -> list[Drift]:
 
 def _compare(name: str, path: str | None, expected: set[int]) -> list[Drift]:
     if path is None:
-        return [Drift(name, f"index file missing ({len(expected)} vectors in the database)")] if expected else []
+        if not expected:
+            return []
+        return [Drift(name, f"index file missing ({len(expected)} vectors in the database)")]
     have = stored_index_ids(path)
     if have is None:
         return [Drift(name, "index file unreadable")]
@@ -122,7 +124,8 @@ def _compare(name: str, path: str | None, expected: set[int]) -> list[Drift]:
 def abandoned_files(ext) -> list[Drift]:
     """Files left pending/processing whose processing lock nobody holds (a crash, before recovery ran)."""
     out = []
-    for file_id, status in File.select(File.id, File.status).where(File.status.in_(ingest.UNSETTLED)).tuples():
+    unsettled = File.select(File.id, File.status).where(File.status.in_(ingest.UNSETTLED))
+    for file_id, status in unsettled.tuples():
         with ingest.file_lock(ext.settings, file_id, blocking=False) as free:
             if free:
                 out.append(Drift(f"file {file_id}", f"left {status!r} and nobody is processing it"))

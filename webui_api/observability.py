@@ -7,7 +7,7 @@ import re
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from flask import Flask, Response, g, request
@@ -38,7 +38,7 @@ def init_app(app: Flask) -> Flask:
 
 
 def sane_request_id(value: str | None) -> str:
-    """The client's X-Request-ID when it is sane, else a fresh one (32 hex digits, like nginx's $request_id)."""
+    """The client's X-Request-ID when sane, else a fresh one (32 hex digits, like nginx's $request_id)."""
     if value and _SANE_REQUEST_ID.match(value):
         return value
     return uuid.uuid4().hex
@@ -172,8 +172,9 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line. Access lines carry their fields; others a message (and the request id)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         payload: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -226,7 +227,8 @@ def configure_logging(log_format: str) -> None:
     if str(log_format).lower() == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     if not ours:
         logger.addHandler(handler)
     if logger.level == logging.NOTSET:

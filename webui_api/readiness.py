@@ -1,4 +1,4 @@
-"""Readiness checks: the database, a writable data dir and each backend — a summary that never shows a key."""
+"""Readiness checks: the database, a writable data dir and each backend; a summary that never shows a key."""
 from __future__ import annotations
 
 import os
@@ -20,7 +20,7 @@ _cache: dict[int, tuple[float, dict, weakref.ref]] = {}
 _cache_lock = threading.Lock()
 
 
-def report(ext) -> dict:
+def report(ext, detailed: bool = True) -> dict:
     """{"status": bool, "checks": {...}}, cached per process for CACHE_SECONDS. Not ready when the database or
     the data dir fails, or when backends are configured and none answers; one backend down is reported
     (`ok: false`) but the service stays ready, as the gateway skips it."""
@@ -28,15 +28,24 @@ def report(ext) -> dict:
     with _cache_lock:
         hit = _cache.get(key)
     if hit and hit[2]() is ext and time.monotonic() - hit[0] < CACHE_SECONDS:
-        return hit[1]
-    result = _evaluate(ext)
-    with _cache_lock:
-        _cache[key] = (time.monotonic(), result, weakref.ref(ext))
-    return result
+        result = hit[1]
+    else:
+        result = _evaluate(ext)
+        with _cache_lock:
+            _cache[key] = (time.monotonic(), result, weakref.ref(ext))
+    return result if detailed else redacted(result)
+
+
+def redacted(result: dict) -> dict:
+    """The summary for anonymous callers: which checks pass, not where the backends live or why they fail."""
+    checks = {name: {"ok": check["ok"]} for name, check in result["checks"].items() if name != "backends"}
+    checks["backends"] = [{"kind": b["kind"], "ok": b["ok"]} for b in result["checks"]["backends"]]
+    return {**result, "checks": checks}
 
 
 def _evaluate(ext) -> dict:
-    checks = {"database": _timed(check_database), "data_dir": _timed(lambda: check_data_dir(ext.settings.DATA_DIR))}
+    checks = {"database": _timed(check_database),
+              "data_dir": _timed(lambda: check_data_dir(ext.settings.DATA_DIR))}
     backends = check_backends(ext.upstream)
     checks["backends"] = backends
     failed = [name for name in ("database", "data_dir") if not checks[name]["ok"]]
@@ -97,7 +106,8 @@ def _probe(upstream, backend, timeout: float) -> dict[str, Any]:
     response.close()
     ms = round((time.perf_counter() - started) * 1000, 1)
     if response.status_code in (401, 403):
-        return {"ok": False, "ms": ms, "error": f"HTTP {response.status_code}: the configured key was rejected"}
+        return {"ok": False, "ms": ms,
+                "error": f"HTTP {response.status_code}: the configured key was rejected"}
     if response.status_code >= 400:
         return {"ok": False, "ms": ms, "error": f"HTTP {response.status_code}"}
     return {"ok": True, "ms": ms}

@@ -1,4 +1,4 @@
-"""Per-request telemetry and the Prometheus metrics, for plain modules (no Flask): request id, backend time, tokens."""
+"""Per-request telemetry (request id, backend time, tokens) and the Prometheus metrics; no Flask here."""
 from __future__ import annotations
 
 import contextvars
@@ -28,7 +28,8 @@ BACKEND_LATENCY = Histogram("webui_api_backend_request_duration_seconds",
                             "Backend calls: time until the response headers (streams: time to first byte)",
                             ["backend"], buckets=LATENCY_BUCKETS)
 BACKEND_ERRORS = Counter("webui_api_backend_errors_total",
-                         "Backend calls that failed (network error, timeout, 5xx, broken stream)", ["backend"])
+                         "Backend calls that failed (network error, timeout, 5xx, broken stream)",
+                         ["backend"])
 TOKENS = Counter("webui_api_tokens_total", "Model tokens: direction=in (prompt) or out (completion)",
                  ["direction"])
 
@@ -101,7 +102,7 @@ def record_tokens(prompt_tokens: int | None, completion_tokens: int | None) -> N
 
 @contextmanager
 def backend_timer(backend_label: str) -> Iterator[None]:
-    """`with backend_timer(label): ...` records the block as one backend call; an exception counts as an error."""
+    """`with backend_timer(label): ...` records the block as one backend call; an exception is an error."""
     started = time.perf_counter()
     failed = True
     try:

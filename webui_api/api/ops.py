@@ -7,7 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from .. import readiness, telemetry
-from .deps import access, ext
+from .deps import access, current_caller, ext, is_admin
 
 blp = Blueprint("ops", __name__, description="Readiness and metrics")
 
@@ -25,11 +25,13 @@ class Ready(MethodView):
     @blp.response(200, ReadySchema)
     @blp.alt_response(503, schema=ReadySchema, description="Not ready: `failed` names the failing checks")
     def get(self):
-        """Readiness: database, data dir writable, each backend reachable (named by label, never a key).
+        """Readiness: database, data dir writable, each backend reachable. Never shows a key; backend names
+        (host and port) and error texts only to an admin, anyone else sees kinds and ok flags.
 
         503 when the database or the data dir fails, or when no configured backend answers. Results are
         cached for 2 s per worker. Liveness is `GET /health`."""
-        result = readiness.report(ext())
+        caller = current_caller()
+        result = readiness.report(ext(), detailed=caller is not None and is_admin(caller.user))
         if result["status"]:
             return result
         return {"detail": "Not ready: " + ", ".join(result["failed"]), **result}, 503
