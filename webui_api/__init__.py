@@ -100,10 +100,15 @@ def _enable_cors(app: Flask, origins: list[str]) -> None:
 
 def _startup(app: Flask) -> None:
     """One-time work per process: the headless admin, and files a crashed worker left half-done."""
-    from . import accounts
+    from . import accounts, consistency
     from .rag.ingest import recover_interrupted
 
     ext = app.extensions["webui_api"]
     if accounts.ensure_initial_admin(ext.settings):
         log.info("created the initial admin %s", ext.settings.WEBUI_ADMIN_EMAIL)
+    # A kill between a committed row and its index write leaves an index behind SQLite: rebuild those.
+    rebuilt, removed = consistency.repair(ext)
+    if rebuilt or removed:
+        log.info("start-up repair: %d vectors re-indexed from SQLite, %d stale index files removed",
+                 rebuilt, len(removed))
     recover_interrupted(ext)
