@@ -16,17 +16,6 @@ from .servers import BIN, Gunicorn
 
 pytestmark = pytest.mark.integration
 
-
-def _startup_repairs_indexes() -> bool:
-    """Whether start-up reconciles index files with SQLite (consistency.repair), which closes the window
-    between a committed knowledge link and its vectors reaching the index."""
-    import inspect
-
-    import webui_api
-    from webui_api.rag import ingest
-
-    return any("repair(" in inspect.getsource(fn) for fn in (webui_api._startup, ingest.recover_interrupted))
-
 SETTLED = ("completed", "failed")
 
 
@@ -181,11 +170,9 @@ def test_kill_9_of_the_whole_server_then_failed_files_are_reprocessable(backend,
     consistent(env)
 
 
-@pytest.mark.xfail(not _startup_repairs_indexes(), strict=False,
-                   reason="start-up does not call consistency.repair yet: a kill between a knowledge link's "
-                          "commit and its index write leaves the collection missing vectors (~1 run in 3)")
 def test_random_kill_9_during_bulk_ingest_leaves_nothing_half_done(backend, env):
-    """Kill the whole server at random moments of a busy ingest (uploads, knowledge links), three times."""
+    """Kill the whole server at random moments of a busy ingest (uploads, knowledge links), three times. A kill
+    between a knowledge link's commit and its index write is repaired by start-up reconciliation."""
     rng = random.Random()
     backend.token_delay = 0.0
     uploaded, caught = 0, []
