@@ -6,7 +6,7 @@ import pytest
 from webui_api import accounts, create_app
 from webui_api.db import User
 
-from .fake_backend import fake_backend, live_server, make_backend  # noqa: F401  (fixtures)
+from .fake_backend import fake_backend, live_server, make_backend, module_backend  # noqa: F401  (fixtures)
 
 FAST_HASH = 2**10  # scrypt cost for tests; production default is 2**14
 PASSWORD = "correct horse battery staple"

@@ -657,6 +657,14 @@ class LiveServer:
         self._thread.join(timeout=5)
 
 
+@pytest.fixture(scope="module")
+def module_backend():
+    """One fake backend for a whole module (integration tests that start servers once per module)."""
+    server = FakeBackend()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def live_server(app):
     """The test `app` over real HTTP (for official clients and streaming timing); yields its base URL."""

@@ -35,7 +35,32 @@ def wait_until_up(url: str, timeout: float = 30.0, proc: subprocess.Popen | None
     raise TimeoutError(f"{url} did not come up within {timeout}s")
 
 
-class Gunicorn:
+class ServerProcess:
+    """A server subprocess in its own process group: stop() signals the group, SIGKILL after `timeout`."""
+
+    proc: subprocess.Popen | None = None
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Gunicorn(ServerProcess):
     """`gunicorn -c gunicorn.conf.py` from the repo root, with the given environment."""
 
     def __init__(self, env: dict, workers: int = 2, threads: int = 4, log_path: str | None = None):
@@ -57,21 +82,6 @@ class Gunicorn:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
@@ -85,7 +95,7 @@ def nginx_binary() -> str | None:
                                           if os.access(p, os.X_OK)), None)
 
 
-class Nginx:
+class Nginx(ServerProcess):
     """deploy/nginx.conf, rewritten for loopback ports and a private prefix dir, run in the foreground.
 
     Only what must differ is rewritten (listen port, upstream address, body limit, pid/log/temp paths,
@@ -156,21 +166,8 @@ class Nginx:
                 self.url = f"http://127.0.0.1:{self.port}"
         return self
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()  # SIGTERM: nginx's fast shutdown, master and workers
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        super().stop(sig, timeout)  # SIGTERM: nginx's fast shutdown, master and workers
 
 
 def wait_until_listening(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None,

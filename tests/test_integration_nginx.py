@@ -7,7 +7,6 @@ import time
 import pytest
 import requests
 
-from .fake_backend import FakeBackend
 from .servers import Gunicorn, Nginx, free_port, nginx_binary
 
 pytestmark = [
@@ -22,10 +21,8 @@ LIMIT_MB = 1  # RAG_FILE_MAX_SIZE here; nginx gets the same +1 MB envelope as th
 
 
 @pytest.fixture(scope="module")
-def backend():
-    server = FakeBackend()
-    yield server
-    server.stop()
+def backend(module_backend):
+    return module_backend
 
 
 @pytest.fixture(scope="module")

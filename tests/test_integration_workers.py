@@ -12,7 +12,6 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from .fake_backend import FakeBackend
 from .servers import BIN, Gunicorn
 
 pytestmark = pytest.mark.integration
@@ -21,10 +20,8 @@ WORKERS, THREADS, CLIENTS = 4, 4, 32
 
 
 @pytest.fixture(scope="module")
-def backend():
-    server = FakeBackend()
-    yield server
-    server.stop()
+def backend(module_backend):
+    return module_backend
 
 
 @pytest.fixture(scope="module")
