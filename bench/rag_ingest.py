@@ -53,7 +53,8 @@ def main() -> None:
     for name in ("webui_api", "werkzeug"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    from webui_api import accounts, create_app
+    from webui_api.auth import accounts
+    from webui_api import create_app
     from webui_api.db import Chunk
 
     backend = fake.FakeBackend()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from webui_api import accounts, create_app
+from webui_api.auth import accounts
+from webui_api import create_app
 from webui_api.db import User
 
 from .fake_backend import fake_backend, live_server, make_backend, module_backend  # noqa: F401  (fixtures)

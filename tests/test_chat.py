@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from webui_api import gateway
+from webui_api.gateway import chat as gateway
 
 HELLO = [{"role": "user", "content": "Hello there, who are you?"}]
 CHAT = "/api/chat/completions"

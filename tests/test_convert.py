@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from webui_api import convert
+from webui_api.gateway import convert
 from webui_api.errors import BadRequest
 
 FINAL = {"model": "llama3.2:latest", "created_at": "x", "message": {"role": "assistant", "content": ""},

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from webui_api import files, knowledge
+from webui_api.rag import files, knowledge
 from webui_api.db import Chunk, File, User
 from webui_api.rag import ingest
 from webui_api.rag.vectors import VectorStore

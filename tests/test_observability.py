@@ -7,7 +7,8 @@ import time
 import pytest
 from flask import Response
 
-from webui_api import observability, telemetry
+from webui_api.api import observability
+from webui_api import telemetry
 from webui_api.api.deps import access
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")

@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from webui_api import db, presets
+from webui_api import db
+from webui_api.gateway import presets
 from webui_api.errors import BadRequest
-from webui_api.registry import Registry, untagged_alias
+from webui_api.gateway.registry import Registry, untagged_alias
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def test_no_items_or_no_question_leaves_messages_alone(ext, user):
 def upload_ok_direct(ext, user, data=SECRET.encode(), name="zephyr.txt"):
     import io
 
-    from webui_api import files
+    from webui_api.rag import files
 
     file, _ = files.upload(ext, me(user), io.BytesIO(data), name, "text/plain", None)
     return file.id

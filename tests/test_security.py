@@ -6,7 +6,7 @@ import time
 import jwt
 import pytest
 
-from webui_api import security
+from webui_api.auth import security
 from webui_api.errors import BadRequest
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")

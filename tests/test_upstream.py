@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from webui_api import backends
+from webui_api.gateway import backends
 from webui_api.config import Settings
 from webui_api.errors import ApiError, NotFound, UpstreamError, UpstreamTimeout
 from webui_api.upstream import Backend, Upstream, http_error

@@ -93,7 +93,7 @@ def open_services():
     """Settings, database and the per-app objects as the server builds them (no network, no start-up jobs)."""
     from . import db
     from .config import Settings
-    from .extensions import build_extensions
+    from .services import build_extensions
 
     settings = Settings.from_env()
     if not os.path.isdir(settings.DATA_DIR):
@@ -115,7 +115,7 @@ def find_user(email: str):
 
 
 def cmd_create_admin(args) -> int:
-    from . import accounts
+    from .auth import accounts
 
     ext = open_services()
     password = args.password or os.environ.get("WEBUI_ADMIN_PASSWORD") or read_password()
@@ -138,7 +138,7 @@ def read_password() -> str:
 
 
 def cmd_set_role(args) -> int:
-    from . import accounts
+    from .auth import accounts
 
     ext = open_services()
     user = accounts.update_user(ext.settings, find_user(args.email).id, {"role": args.role})
@@ -147,7 +147,7 @@ def cmd_set_role(args) -> int:
 
 
 def cmd_create_api_key(args) -> int:
-    from . import accounts
+    from .auth import accounts
 
     ext = open_services()
     key = accounts.create_api_key(ext.settings, find_user(args.email))
@@ -244,7 +244,7 @@ def collect_files(paths: Iterable[str]) -> Iterator[str]:
 
 
 def ensure_knowledge(owner, name: str) -> str:
-    from . import knowledge
+    from .rag import knowledge
     from .db import Knowledge
 
     found = Knowledge.select().where(Knowledge.user == owner.id, Knowledge.name == name) \
@@ -277,7 +277,7 @@ def sha256_of(path: str) -> str:
 def ingest_one(ext, owner, path: str, knowledge_id: str | None, known: dict, tally: IngestTally) -> str:
     """Upload one file unless the same bytes are already searchable; a changed file replaces its previous
     version (also in the collection). Returns a short note for the progress line."""
-    from . import files, knowledge
+    from .rag import files, knowledge
     from .errors import ApiError
 
     try:
@@ -325,7 +325,7 @@ def resume_abandoned(ext, owner, digest: str) -> None:
 
 
 def cmd_reindex(args) -> int:
-    from . import consistency
+    from .rag import consistency
 
     ext = open_services()
     wanted = consistency.expected_ids()
@@ -345,7 +345,7 @@ def cmd_reindex(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from . import consistency
+    from .rag import consistency
 
     ext = open_services()
     count = len(consistency.expected_ids())

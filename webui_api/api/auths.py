@@ -5,7 +5,7 @@ import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import accounts
+from ..auth import accounts
 from .deps import access, bearer_token, current_caller, current_user, ext
 
 blp = Blueprint("auths", __name__, url_prefix="/api/v1/auths", description="Accounts and credentials")

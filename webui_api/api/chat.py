@@ -6,7 +6,7 @@ from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import gateway
+from ..gateway import chat as gateway
 from .deps import current_user, ext
 
 blp = Blueprint("chat", __name__, description="Chat completions and embeddings (OpenAI-compatible)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
-from .. import accounts
+from ..auth import accounts
 from ..db import User
 from ..errors import ACCESS_PROHIBITED, NOT_AUTHENTICATED, Forbidden, Unauthorized
 

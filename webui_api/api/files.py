@@ -10,7 +10,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import files
+from ..rag import files
 from ..db import File
 from ..errors import BadRequest, Unprocessable
 from ..rag import ingest

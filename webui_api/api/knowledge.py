@@ -5,7 +5,7 @@ import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import knowledge
+from ..rag import knowledge
 from .deps import access, current_user, ext
 
 blp = Blueprint("knowledge", __name__, url_prefix="/api/v1/knowledge", description="Knowledge collections")

@@ -5,7 +5,7 @@ import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import presets
+from ..gateway import presets
 from .deps import access, current_user, ext
 
 blp = Blueprint("models", __name__, description="Model listing and workspace models (presets)")

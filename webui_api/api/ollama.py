@@ -5,7 +5,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import proxy
+from ..gateway import proxy
 from .deps import access, ext
 
 blp = Blueprint("ollama", __name__, url_prefix="/ollama",

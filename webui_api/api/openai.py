@@ -5,7 +5,7 @@ from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import proxy
+from ..gateway import proxy
 from .deps import ext
 from .ollama import respond
 

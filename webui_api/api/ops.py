@@ -6,7 +6,8 @@ from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import readiness, telemetry
+from ..gateway import readiness
+from .. import telemetry
 from .deps import access, current_caller, ext, is_admin
 
 blp = Blueprint("ops", __name__, description="Readiness and metrics")

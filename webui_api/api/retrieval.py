@@ -5,7 +5,7 @@ import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import files
+from ..rag import files
 from ..rag import retrieve
 from .deps import current_user, ext
 

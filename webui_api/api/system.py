@@ -5,7 +5,9 @@ import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import API_COMPAT_VERSION, __version__, accounts, db
+from ..version import API_COMPAT_VERSION, __version__
+from ..auth import accounts
+from .. import db
 from ..errors import ServiceUnavailable
 from .deps import access, current_caller, ext
 

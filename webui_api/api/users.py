@@ -5,7 +5,8 @@ import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import accounts, files, knowledge
+from ..auth import accounts
+from ..rag import files, knowledge
 from ..db import Knowledge
 from .deps import access, ext
 

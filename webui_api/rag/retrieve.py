@@ -74,7 +74,7 @@ def resolve(ext, user, items: list) -> list[Source]:
 
 
 def _resolve_one(ext, user, item) -> Source | None:
-    from .. import files, knowledge
+    from . import files, knowledge
 
     if not isinstance(item, dict):
         raise BadRequest('Each item of `files` must be an object such as {"type": "file", "id": "..."}.')

@@ -17,8 +17,8 @@ import random
 import time
 from typing import Iterable
 
-from .errors import NotFound, ServiceUnavailable, UpstreamError
-from .upstream import Backend, Upstream
+from ..errors import NotFound, ServiceUnavailable, UpstreamError
+from ..upstream import Backend, Upstream
 
 log = logging.getLogger("webui_api.backends")
 

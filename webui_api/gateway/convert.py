@@ -7,7 +7,7 @@ import struct
 import uuid
 from typing import Any
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 SSE_DONE = b"data: [DONE]\n\n"
 

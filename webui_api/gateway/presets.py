@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from . import db
-from .errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from .. import db
+from ..errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 
 MAX_ID_LENGTH = 256
 PAGE_SIZE = 30

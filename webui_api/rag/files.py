@@ -8,11 +8,11 @@ import re
 import unicodedata
 from typing import BinaryIO
 
-from . import db
-from .db import Chunk, File, Knowledge, KnowledgeFile, User
-from .errors import (EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, NotFound,
+from .. import db
+from ..db import Chunk, File, Knowledge, KnowledgeFile, User
+from ..errors import (EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, NotFound,
                      UpstreamError)
-from .rag import extract, ingest
+from . import extract, ingest
 
 log = logging.getLogger("webui_api.files")
 

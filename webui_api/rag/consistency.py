@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import faiss
 
-from .db import Chunk, File, Knowledge, KnowledgeFile
-from .rag import ingest, vectors
+from ..db import Chunk, File, Knowledge, KnowledgeFile
+from . import ingest, vectors
 
 # VectorStore writes `<name>.faiss.tmp-<pid>-<thread>` and renames it into place.
 _TEMP = re.compile(r"^(?P<name>.+)\.faiss\.tmp-(?P<pid>\d+)-\d+$")

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import peewee as pw
 
 from . import security
-from .config import Settings
-from .db import ApiKey, RevokedToken, SigninAttempt, User, now, write_transaction
-from .errors import (ACCESS_PROHIBITED, INVALID_TOKEN, BadRequest, Conflict, Forbidden, NotFound,
+from ..config import Settings
+from ..db import ApiKey, RevokedToken, SigninAttempt, User, now, write_transaction
+from ..errors import (ACCESS_PROHIBITED, INVALID_TOKEN, BadRequest, Conflict, Forbidden, NotFound,
                      RateLimited, Unauthorized)
 
 ROLES = ("pending", "user", "admin")

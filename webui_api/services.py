@@ -25,7 +25,7 @@ def build_extensions(settings: Settings, **given: Any) -> Extensions:
     """Construct whatever the caller did not hand in. Constructors are cheap and never touch the network."""
     from .rag.embed import Embedder
     from .rag.vectors import VectorStore
-    from .registry import Registry
+    from .gateway.registry import Registry
     from .upstream import Upstream
 
     upstream = given.get("upstream") or Upstream(settings)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import backends
-from .errors import BadRequest, UpstreamError
-from .upstream import Backend, Upstream, http_error
+from ..errors import BadRequest, UpstreamError
+from ..upstream import Backend, Upstream, http_error
 
 log = logging.getLogger("webui_api.proxy")
 

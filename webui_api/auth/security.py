@@ -13,7 +13,7 @@ import uuid
 from itsdangerous import BadSignature, Signer
 from itsdangerous.signer import HMACAlgorithm
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 API_KEY_PREFIX = "sk-"
 _JWT_HEADER = {"alg": "HS256", "typ": "JWT"}

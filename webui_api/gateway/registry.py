@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from . import presets
-from .errors import MODEL_NOT_FOUND, BadRequest, UpstreamError
+from ..errors import MODEL_NOT_FOUND, BadRequest, UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import logging
 
-from . import db, files
-from .db import Chunk, File, Knowledge, KnowledgeFile, Preset, User
-from .errors import BadRequest, Forbidden, NotFound
-from .rag import ingest
-from .rag.vectors import dimension_conflict
+from .. import db
+from . import files
+from ..db import Chunk, File, Knowledge, KnowledgeFile, Preset, User
+from ..errors import BadRequest, Forbidden, NotFound
+from . import ingest
+from .vectors import dimension_conflict
 
 log = logging.getLogger("webui_api.knowledge")
 

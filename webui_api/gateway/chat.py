@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator
 
-from . import convert, files, knowledge, telemetry
-from .errors import ApiError, NotFound, ServiceUnavailable, Unprocessable, UpstreamError
-from .upstream import http_error
+from . import convert
+from ..rag import files, knowledge
+from .. import telemetry
+from ..errors import ApiError, NotFound, ServiceUnavailable, Unprocessable, UpstreamError
+from ..upstream import http_error
 
 log = logging.getLogger("webui_api.gateway")
 
@@ -187,7 +189,7 @@ def with_system_prompt(messages: list[dict], prompt: str) -> list[dict]:
 
 def _augment(ext, user, messages, items, top_k):
     try:
-        from .rag import retrieve
+        from ..rag import retrieve
     except ImportError as exc:
         log.error("retrieval requested but webui_api.rag.retrieve cannot be imported: %s", exc)
         raise ServiceUnavailable("Retrieval is not available on this server.") from None

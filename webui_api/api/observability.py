@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import telemetry
+from .. import telemetry
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's id is reused only when it is short, printable and cannot break a log line or a header.

@@ -9,8 +9,8 @@ import time
 import weakref
 from typing import Any, Callable
 
-from . import db
-from .errors import ApiError
+from .. import db
+from ..errors import ApiError
 
 CACHE_SECONDS = 2.0  # an anonymous caller must not be able to turn probes into a flood of backend calls
 # Cheap, key-checking endpoints: Ollama's version, OpenAI's model list (a wrong key answers 401 there).

@@ -1,0 +1,114 @@
+"""The application factory: settings, database, services, the Api with its blueprints, hooks and start-up."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+from flask import Flask, request
+
+from ..version import __version__
+
+log = logging.getLogger("webui_api")
+
+
+def create_app(config: Mapping[str, Any] | None = None, **extensions: Any) -> Flask:
+    """Build the WSGI app. `config` overrides environment variables by name; `extensions` replaces
+    the upstream client, registry, vector store or embedder (tests hand in their own)."""
+    from .. import db
+    from ..config import Settings, load_secret_key
+    from ..services import build_extensions
+    from . import WebuiApi, observability, register_app_handlers, register_blueprints
+    from .deps import authenticate_request
+
+    settings = Settings.from_env(overrides=config)
+    os.makedirs(settings.DATA_DIR, exist_ok=True)
+    if not settings.WEBUI_SECRET_KEY:
+        settings.WEBUI_SECRET_KEY = load_secret_key(settings.DATA_DIR)
+
+    app = Flask(__name__, static_folder=None)
+    app.config.update(_flask_config(settings))
+    app.json.sort_keys = False  # keep Open WebUI's field order
+    db.init_database(settings.database_path)
+    app.extensions["webui_api"] = build_extensions(settings, **extensions)
+
+    api = WebuiApi(app, spec_kwargs=_spec_kwargs())
+    register_app_handlers(app)
+    register_blueprints(api)
+    if settings.docs_enabled:
+        _serve_swagger_assets(app)
+    observability.init_app(app)
+    app.before_request(authenticate_request)
+    if settings.CORS_ALLOW_ORIGIN:
+        _enable_cors(app, settings.CORS_ALLOW_ORIGIN)
+    _startup(app)
+    return app
+
+
+def _flask_config(settings) -> dict:
+    docs = settings.docs_enabled
+    return {
+        "SECRET_KEY": settings.WEBUI_SECRET_KEY,
+        "API_TITLE": "webui_api",
+        "API_VERSION": __version__,
+        "OPENAPI_VERSION": "3.0.3",
+        # Docs exist only in dev (Open WebUI defaults to exposing them).
+        "OPENAPI_URL_PREFIX": "/" if docs else None,
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "/docs",
+        "OPENAPI_SWAGGER_UI_URL": "/static/swagger-ui/",
+    }
+
+
+def _spec_kwargs() -> dict:
+    return {
+        "components": {"securitySchemes": {"bearerAuth": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key (sk-...) or a JWT from /api/v1/auths/signin"}}},
+        "security": [{"bearerAuth": []}],
+    }
+
+
+def _serve_swagger_assets(app: Flask) -> None:
+    """Swagger UI's JS/CSS from the installed swagger_ui_bundle package: the docs work offline."""
+    from flask import send_from_directory
+    from swagger_ui_bundle import swagger_ui_path
+
+    from .deps import access
+
+    @access("public")
+    def swagger_asset(filename: str):
+        return send_from_directory(swagger_ui_path, filename)
+
+    app.add_url_rule("/static/swagger-ui/<path:filename>", "swagger_asset", swagger_asset)
+
+
+def _enable_cors(app: Flask, origins: list[str]) -> None:
+    allow_any = "*" in origins
+
+    @app.after_request
+    def add_cors_headers(response):
+        origin = request.headers.get("Origin")
+        if origin and (allow_any or origin in origins):
+            response.headers["Access-Control-Allow-Origin"] = "*" if allow_any else origin
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS, HEAD"
+            response.headers["Vary"] = "Origin"
+        return response
+
+
+def _startup(app: Flask) -> None:
+    """One-time work per process: the headless admin, and files a crashed worker left half-done."""
+    from ..auth import accounts
+    from ..rag import consistency
+    from ..rag.ingest import recover_interrupted
+
+    ext = app.extensions["webui_api"]
+    if accounts.ensure_initial_admin(ext.settings):
+        log.info("created the initial admin %s", ext.settings.WEBUI_ADMIN_EMAIL)
+    # A kill between a committed row and its index write leaves an index behind SQLite: rebuild those.
+    rebuilt, removed = consistency.repair(ext)
+    if rebuilt or removed:
+        log.info("start-up repair: %d vectors re-indexed from SQLite, %d stale index files removed",
+                 rebuilt, len(removed))
+    recover_interrupted(ext)
