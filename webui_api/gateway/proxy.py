@@ -8,20 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import backends
+from .fields import WEBUI_FIELDS, WEBUI_PARAMS
 from ..errors import BadRequest, UpstreamError
 from ..upstream import Backend, Upstream, http_error
 
 log = logging.getLogger("webui_api.proxy")
 
 STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
-# Open WebUI-only fields of a chat body that an OpenAI backend must not see.
-OPENAI_DROP = frozenset((
-    "files", "tool_ids", "features", "variables", "chat_id", "id", "session_id", "parent_id", "message_ids",
-    "background_tasks", "filter_ids", "model_item", "metadata", "params", "user_message", "folder_id",
-    "skill_ids", "terminal_id", "tool_servers"))
-PARAMS_OWUI_ONLY = frozenset(("system", "stream_response", "stream_delta_chunk_size", "function_calling",
-                              "reasoning_tags", "compact_token_threshold", "note_id", "tool_approval_mode",
-                              "model_controls", "custom_params"))
 
 
 @dataclass
@@ -167,9 +160,9 @@ def ollama_v1_models(upstream: Upstream) -> dict:
 def openai_body(body: dict) -> dict:
     """The body an OpenAI backend gets: Open WebUI-only fields removed, `params` applied where unset."""
     params = body.get("params") if isinstance(body.get("params"), dict) else {}
-    out = {k: v for k, v in body.items() if k not in OPENAI_DROP}
+    out = {k: v for k, v in body.items() if k not in WEBUI_FIELDS}
     for key, value in params.items():
-        if key not in PARAMS_OWUI_ONLY and value is not None:
+        if key not in WEBUI_PARAMS and value is not None:
             out.setdefault(key, value)
     return out
 
