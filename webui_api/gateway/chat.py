@@ -36,7 +36,7 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
     """OpenAI-style chat over any registered model: a `chat.completion` dict, or SSE when `stream`."""
     body = dict(body)
     requested = body.get("model")
-    target = ext.registry.resolve(user, requested)
+    target = ext.catalog.resolve(user, requested)
     messages = check_messages(body.get("messages"))
     params = merged_params(target.params, body.get("params"))
     system = params.pop("system", None)
@@ -324,7 +324,7 @@ def _stream_error(exc: Exception) -> Iterator[bytes]:
 def embeddings(ext, user, body: dict) -> dict:
     """OpenAI-format embeddings for any registered model (Ollama via /api/embed, OpenAI via /embeddings)."""
     requested = body.get("model")
-    target = ext.registry.resolve(user, requested)
+    target = ext.catalog.resolve(user, requested)
     inputs = body.get("input")
     if target.kind == "openai":
         _check_input(inputs, tokens_ok=True)
