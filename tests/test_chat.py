@@ -323,7 +323,7 @@ def test_backend_500_is_502_naming_backend(chat, fake_backend, model, path, stre
 
 @pytest.mark.parametrize("model", ["llama3.2", "gpt-4o-mini"])
 def test_backend_down_is_502(chat, fake_backend, model):
-    chat({"model": model, "messages": HELLO})  # registry now knows the model
+    chat({"model": model, "messages": HELLO})  # the catalogue now knows the model
     fake_backend.stop()
     response = chat({"model": model, "messages": HELLO, "stream": True})
     assert response.status_code == 502 and "connection refused" in response.get_json()["detail"]

@@ -5,9 +5,8 @@ import time
 
 import pytest
 
-from webui_api.gateway import backends
 from webui_api.config import Settings
-from webui_api.errors import ApiError, NotFound, UpstreamError, UpstreamTimeout
+from webui_api.errors import ApiError, UpstreamError, UpstreamTimeout
 from webui_api.upstream import Backend, Upstream, http_error
 
 
@@ -144,57 +143,3 @@ def test_fan_out_returns_within_timeout_when_one_hangs(up):
     assert 0.25 < elapsed < 0.6
     assert out[0] == ("a", "aa")
     assert isinstance(out[1][1], UpstreamTimeout) and isinstance(out[2][1], ValueError)
-
-
-def test_memo_caches_and_refreshes(up):
-    calls = []
-    assert up.memo("k", lambda: calls.append(1) or len(calls)) == 1
-    assert up.memo("k", lambda: calls.append(1) or len(calls)) == 1
-    assert up.memo("k", lambda: calls.append(1) or len(calls), refresh=True) == 2
-    up.forget("k")
-    assert up.memo("k", lambda: calls.append(1) or len(calls)) == 3
-
-
-# --- backends helpers
-
-def test_merged_tags_and_model_lookup(tmp_path, make_backend):
-    one = make_backend(ollama_models=["llama3.2:latest", "qwen2.5:0.5b"])
-    two = make_backend(ollama_models=["llama3.2:latest", "mistral:7b"])
-    upstream = make_upstream(tmp_path, [one.url, two.url])
-    merged = backends.list_ollama_tags(upstream)["models"]
-    assert [(m["model"], m["urls"]) for m in merged] == [
-        ("llama3.2:latest", [0, 1]), ("qwen2.5:0.5b", [0]), ("mistral:7b", [1])]
-    backend, name = backends.find_backend_for_model(upstream, "mistral:7b")
-    assert backend.idx == 1 and name == "mistral:7b"
-    with pytest.raises(NotFound):  # only an untagged name means :latest
-        backends.find_backend_for_model(upstream, "mistral")
-    assert backends.find_backend_for_model(upstream, "llama3.2")[1] == "llama3.2:latest"
-    with pytest.raises(NotFound) as info:
-        backends.find_backend_for_model(upstream, "nope")
-    assert info.value.detail == "Model 'nope' was not found"
-
-
-def test_lookup_skips_a_hung_backend_and_refetches_new_models(tmp_path, make_backend, monkeypatch):
-    monkeypatch.setattr(backends, "REFETCH_AFTER", 0.0)
-    good, hung = make_backend(ollama_models=["a:latest"]), make_backend()
-    hung.fault = {"kind": "hang"}
-    upstream = make_upstream(tmp_path, [hung.url, good.url])
-    start = time.monotonic()
-    assert backends.find_backend_for_model(upstream, "a")[0].idx == 1
-    assert time.monotonic() - start < 1.0
-    good.ollama_models.append("b:latest")  # pulled after the list was cached
-    assert backends.find_backend_for_model(upstream, "b:latest")[1] == "b:latest"
-
-
-def test_lookup_with_every_backend_down_is_502(tmp_path, make_backend):
-    dead = make_backend()
-    dead.stop()
-    upstream = make_upstream(tmp_path, [dead.url])
-    with pytest.raises(UpstreamError):
-        backends.find_backend_for_model(upstream, "llama3.2")
-
-
-def test_openai_model_lookup(up, fake_backend):
-    backend, name = backends.find_backend_for_model(up, "gpt-4o-mini", kind="openai")
-    assert backend is up.openai[0] and name == "gpt-4o-mini"
-    assert [m["id"] for _, m in backends.list_openai_models(up)] == fake_backend.openai_models

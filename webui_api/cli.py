@@ -93,13 +93,13 @@ def open_services():
     """Settings, database and the per-app objects as the server builds them (no network, no start-up jobs)."""
     from . import db
     from .config import Settings
-    from .services import build_extensions
+    from .services import build_services
 
     settings = Settings.from_env()
     if not os.path.isdir(settings.DATA_DIR):
         raise CliError(f"DATA_DIR {settings.DATA_DIR} does not exist (set DATA_DIR to the server's data dir)")
     db.init_database(settings.database_path)
-    return build_extensions(settings)
+    return build_services(settings)
 
 
 def find_user(email: str):

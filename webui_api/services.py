@@ -3,36 +3,41 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 
+if TYPE_CHECKING:  # the real imports happen in build_services, when the app is built
+    from .gateway.catalog import Catalog
+    from .rag.embed import Embedder
+    from .rag.vectors import VectorStore
+    from .upstream import Upstream
+
 
 @dataclass
-class Extensions:
+class Services:
     settings: Settings
-    upstream: Any = None
-    registry: Any = None
-    vectors: Any = None
-    embedder: Any = None
+    upstream: Upstream
+    catalog: Catalog
+    vectors: VectorStore
+    embedder: Embedder
 
     def close(self) -> None:
-        if self.upstream is not None:
-            self.upstream.close()
+        self.upstream.close()
 
 
-def build_extensions(settings: Settings, **given: Any) -> Extensions:
+def build_services(settings: Settings, **given: Any) -> Services:
     """Construct whatever the caller did not hand in. Constructors are cheap and never touch the network."""
     from .rag.embed import Embedder
     from .rag.vectors import VectorStore
-    from .gateway.registry import Registry
+    from .gateway.catalog import Catalog
     from .upstream import Upstream
 
     upstream = given.get("upstream") or Upstream(settings)
-    return Extensions(
+    return Services(
         settings=settings,
         upstream=upstream,
-        registry=given.get("registry") or Registry(settings, upstream),
+        catalog=given.get("catalog") or Catalog(settings, upstream),
         vectors=given.get("vectors") or VectorStore(os.path.join(settings.DATA_DIR, "vector_db")),
         embedder=given.get("embedder") or Embedder(settings, upstream),
     )

@@ -97,7 +97,6 @@ class Upstream:
         self.connect_timeout = float(settings.UPSTREAM_CONNECT_TIMEOUT)
         self.read_timeout = float(settings.AIOHTTP_CLIENT_TIMEOUT)
         self.list_timeout = float(settings.AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST)
-        self.cache_ttl = float(settings.MODELS_CACHE_TTL)
         self.ollama = [Backend("ollama", i, url) for i, url in enumerate(settings.OLLAMA_BASE_URLS)] \
             if settings.ENABLE_OLLAMA_API else []
         keys = list(settings.OPENAI_API_KEYS)
@@ -109,9 +108,6 @@ class Upstream:
                               pool_maxsize=max(1, int(settings.UPSTREAM_POOL_SIZE)), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self._memo: dict[str, tuple[float, Any]] = {}
-        self._memo_locks: dict[str, threading.Lock] = {}
-        self._memo_guard = threading.Lock()
 
     # --- plain requests
     def timeouts(self, timeout=None) -> tuple[float, float]:
@@ -234,29 +230,6 @@ class Upstream:
             out.append((item, snapshot.get(i, UpstreamTimeout(f"{_label(item)} did not answer within "
                                                                  f"{timeout:g} s"))))
         return out
-
-    # --- small shared cache (model lists)
-    def memo(self, key: str, fn: Callable[[], Any], ttl: float | None = None, refresh: bool = False) -> Any:
-        """Cached fn() for `ttl` seconds (default MODELS_CACHE_TTL). Concurrent misses for one key wait for
-        a single computation instead of all hitting the backends."""
-        ttl = self.cache_ttl if ttl is None else ttl
-        with self._memo_guard:
-            lock = self._memo_locks.setdefault(key, threading.Lock())
-        with lock:
-            hit = self._memo.get(key)
-            if hit and not refresh and time.monotonic() - hit[0] < ttl:
-                return hit[1]
-            value = fn()
-            self._memo[key] = (time.monotonic(), value)
-            return value
-
-    def forget(self, key: str | None = None) -> None:
-        """Drop one cached entry, or all of them."""
-        with self._memo_guard:
-            if key is None:
-                self._memo.clear()
-            else:
-                self._memo.pop(key, None)
 
     def close(self) -> None:
         self.session.close()

@@ -68,7 +68,7 @@ class Embeddings(MethodView):
     @blp.arguments(EmbeddingsRequestSchema)
     @blp.response(200)
     def post(self, body):
-        """OpenAI-format embeddings for any model of the registry."""
+        """OpenAI-format embeddings for any model of the catalogue."""
         return gateway.embeddings(ext(), current_user(), body)
 
 

@@ -1,4 +1,4 @@
-"""What every blueprint needs: the app's extensions, the caller, and per-route access levels."""
+"""What every blueprint needs: the app's services, the caller, and per-route access levels."""
 from __future__ import annotations
 
 from flask import current_app, g, request
@@ -6,6 +6,7 @@ from flask import current_app, g, request
 from ..auth import accounts
 from ..db import User
 from ..errors import ACCESS_PROHIBITED, NOT_AUTHENTICATED, Forbidden, Unauthorized
+from ..services import Services
 
 LEVELS = ("public", "authenticated", "verified", "admin")
 DEFAULT_LEVEL = "verified"  # secure by default: a route nobody marked needs a verified user
@@ -22,8 +23,8 @@ def access(level: str):
     return mark
 
 
-def ext():
-    """The Extensions object bound to the current app (settings, upstream, registry, vectors, embedder)."""
+def ext() -> Services:
+    """The Services bound to the current app (settings, upstream, catalog, vectors, embedder)."""
     return current_app.extensions["webui_api"]
 
 

@@ -12,12 +12,12 @@ from ..version import __version__
 log = logging.getLogger("webui_api")
 
 
-def create_app(config: Mapping[str, Any] | None = None, **extensions: Any) -> Flask:
-    """Build the WSGI app. `config` overrides environment variables by name; `extensions` replaces
-    the upstream client, registry, vector store or embedder (tests hand in their own)."""
+def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flask:
+    """Build the WSGI app. `config` overrides environment variables by name; `services` replaces
+    the upstream client, catalog, vector store or embedder (tests hand in their own)."""
     from .. import db
     from ..config import Settings, load_secret_key
-    from ..services import build_extensions
+    from ..services import build_services
     from . import WebuiApi, observability, register_app_handlers, register_blueprints
     from .deps import authenticate_request
 
@@ -30,7 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None, **extensions: Any) -> Fl
     app.config.update(_flask_config(settings))
     app.json.sort_keys = False  # keep Open WebUI's field order
     db.init_database(settings.database_path)
-    app.extensions["webui_api"] = build_extensions(settings, **extensions)
+    app.extensions["webui_api"] = build_services(settings, **services)
 
     api = WebuiApi(app, spec_kwargs=_spec_kwargs())
     register_app_handlers(app)

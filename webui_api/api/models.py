@@ -82,7 +82,7 @@ def _pick_id(query: dict, body: dict | None = None) -> str:
     return presets.check_id(query.get("id") or (body or {}).get("id"))
 
 
-# --- registry listing ------------------------------------------------------------------------
+# --- catalogue listing ------------------------------------------------------------------------
 
 @blp.route("/api/models")
 class Models(MethodView):
@@ -90,7 +90,7 @@ class Models(MethodView):
     @blp.response(200)
     def get(self, args):
         """Every model the caller may use: base models of all backends, then presets."""
-        return {"data": ext().registry.list_models(current_user(), refresh=args["refresh"])}
+        return {"data": ext().catalog.list_models(current_user(), refresh=args["refresh"])}
 
 
 @blp.route("/api/v1/models", endpoint="ModelsV1")
@@ -105,7 +105,7 @@ class BaseModels(MethodView):
     @blp.response(200)
     def get(self, args):
         """Provider models only, as the backends report them (admin)."""
-        return {"data": ext().registry.base_models(refresh=args["refresh"])}
+        return {"data": ext().catalog.base_models(refresh=args["refresh"])}
 
 
 # --- presets ---------------------------------------------------------------------------------
@@ -116,8 +116,7 @@ class CreateModel(MethodView):
     @blp.response(200)
     def post(self, form):
         """Create a preset (a base model with its own name, system prompt and params). Taken id → 409."""
-        user = current_user()
-        return presets.create(user, form, taken_ids=ext().registry.taken_ids())
+        return ext().catalog.create_preset(current_user(), form)
 
 
 @blp.route("/api/v1/models/list")
@@ -162,7 +161,7 @@ class UpdateModel(MethodView):
     @blp.response(200)
     def post(self, args, form):
         """Replace name, meta and params (send the whole object). Not yours → 404 if hidden, else 403."""
-        return presets.update(current_user(), _pick_id(args, form), form)
+        return ext().catalog.update_preset(current_user(), _pick_id(args, form), form)
 
 
 @blp.route("/api/v1/models/model/toggle")
@@ -171,7 +170,7 @@ class ToggleModel(MethodView):
     @blp.response(200)
     def post(self, args):
         """Flip `is_active`; a disabled preset is refused by chat at once, on every worker."""
-        return presets.toggle(current_user(), _pick_id(args))
+        return ext().catalog.toggle_preset(current_user(), _pick_id(args))
 
 
 @blp.route("/api/v1/models/model/access/update")
@@ -181,7 +180,7 @@ class UpdateModelAccess(MethodView):
     @blp.response(200)
     def post(self, args, form):
         """Make a preset public (`user`/`*`/`read` grant or `is_public: true`) or private (`[]`)."""
-        return presets.set_access(current_user(), _pick_id(args, form), form)
+        return ext().catalog.set_preset_access(current_user(), _pick_id(args, form), form)
 
 
 @blp.route("/api/v1/models/model/delete")
@@ -191,5 +190,5 @@ class DeleteModel(MethodView):
     @blp.response(200)
     def post(self, args, body):
         """Delete a preset (`?id=` or body `{"id": ...}`) → `true`."""
-        return presets.delete(current_user(), _pick_id(args, body))
+        return ext().catalog.delete_preset(current_user(), _pick_id(args, body))
 

@@ -28,7 +28,7 @@ def json_body() -> dict:
 
 
 def _call(path: str, method: str, url_idx, **options) -> Response:
-    return respond(proxy.ollama_call(ext().upstream, method, path, json_body(), url_idx=url_idx, **options))
+    return respond(proxy.ollama_call(ext().catalog, method, path, json_body(), url_idx=url_idx, **options))
 
 
 def _route(path: str, name: str, methods: tuple[str, ...], level: str, doc: str, upstream_method: str = "",
@@ -57,7 +57,7 @@ class Root(MethodView):
 class Tags(MethodView):
     def get(self, url_idx: int | None = None):
         """Models of all Ollama backends merged by name (`urls` lists the backends), or one backend's list."""
-        return proxy.ollama_tags(ext().upstream, url_idx)
+        return proxy.ollama_tags(ext().catalog, url_idx)
 
 
 @blp.route("/api/version", endpoint="version")
@@ -65,7 +65,7 @@ class Tags(MethodView):
 class Version(MethodView):
     def get(self, url_idx: int | None = None):
         """The lowest Ollama version among the backends that answer."""
-        return proxy.ollama_version(ext().upstream, url_idx)
+        return proxy.ollama_version(ext().catalog, url_idx)
 
 
 @blp.route("/api/ps", endpoint="ps")
@@ -74,14 +74,14 @@ class Ps(MethodView):
     @access("admin")
     def get(self, url_idx: int | None = None):
         """Models currently loaded on the backends (admin)."""
-        return proxy.ollama_ps(ext().upstream, url_idx)
+        return proxy.ollama_ps(ext().catalog, url_idx)
 
 
 @blp.route("/v1/models", endpoint="v1_models")
 class V1Models(MethodView):
     def get(self):
         """Ollama's OpenAI-compatible model list over all backends."""
-        return proxy.ollama_v1_models(ext().upstream)
+        return proxy.ollama_v1_models(ext().catalog)
 
 
 _route("/api/show", "Show", ("post",), "verified", "Model details from the backend hosting the model.")

@@ -16,7 +16,7 @@ blp = Blueprint("openai", __name__, url_prefix="/openai",
 
 def _forward(path: str, url_idx: int | None):
     body = request.get_json(force=True, silent=True)  # `curl -d` sends a form content type
-    return respond(proxy.openai_call(ext().upstream, path, body, url_idx))
+    return respond(proxy.openai_call(ext().catalog, path, body, url_idx))
 
 
 @blp.route("/models", endpoint="models")
@@ -25,7 +25,7 @@ class Models(MethodView):
     def get(self, url_idx: int | None = None):
         """Models of every connection (`urlIdx` says which; the raw entry is under `openai`), or one
         connection's raw list."""
-        return proxy.openai_models(ext().upstream, url_idx)
+        return proxy.openai_models(ext().catalog, url_idx)
 
 
 @blp.route("/chat/completions", endpoint="chat")

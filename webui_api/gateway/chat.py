@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Iterator
 
 from . import convert
+from .fields import CHAT_OWN_FIELDS, OLLAMA_NATIVE_OPTIONS, OLLAMA_ONLY, OLLAMA_TOP_LEVEL, WEBUI_PARAMS
 from ..rag import files, knowledge
 from .. import telemetry
 from ..errors import ApiError, NotFound, ServiceUnavailable, Unprocessable, UpstreamError
@@ -16,22 +17,6 @@ from ..upstream import http_error
 
 log = logging.getLogger("webui_api.gateway")
 
-# Open WebUI request fields that are ours, never the backend's.
-OWN_FIELDS = frozenset({
-    "files", "params", "top_k", "tool_ids", "features", "variables", "chat_id", "id", "parent_id",
-    "session_id", "user_message", "message_ids", "background_tasks", "filter_ids", "folder_id", "skill_ids", "terminal_id",
-    "tool_servers", "chat_variables", "regeneration_prompt", "model_item", "automation_id"})
-# Preset/request `params` keys that only steer this server.
-WEBUI_PARAMS = frozenset({
-    "system", "stream_response", "stream_delta_chunk_size", "function_calling", "reasoning_tags",
-    "compact_token_threshold", "note_id", "tool_approval_mode", "model_controls", "custom_params"})
-OLLAMA_TOP_LEVEL = frozenset({"format", "keep_alive", "think"})
-OLLAMA_OPTIONS = frozenset({
-    "num_ctx", "num_predict", "repeat_penalty", "repeat_last_n", "mirostat", "mirostat_eta", "mirostat_tau",
-    "num_batch", "num_keep", "num_gpu", "num_thread", "use_mmap", "use_mlock", "top_k", "min_p", "tfs_z",
-    "typical_p", "penalize_newline", "numa", "low_vram", "main_gpu", "vocab_only"})
-# Options an OpenAI-compatible server would refuse (top_k/min_p are accepted by many, so they pass).
-OLLAMA_ONLY = (OLLAMA_OPTIONS | OLLAMA_TOP_LEVEL) - {"top_k", "min_p"}
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 STREAM_FAILED = "Chat completion stream failed"
 
@@ -51,7 +36,7 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
     """OpenAI-style chat over any registered model: a `chat.completion` dict, or SSE when `stream`."""
     body = dict(body)
     requested = body.get("model")
-    target = ext.registry.resolve(user, requested)
+    target = ext.catalog.resolve(user, requested)
     messages = check_messages(body.get("messages"))
     params = merged_params(target.params, body.get("params"))
     system = params.pop("system", None)
@@ -60,7 +45,7 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
     params = {k: v for k, v in params.items() if k not in WEBUI_PARAMS}
     items = retrieval_items(user, body, target.preset)
     top_k = _top_k(body.get("top_k"))
-    body = {k: v for k, v in body.items() if k not in OWN_FIELDS}
+    body = {k: v for k, v in body.items() if k not in CHAT_OWN_FIELDS}
     if isinstance(system, str) and system.strip():
         messages = with_system_prompt(messages, render_prompt(system, user))
     sources: list = []
@@ -262,13 +247,13 @@ def _ollama_chat(upstream, target, requested: str, body: dict, params: dict,
     if options is not None and not isinstance(options, dict):
         raise Unprocessable("`options` must be an object.")
     for key, value in params.items():
-        if key not in OLLAMA_OPTIONS and key not in OLLAMA_TOP_LEVEL:
+        if key not in OLLAMA_NATIVE_OPTIONS and key not in OLLAMA_TOP_LEVEL:
             body.setdefault(key, value)  # OpenAI names (temperature, max_tokens, ...): converted below
     stream = bool(body.get("stream"))
     include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
     body["model"] = target.upstream_model
     payload = convert.openai_to_ollama_chat(body)
-    payload["options"] = {**{k: v for k, v in params.items() if k in OLLAMA_OPTIONS},
+    payload["options"] = {**{k: v for k, v in params.items() if k in OLLAMA_NATIVE_OPTIONS},
                           **(payload.get("options") or {}), **(options or {})}
     if not payload["options"]:
         del payload["options"]
@@ -339,11 +324,11 @@ def _stream_error(exc: Exception) -> Iterator[bytes]:
 def embeddings(ext, user, body: dict) -> dict:
     """OpenAI-format embeddings for any registered model (Ollama via /api/embed, OpenAI via /embeddings)."""
     requested = body.get("model")
-    target = ext.registry.resolve(user, requested)
+    target = ext.catalog.resolve(user, requested)
     inputs = body.get("input")
     if target.kind == "openai":
         _check_input(inputs, tokens_ok=True)
-        payload = {k: v for k, v in body.items() if k not in OWN_FIELDS}
+        payload = {k: v for k, v in body.items() if k not in CHAT_OWN_FIELDS}
         payload["model"] = target.upstream_model
         resp = ext.upstream.request(target.backend, "POST", "/embeddings", json=payload)
         if resp.status_code >= 400:

@@ -8,20 +8,9 @@ import uuid
 from typing import Any
 
 from ..errors import BadRequest
+from .fields import OLLAMA_OPTIONS, OLLAMA_TOP_LEVEL, OPENAI_SAMPLING
 
 SSE_DONE = b"data: [DONE]\n\n"
-
-# OpenAI sampling parameters that have a same-named Ollama option.
-_SAME_NAME = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty")
-# Ollama option names a client may also send at the top level or in `params`.
-OLLAMA_OPTIONS = frozenset((
-    "num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "temperature",
-    "repeat_penalty", "presence_penalty", "frequency_penalty", "penalize_newline", "stop", "numa", "num_ctx",
-    "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "mirostat", "mirostat_tau", "mirostat_eta",
-    "tfs_z", "low_vram", "f16_kv", "use_mlock", "vocab_only", "num_gqa", "rope_frequency_base",
-    "rope_frequency_scale"))
-# Keys Ollama takes at the top level of /api/chat rather than inside `options`.
-_TOP_LEVEL = ("format", "keep_alive", "think")
 
 
 def new_completion_id() -> str:
@@ -48,7 +37,7 @@ def _options_from(source: dict) -> dict:
             continue
         if key in ("max_tokens", "max_completion_tokens"):
             options["num_predict"] = value
-        elif key in _SAME_NAME or key in OLLAMA_OPTIONS:
+        elif key in OPENAI_SAMPLING or key in OLLAMA_OPTIONS:
             options[key] = value
     if isinstance(options.get("stop"), str):
         options["stop"] = [options["stop"]]
@@ -149,7 +138,7 @@ def openai_to_ollama_chat(body: dict) -> dict:
                            "stream": bool(body.get("stream", False))}
     params = body.get("params") if isinstance(body.get("params"), dict) else {}
     options = {**_options_from(params), **_options_from(body), **(body.get("options") or {})}
-    for key in _TOP_LEVEL:  # Open WebUI lifts these out of options/params
+    for key in OLLAMA_TOP_LEVEL:  # Open WebUI lifts these out of options/params
         for source in (params, options, body):
             if source.get(key) is not None:
                 out[key] = source[key]

@@ -7,21 +7,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from . import backends
+from . import model_lists
+from .catalog import Catalog
+from .fields import WEBUI_FIELDS, WEBUI_PARAMS
 from ..errors import BadRequest, UpstreamError
 from ..upstream import Backend, Upstream, http_error
 
 log = logging.getLogger("webui_api.proxy")
 
 STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
-# Open WebUI-only fields of a chat body that an OpenAI backend must not see.
-OPENAI_DROP = frozenset((
-    "files", "tool_ids", "features", "variables", "chat_id", "id", "session_id", "parent_id", "message_ids",
-    "background_tasks", "filter_ids", "model_item", "metadata", "params", "user_message", "folder_id",
-    "skill_ids", "terminal_id", "tool_servers"))
-PARAMS_OWUI_ONLY = frozenset(("system", "stream_response", "stream_delta_chunk_size", "function_calling",
-                              "reasoning_tags", "compact_token_threshold", "note_id", "tool_approval_mode",
-                              "model_controls", "custom_params"))
 
 
 @dataclass
@@ -35,22 +29,22 @@ class Reply:
     headers: dict = field(default_factory=dict)
 
 
-def _pick(upstream: Upstream, kind: str, body: dict, model_key: str | None, url_idx: int | None,
+def _pick(catalog: Catalog, kind: str, body: dict, model_key: str | None, url_idx: int | None,
           default_idx: int | None) -> Backend:
     """The backend for this call; rewrites body[model_key] to the resolved (tagged) name."""
     if url_idx is not None:
-        return backends.backend_by_idx(upstream, kind, url_idx)
+        return catalog.backend_at(kind, url_idx)
     if model_key:
         if model_key == "model" and body.get("model") is None and body.get("name"):  # Ollama's older field
             model_key = "name"
         model = body.get(model_key)
         if model is not None:
-            backend, resolved = backends.find_backend_for_model(upstream, model, kind)
+            backend, resolved = catalog.host(kind, model)
             body[model_key] = resolved
             return backend
         if default_idx is None:
             raise BadRequest(f"{model_key} is required")
-    return backends.backend_by_idx(upstream, kind, default_idx or 0)
+    return catalog.backend_at(kind, default_idx or 0)
 
 
 def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | None = None
@@ -98,15 +92,16 @@ def forward(upstream: Upstream, backend: Backend, method: str, path: str, body: 
 
 # ----------------------------------------------------------------------------- Ollama
 
-def ollama_call(upstream: Upstream, method: str, path: str, body: dict | None, *, url_idx: int | None = None,
+def ollama_call(catalog: Catalog, method: str, path: str, body: dict | None, *, url_idx: int | None = None,
                 model_key: str | None = "model", default_idx: int | None = None, changes_models: bool = False
                 ) -> Reply:
     """Forward one Ollama API call. Without `url_idx` the backend is one that hosts body[model_key] (an
-    untagged name matches `:latest` and is rewritten), or `default_idx` for calls without a model."""
+    untagged name matches `:latest` and is rewritten), or `default_idx` for calls without a model.
+    `changes_models`: the catalogue is invalidated once the backend has answered."""
     body = dict(body or {})
-    backend = _pick(upstream, "ollama", body, model_key, url_idx, default_idx)
-    after = (lambda: upstream.forget("backends:ollama")) if changes_models else None
-    return forward(upstream, backend, method, path, body if method != "GET" else None, after)
+    backend = _pick(catalog, "ollama", body, model_key, url_idx, default_idx)
+    after = catalog.invalidate if changes_models else None
+    return forward(catalog.upstream, backend, method, path, body if method != "GET" else None, after)
 
 
 def require_json_object(body: Any) -> dict:
@@ -115,12 +110,11 @@ def require_json_object(body: Any) -> dict:
     return body
 
 
-def ollama_tags(upstream: Upstream, url_idx: int | None = None) -> dict:
+def ollama_tags(catalog: Catalog, url_idx: int | None = None) -> dict:
     """All backends' models merged (`urls` per entry), or one backend's raw list."""
     if url_idx is not None:
-        return upstream.json(backends.backend_by_idx(upstream, "ollama", url_idx), "GET", "/api/tags")
-    backends.backend_by_idx(upstream, "ollama", 0)  # 503 when the Ollama API is disabled
-    return backends.list_ollama_tags(upstream)
+        return catalog.upstream.json(catalog.backend_at("ollama", url_idx), "GET", "/api/tags")
+    return catalog.ollama_tags()
 
 
 def _get(upstream: Upstream, backend: Backend, path: str) -> dict:
@@ -134,10 +128,16 @@ def _version_key(version: str) -> tuple:
     return tuple(parts)
 
 
-def ollama_version(upstream: Upstream, url_idx: int | None = None) -> dict:
+def _pool(catalog: Catalog, url_idx: int | None) -> list[Backend]:
+    """The backend at `url_idx`, else every Ollama backend (503 when there is none)."""
+    if url_idx is not None:
+        return [catalog.backend_at("ollama", url_idx)]
+    return [catalog.backend_at("ollama", 0)] + catalog.upstream.ollama[1:]
+
+
+def ollama_version(catalog: Catalog, url_idx: int | None = None) -> dict:
     """The lowest version among the backends that answer (what every feature can rely on)."""
-    pool = [backends.backend_by_idx(upstream, "ollama", url_idx)] if url_idx is not None else \
-        [backends.backend_by_idx(upstream, "ollama", 0)] + upstream.ollama[1:]
+    upstream, pool = catalog.upstream, _pool(catalog, url_idx)
     results = upstream.fan_out(lambda b: _get(upstream, b, "/api/version"), pool, upstream.list_timeout)
     versions = [r["version"] for _, r in results if isinstance(r, dict) and r.get("version")]
     if not versions:
@@ -145,18 +145,17 @@ def ollama_version(upstream: Upstream, url_idx: int | None = None) -> dict:
     return {"version": min(versions, key=_version_key)}
 
 
-def ollama_ps(upstream: Upstream, url_idx: int | None = None) -> dict:
+def ollama_ps(catalog: Catalog, url_idx: int | None = None) -> dict:
     """Loaded models of every backend, merged like the tags."""
-    pool = [backends.backend_by_idx(upstream, "ollama", url_idx)] if url_idx is not None else \
-        [backends.backend_by_idx(upstream, "ollama", 0)] + upstream.ollama[1:]
+    upstream, pool = catalog.upstream, _pool(catalog, url_idx)
     results = upstream.fan_out(lambda b: _get(upstream, b, "/api/ps")["models"], pool, upstream.list_timeout)
-    return {"models": backends.merge_tags(results)}
+    return {"models": model_lists.merge_tags(results)}
 
 
-def ollama_v1_models(upstream: Upstream) -> dict:
+def ollama_v1_models(catalog: Catalog) -> dict:
     """Ollama's OpenAI-compatible model list, built from the merged tags."""
     now = int(time.time())
-    models = ollama_tags(upstream)["models"]
+    models = catalog.ollama_tags()["models"]
     return {"object": "list",
             "data": [{"id": m["model"], "object": "model", "created": now, "owned_by": "openai"}
                      for m in models]}
@@ -167,29 +166,23 @@ def ollama_v1_models(upstream: Upstream) -> dict:
 def openai_body(body: dict) -> dict:
     """The body an OpenAI backend gets: Open WebUI-only fields removed, `params` applied where unset."""
     params = body.get("params") if isinstance(body.get("params"), dict) else {}
-    out = {k: v for k, v in body.items() if k not in OPENAI_DROP}
+    out = {k: v for k, v in body.items() if k not in WEBUI_FIELDS}
     for key, value in params.items():
-        if key not in PARAMS_OWUI_ONLY and value is not None:
+        if key not in WEBUI_PARAMS and value is not None:
             out.setdefault(key, value)
     return out
 
 
-def openai_call(upstream: Upstream, path: str, body: dict, url_idx: int | None = None) -> Reply:
+def openai_call(catalog: Catalog, path: str, body: dict, url_idx: int | None = None) -> Reply:
     """Forward a model call (chat/completions, embeddings, ...) to the connection serving body["model"]."""
     body = openai_body(require_json_object(body))
-    backend = _pick(upstream, "openai", body, "model", url_idx, None)
-    return forward(upstream, backend, "POST", path, body)
+    backend = _pick(catalog, "openai", body, "model", url_idx, None)
+    return forward(catalog.upstream, backend, "POST", path, body)
 
 
-def openai_models(upstream: Upstream, url_idx: int | None = None) -> dict:
+def openai_models(catalog: Catalog, url_idx: int | None = None) -> dict:
     """Every connection's models in Open WebUI's shape (`urlIdx`, raw entry under `openai`), or one
     connection's raw list."""
     if url_idx is not None:
-        return upstream.json(backends.backend_by_idx(upstream, "openai", url_idx), "GET", "/models")
-    backends.backend_by_idx(upstream, "openai", 0)  # 503 when the OpenAI API is disabled
-    data = []
-    for backend, entry in backends.list_openai_models(upstream):
-        raw = {**entry, "connection_type": "external"}
-        data.append({**raw, "owned_by": "openai", "name": entry.get("name") or entry["id"], "openai": raw,
-                     "provider": "", "urlIdx": backend.idx})
-    return {"data": data}
+        return catalog.upstream.json(catalog.backend_at("openai", url_idx), "GET", "/models")
+    return {"data": catalog.openai_models()}

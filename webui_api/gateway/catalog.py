@@ -1,0 +1,270 @@
+"""The model catalogue: every backend's models (one cache), presets from SQLite, and which backend serves what."""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import model_lists, presets
+from ..errors import MODEL_NOT_FOUND, BadRequest, NotFound, ServiceUnavailable, UpstreamError
+from ..upstream import Backend
+
+MAX_PRESET_DEPTH = 5  # presets may wrap presets; deeper chains (or cycles) resolve to "Model not found"
+REFETCH_AFTER = 1.0  # seconds: a lookup miss asks the backends again only if the cached lists are older
+OLLAMA_DISABLED = "The Ollama API is disabled. Please enable it to use this feature."
+OPENAI_DISABLED = "OpenAI API is disabled"
+_NAMES = {"ollama": "Ollama", "openai": "OpenAI"}
+
+
+def untagged_alias(model_id: str) -> str | None:
+    """Ollama's rule: a name without a tag means `:latest`."""
+    if ":" in model_id.rsplit("/", 1)[-1]:
+        return None
+    return f"{model_id}:latest"
+
+
+@dataclass
+class Snapshot:
+    """The backends' models as fetched at `fetched_at`, per kind and together."""
+
+    ollama: list[dict]
+    openai: list[dict]
+    answered: frozenset  # the kinds of which at least one backend sent its list
+    fetched_at: float
+    by_id: dict[str, dict] = field(init=False, repr=False)  # both kinds; the first of an id wins
+    _by_kind: dict = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.by_id = {}
+        for entry in self.ollama + self.openai:
+            self.by_id.setdefault(entry["id"], entry)
+        self._by_kind = {None: self.by_id, "ollama": {e["id"]: e for e in self.ollama},
+                         "openai": {e["id"]: e for e in self.openai}}
+
+    def find(self, model_id: str, kind: str | None = None) -> dict | None:
+        """The entry listed as `model_id`, or as `model_id:latest` when the name is untagged."""
+        by_id = self._by_kind[kind]
+        return by_id.get(model_id) or by_id.get(untagged_alias(model_id) or "")
+
+
+@dataclass
+class Resolved:
+    """A chat/embedding target: the listed entry, the backend to call and the model name it knows."""
+
+    entry: dict
+    backend: Backend
+    upstream_model: str
+    preset: Any = None                # the outermost db.Preset (preset or override row), if any
+    params: dict = field(default_factory=dict)  # stored params along the preset chain, outer wins
+
+    @property
+    def kind(self) -> str:
+        return self.backend.kind
+
+
+class Catalog:
+    """Lists and resolves models for every route. Cheap to build; the first call asks the backends."""
+
+    def __init__(self, settings, upstream):
+        self.settings = settings
+        self.upstream = upstream
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._changes = itertools.count(1)
+        self._last_change = 0       # bumped by invalidate()
+        self._snapshot_change = -1  # _last_change when the cached snapshot's fetch began
+        self._round_robin = itertools.count()
+
+    # --- the one cache -----------------------------------------------------------------------
+
+    def snapshot(self, refresh: bool = False) -> Snapshot:
+        """The backends' models, cached MODELS_CACHE_TTL s; concurrent misses share one fetch."""
+        seen = self._snapshot
+        with self._lock:
+            if self._snapshot is not seen and self._snapshot_change == self._last_change:
+                return self._snapshot  # another thread fetched while we waited: its answer is fresh
+            if refresh or self._stale():
+                change = self._last_change
+                self._snapshot = self._fetch()
+                self._snapshot_change = change
+            return self._snapshot
+
+    def invalidate(self) -> None:
+        """The models changed (pulled, created, deleted, a preset edited): ask the backends next time.
+        Never waits for a fetch under way; one that began before this call does not count as fresh."""
+        self._last_change = next(self._changes)
+
+    def _stale(self) -> bool:
+        ttl = self.settings.MODELS_CACHE_TTL
+        if self._snapshot is None or self._snapshot_change != self._last_change or not ttl or ttl <= 0:
+            return True
+        return time.monotonic() - self._snapshot.fetched_at >= ttl
+
+    def _fetch(self) -> Snapshot:
+        results = model_lists.fetch(self.upstream, self.settings.AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST)
+        answered = frozenset(kind for kind, what in (("ollama", "tags"), ("openai", "models"))
+                             if model_lists.answered(results, what))
+        return Snapshot(model_lists.ollama_entries(results), model_lists.openai_entries(results),
+                        answered, time.monotonic())
+
+    def find(self, model_id: str, kind: str | None = None) -> dict | None:
+        """The base entry for `model_id` (untagged means `:latest`). On a miss the backends are asked
+        again if the cached lists are older than REFETCH_AFTER: the model may have been pulled elsewhere."""
+        snapshot = self.snapshot()
+        entry = snapshot.find(model_id, kind)
+        if entry is None and time.monotonic() - snapshot.fetched_at > REFETCH_AFTER:
+            entry = self.snapshot(refresh=True).find(model_id, kind)
+        return entry
+
+    # --- listing -----------------------------------------------------------------------------
+
+    def base_models(self, refresh: bool = False) -> list[dict]:
+        """Provider models: Ollama merged by name, then OpenAI per connection."""
+        return list(self.snapshot(refresh).by_id.values())
+
+    def taken_ids(self) -> set[str]:
+        """Ids a preset may not use: every base model id, and the untagged form of `name:latest`."""
+        ids = set()
+        for entry in self.base_models():
+            ids.add(entry["id"])
+            if entry["id"].endswith(":latest"):
+                ids.add(entry["id"][: -len(":latest")])
+        return ids
+
+    def list_models(self, user, refresh: bool = False) -> list[dict]:
+        """Base models (overrides applied), then the presets this user may use."""
+        rows = presets.overrides()
+        out, by_id = [], {}
+        for entry in self.base_models(refresh):
+            row = rows.get(entry["id"])
+            if row is not None and not row.is_active:
+                continue  # a disabled override hides its base model from everyone
+            shown = model_lists.with_override(entry, row) if row is not None else entry
+            out.append(shown)
+            by_id[entry["id"]] = shown
+        for row in presets.usable_presets(user):
+            if row.id in by_id:
+                continue  # a base model with this id exists now; the base wins
+            entry = model_lists.preset_entry(row, self._base_entry_for(row, by_id, user))
+            out.append(entry)
+            by_id[row.id] = entry
+        return out
+
+    def _base_entry_for(self, row, by_id: dict, user, depth: int = 0) -> dict | None:
+        target = row.base_model_id
+        entry = by_id.get(target) or by_id.get(untagged_alias(target) or "")
+        if entry is not None or depth >= MAX_PRESET_DEPTH:
+            return entry
+        inner = presets.get_row(target)
+        if inner is not None and inner.base_model_id and presets.can_read(user, inner):
+            return self._base_entry_for(inner, by_id, user, depth + 1)
+        return None
+
+    def ollama_tags(self) -> dict:
+        """Ollama's `/api/tags` body for all backends together: {"models": [... with "urls"]}."""
+        self.backend_at("ollama", 0)  # 503 when the Ollama API is disabled
+        return {"models": [entry["ollama"] for entry in self.snapshot().ollama]}
+
+    def openai_models(self) -> list[dict]:
+        """Every connection's models in Open WebUI's /openai/models shape (`urlIdx`, raw under `openai`)."""
+        self.backend_at("openai", 0)  # 503 when the OpenAI API is disabled
+        return [model_lists.connection_entry(entry) for entry in self.snapshot().openai]
+
+    # --- resolution --------------------------------------------------------------------------
+
+    def resolve(self, user, model_id: Any) -> Resolved:
+        """Chat's target for `model_id` (a base model or a preset), or BadRequest("Model not found")."""
+        if not isinstance(model_id, str) or not model_id.strip():
+            raise BadRequest(MODEL_NOT_FOUND)
+        return self._resolve(user, model_id, ())
+
+    def _resolve(self, user, model_id: str, chain: tuple) -> Resolved:
+        if model_id in chain or len(chain) > MAX_PRESET_DEPTH:
+            raise BadRequest(MODEL_NOT_FOUND)
+        row = None if model_id in self.snapshot().by_id else presets.get_row(model_id)
+        if row is not None and row.base_model_id:
+            if not row.is_active or not presets.can_read(user, row):
+                raise BadRequest(MODEL_NOT_FOUND)
+            inner = self._resolve(user, row.base_model_id, chain + (model_id,))
+            entry = model_lists.preset_entry(row, inner.entry)
+            params = {**inner.params, **(row.params or {})}
+            return Resolved(entry, inner.backend, inner.upstream_model, row, params)
+        entry = self.find(model_id)
+        if entry is None:
+            raise BadRequest(MODEL_NOT_FOUND)
+        return self._resolve_base(entry)
+
+    def _resolve_base(self, entry: dict) -> Resolved:
+        row = presets.get_row(entry["id"])
+        if row is not None and row.base_model_id is None:
+            if not row.is_active:
+                raise BadRequest(MODEL_NOT_FOUND)  # disabled override: the base model is switched off
+        else:
+            row = None
+        backend = self._pick_host(entry)
+        if backend is None:
+            raise BadRequest(MODEL_NOT_FOUND)
+        shown = model_lists.with_override(entry, row) if row is not None else entry
+        return Resolved(shown, backend, upstream_name(entry), row, dict(row.params or {}) if row else {})
+
+    def host(self, kind: str, model: Any) -> tuple[Backend, str]:
+        """A passthrough's backend of `kind` for `model` and the name it knows. NotFound("Model 'x' was
+        not found"), UpstreamError when no backend sent its list, ServiceUnavailable when `kind` is off."""
+        self.backend_at(kind, 0)
+        if not isinstance(model, str) or not model:
+            raise NotFound(f"Model '{model or ''}' was not found")
+        entry = self.find(model, kind)
+        backend = self._pick_host(entry) if entry is not None else None
+        if backend is not None:
+            return backend, upstream_name(entry)
+        if kind not in self.snapshot().answered:
+            raise UpstreamError(f"No {_NAMES[kind]} backend answered its model list")
+        raise NotFound(f"Model '{model}' was not found")
+
+    def backend_at(self, kind: str, idx: int) -> Backend:
+        """The backend at position `idx` of OLLAMA_BASE_URLS / OPENAI_API_BASE_URLS, else NotFound."""
+        pool = self.upstream.ollama if kind == "ollama" else self.upstream.openai
+        if not pool:
+            raise ServiceUnavailable(OLLAMA_DISABLED if kind == "ollama" else OPENAI_DISABLED)
+        if not 0 <= idx < len(pool):
+            raise NotFound(f"No {_NAMES[kind]} backend with index {idx}")
+        return pool[idx]
+
+    def _pick_host(self, entry: dict) -> Backend | None:
+        """Ollama: round-robin over the backends listing the model (same weights; spreads load).
+        OpenAI: the connection whose list the entry came from (`urlIdx`)."""
+        if entry.get("owned_by") == "ollama":
+            by_idx = {b.idx: b for b in self.upstream.ollama}
+            hosts = [by_idx[i] for i in entry["ollama"].get("urls", []) if i in by_idx]
+            return hosts[next(self._round_robin) % len(hosts)] if hosts else None
+        return {b.idx: b for b in self.upstream.openai}.get(entry.get("urlIdx"))
+
+    # --- presets: each change drops the cache, so every route sees it at once ------------------
+
+    def create_preset(self, user, form: dict) -> Any:
+        return self._changed(presets.create(user, form, taken_ids=self.taken_ids()))
+
+    def update_preset(self, user, preset_id: str, form: dict) -> Any:
+        return self._changed(presets.update(user, preset_id, form))
+
+    def set_preset_access(self, user, preset_id: str, form: dict) -> Any:
+        return self._changed(presets.set_access(user, preset_id, form))
+
+    def toggle_preset(self, user, preset_id: str) -> Any:
+        return self._changed(presets.toggle(user, preset_id))
+
+    def delete_preset(self, user, preset_id: str) -> Any:
+        return self._changed(presets.delete(user, preset_id))
+
+    def _changed(self, result: Any) -> Any:
+        self.invalidate()
+        return result
+
+
+def upstream_name(entry: dict) -> str:
+    """The name the backend itself knows the model by."""
+    if "ollama" in entry:
+        return entry["ollama"]["model"]
+    return entry["openai"].get("id") or entry["id"]

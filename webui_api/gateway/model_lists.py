@@ -1,0 +1,149 @@
+"""Model lists of every backend: asked for together, merged into the entry shapes Open WebUI lists."""
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from datetime import datetime
+from typing import Any
+
+from . import presets
+from ..errors import UpstreamError
+
+log = logging.getLogger(__name__)
+
+_PATHS = {"tags": "/api/tags", "ps": "/api/ps", "models": "/models"}
+_LIST_KEYS = {"tags": "models", "ps": "models", "models": "data"}
+_API_MODELS_ONLY = ("tags", "actions", "filters")  # not in /openai/models entries
+
+
+def fetch(upstream, timeout: float) -> list[tuple]:
+    """[((Backend, "tags"|"ps"|"models"), [model dicts] or the exception that skipped it)] for every
+    backend, asked concurrently; one slower than `timeout` is skipped."""
+    jobs = [(b, "tags") for b in upstream.ollama] + [(b, "ps") for b in upstream.ollama]
+    jobs += [(b, "models") for b in upstream.openai]
+    if not jobs:
+        return []
+    results = upstream.fan_out(lambda job: _fetch_one(upstream, job, timeout), jobs, timeout)
+    for (backend, what), result in results:
+        if isinstance(result, BaseException):
+            log.warning("model list: skipping %s (%s %s): %s", backend.label, what, _PATHS[what], result)
+    return results
+
+
+def _fetch_one(upstream, job: tuple, timeout: float) -> list[dict]:
+    backend, what = job
+    resp = upstream.request(backend, "GET", _PATHS[what], timeout=timeout)
+    if resp.status_code >= 400:
+        raise UpstreamError(f"{backend.label} answered HTTP {resp.status_code}")
+    try:
+        data = resp.json()
+    except ValueError as exc:
+        raise UpstreamError(f"{backend.label} sent a model list that is not JSON") from exc
+    if not isinstance(data, dict):
+        raise UpstreamError(f"{backend.label} sent a model list that is not a JSON object")
+    items = data.get(_LIST_KEYS[what])
+    return [m for m in items if isinstance(m, dict)] if isinstance(items, list) else []
+
+
+def answered(results: list[tuple], what: str) -> bool:
+    """Whether any backend sent its `what` list."""
+    return any(w == what and not isinstance(r, BaseException) for (_, w), r in results)
+
+
+def merge_tags(lists: list[tuple]) -> list[dict]:
+    """Ollama entries merged by `model`: the first occurrence is kept, `urls` lists every backend index."""
+    merged: dict[str, dict] = {}
+    for backend, entries in lists:
+        if isinstance(entries, BaseException):
+            continue
+        for entry in entries:
+            name = entry.get("model") or entry.get("name")
+            if not isinstance(name, str) or not name:
+                continue
+            if name in merged:
+                merged[name]["urls"].append(backend.idx)
+            else:
+                merged[name] = {**entry, "connection_type": entry.get("connection_type", "local"),
+                                "urls": [backend.idx]}
+    return list(merged.values())
+
+
+def ollama_entries(results: list[tuple]) -> list[dict]:
+    """/api/models entries of the Ollama models, `loaded` (and `ollama.expires_at`) from /api/ps."""
+    loaded = {}
+    for (_, what), models in results:
+        if what == "ps" and not isinstance(models, BaseException):
+            loaded.update({m.get("model") or m.get("name"): _epoch(m.get("expires_at")) for m in models})
+    out = []
+    for raw in merge_tags([(b, r) for (b, what), r in results if what == "tags"]):
+        name = raw.get("model") or raw["name"]
+        raw.update(model=name, name=raw.get("name") or name)
+        entry = {"id": name, "name": raw["name"], "object": "model", "created": 0, "owned_by": "ollama",
+                 "ollama": raw, "loaded": name in loaded, "connection_type": "local",
+                 "tags": [], "actions": [], "filters": []}
+        if loaded.get(name) is not None:
+            raw["expires_at"] = loaded[name]
+        out.append(entry)
+    return out
+
+
+def openai_entries(results: list[tuple]) -> list[dict]:
+    """/api/models entries of the OpenAI models; the first connection listing an id serves it."""
+    out, seen = [], set()
+    for (backend, what), models in results:
+        if what != "models" or isinstance(models, BaseException):
+            continue
+        for model in models:
+            model_id = model.get("id")
+            if not isinstance(model_id, str) or not model_id or model_id in seen:
+                continue
+            seen.add(model_id)
+            raw = {**model, "connection_type": "external"}
+            out.append({**model, "id": model_id, "object": "model", "created": model.get("created") or 0,
+                        "owned_by": "openai", "connection_type": "external",
+                        "name": model.get("name") or model_id,
+                        "openai": raw, "provider": "", "urlIdx": backend.idx,
+                        "tags": [], "actions": [], "filters": []})
+    return out
+
+
+def connection_entry(entry: dict) -> dict:
+    """An OpenAI model as /openai/models lists it: the /api/models entry without the listing extras."""
+    return {k: v for k, v in entry.items() if k not in _API_MODELS_ONLY}
+
+
+def with_override(entry: dict, row) -> dict:
+    """A base model as an admin's override row renames and describes it."""
+    shown = copy.copy(entry)
+    shown["name"] = row.name or entry["name"]
+    shown["info"] = presets.public_info(row)
+    shown["tags"] = presets.tags(row)
+    return shown
+
+
+def preset_entry(row, base: dict | None) -> dict:
+    """A preset as /api/models lists it; `base` is its base model's entry, if that is listed."""
+    base = base or {}
+    entry = {"id": row.id, "name": row.name, "object": "model", "created": row.created_at,
+             "owned_by": base.get("owned_by", "openai"),
+             "connection_type": base.get("connection_type", "external"),
+             "preset": True, "loaded": bool(base.get("loaded", False)), "info": presets.public_info(row),
+             "tags": presets.tags(row), "actions": [], "filters": []}
+    if not base:
+        # Listed, but chat answers "Model not found" until the base model is back.
+        entry["base_model_missing"] = True
+    return entry
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def _epoch(value: Any) -> int | None:
+    """Ollama's RFC 3339 `expires_at` (nanosecond precision) as epoch seconds."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00"))).timestamp())
+    except ValueError:
+        return None
