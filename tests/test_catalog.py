@@ -229,6 +229,21 @@ def test_invalidate_asks_the_backends_again(catalog, admin, fake_backend):
     assert len(fake_backend.requests_to("/api/tags")) == 2
 
 
+def test_an_invalidation_reaches_the_other_workers(app, catalog, admin, fake_backend):
+    """Two catalogues on one data dir stand for two gunicorn workers: one's invalidate() is the other's too."""
+    other = Catalog(catalog.settings, catalog.upstream)
+    user = owner(admin)
+    catalog.list_models(user), other.list_models(user)
+    fake_backend.ollama_models.append("fresh:latest")
+    assert "fresh:latest" not in ids(other.list_models(user))  # cached
+    catalog.invalidate()
+    assert "fresh:latest" in ids(other.list_models(user))
+    fake_backend.ollama_models.remove("fresh:latest")
+    other.invalidate()
+    assert "fresh:latest" not in ids(catalog.list_models(user))
+    assert "fresh:latest" not in ids(other.list_models(user))
+
+
 def test_a_pull_reaches_chat_and_the_model_list_at_once(client, admin, fake_backend):
     headers = admin["headers"]
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
+import uuid
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,11 +78,15 @@ class Catalog:
         self._last_change = 0       # bumped by invalidate()
         self._snapshot_change = -1  # _last_change when the cached snapshot's fetch began
         self._round_robin = itertools.count()
+        # Other gunicorn workers learn of a change through this file: replaced on every invalidate().
+        self._marker_path = os.path.join(settings.DATA_DIR, "models.changed")
+        self._seen_marker = self._shared_marker()
 
     # --- the one cache -----------------------------------------------------------------------
 
     def snapshot(self, refresh: bool = False) -> Snapshot:
         """The backends' models, cached MODELS_CACHE_TTL s; concurrent misses share one fetch."""
+        self._notice_other_workers()
         seen = self._snapshot
         with self._lock:
             if self._snapshot is not seen and self._snapshot_change == self._last_change:
@@ -95,6 +101,32 @@ class Catalog:
         """The models changed (pulled, created, deleted, a preset edited): ask the backends next time.
         Never waits for a fetch under way; one that began before this call does not count as fresh."""
         self._last_change = next(self._changes)
+        self._publish_change()
+
+    def _notice_other_workers(self) -> None:
+        """One stat() per lookup: another worker's invalidate() replaced the marker file."""
+        marker = self._shared_marker()
+        if marker != self._seen_marker:
+            self._seen_marker = marker
+            self._last_change = next(self._changes)
+
+    def _shared_marker(self) -> tuple | None:
+        try:
+            stat = os.stat(self._marker_path)
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+    def _publish_change(self) -> None:
+        """Replace the marker (a new inode each time, so even changes within one clock tick differ)."""
+        temp = f"{self._marker_path}.{uuid.uuid4().hex}"
+        try:
+            with open(temp, "w") as handle:
+                handle.write(uuid.uuid4().hex)
+            os.replace(temp, self._marker_path)
+            self._seen_marker = self._shared_marker()
+        except OSError:  # a read-only data dir only costs other workers their TTL
+            pass
 
     def _stale(self) -> bool:
         ttl = self.settings.MODELS_CACHE_TTL
