@@ -60,7 +60,7 @@ class VectorStore:
         if len(ids) != len(vectors):
             raise ValueError("ids and vectors differ in length")
         with self._locked(name):
-            index = self._load_for_write(name, vectors.shape[1])
+            index = self._load_for_write(name, vectors.shape[1], persist=False)  # written below anyway
             if index.d != vectors.shape[1]:
                 raise dimension_conflict(name, index.d, vectors.shape[1])
             index.remove_ids(np.union1d(ids, replacing).astype(np.int64))
@@ -167,9 +167,10 @@ class VectorStore:
         with self._locked(name):  # missing or corrupt: rebuild from SQLite once, under the writer lock
             return self._load_for_write(name, None)
 
-    def _load_for_write(self, name: str, dim: int | None) -> faiss.Index | None:
+    def _load_for_write(self, name: str, dim: int | None, persist: bool = True) -> faiss.Index | None:
         """Under the lock: the on-disk index (a private copy), rebuilt from SQLite when missing or
-        corrupt, or a fresh empty one of `dim` when the collection has nothing yet."""
+        corrupt (and written back when `persist`), or a fresh empty one of `dim` when the collection has
+        nothing yet."""
         path = self.path(name)
         signature = _signature(path)
         with self._mutex:
@@ -182,7 +183,7 @@ class VectorStore:
             if signature is not None:
                 log.warning("vector index %s is unreadable; rebuilding it from the database", path)
             index = self._rebuild_from_db(name)
-            if index is not None:
+            if index is not None and persist:
                 self._write(name, index)
             elif signature is not None:
                 self._unlink(name)  # corrupt and nothing stored: forget it
