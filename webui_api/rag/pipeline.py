@@ -73,7 +73,8 @@ def process_locked(ext, file_id: str, content: str | None) -> File:
         set_status(file_id, "failed", f"Processing failed unexpectedly ({type(exc).__name__}).")
         raise ApiError(f"Processing the file failed unexpectedly ({type(exc).__name__}).") from exc
     if refusal is not None:
-        _refused(file_id, before, refusal)
+        _settle_refused(file_id, before, refusal)
+        raise refusal
     set_status(file_id, "completed")
     _index_late_links(ext, file_id, new_ids, vectors)
     return File.get_or_none(File.id == file_id) or file
@@ -114,12 +115,11 @@ def _dimension_refusal(ext, file_id: str, dim: int) -> Conflict | None:
     return None
 
 
-def _refused(file_id: str, before: tuple, refusal: Conflict) -> None:
+def _settle_refused(file_id: str, before: tuple, refusal: Conflict) -> None:
     if before[0] == "completed":
         set_status(file_id, *before)  # nothing was touched: the file is as it was
     else:
         set_status(file_id, "failed", _failure_text(refusal))
-    raise refusal
 
 
 def _write_chunks(file_id, extracted: Extracted, pieces, vectors: np.ndarray, model: str):
