@@ -5,8 +5,6 @@ import io
 
 import pytest
 
-from webui_api.rag import ingest
-
 
 def rag_settings(backend, **extra) -> dict:
     """Overrides pointing chat and embeddings at the fake backend."""
@@ -16,10 +14,10 @@ def rag_settings(backend, **extra) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _drain_background():
+def _drain_background(app):
     """Background ingest threads must not outlive the test's database."""
     yield
-    ingest.drain(30)
+    app.extensions["webui_api"].jobs.drain(30)
 
 
 def upload(client, headers, name="notes.txt", data=b"hello world", ctype="text/plain", query="", **form):

@@ -268,15 +268,10 @@ def test_metadata_knowledge_id_links_after_processing(client, user, app, backgro
     body = upload_ok(client, user["headers"], "z.txt", ZEPHYR, query=query_string,
                      metadata=json.dumps({"knowledge_id": kb["id"]}))
     if background:
-        _drain_background_now()
+        assert app.extensions["webui_api"].jobs.drain(10)
     found = query(client, user["headers"], kb["id"], "launch code").get_json()
     assert found["metadatas"][0][0]["file_id"] == body["id"]
     assert body["meta"]["data"] == {"knowledge_id": kb["id"]}
-
-
-def _drain_background_now():
-    from webui_api.rag import ingest
-    assert ingest.drain(10)
 
 
 def test_metadata_knowledge_id_of_someone_else_stores_nothing(client, user, make_user):

@@ -11,7 +11,7 @@ import pytest
 
 from webui_api.rag import files, knowledge
 from webui_api.db import Chunk, File, User
-from webui_api.rag import ingest
+from webui_api.rag import index_sync, jobs, pipeline, storage
 from webui_api.rag.vectors import VectorStore
 
 from .rag_helpers import _drain_background, embed_calls, rag_settings  # noqa: F401
@@ -77,7 +77,7 @@ def test_rebuild_indexes_rewrites_everything(ext, owner):
     knowledge.add_file(ext, owner, kb["id"], a.id)
     before = {n: ext.vectors.ids(n) for n in (f"file-{a.id}", f"file-{b.id}", kb["id"])}
     shutil.rmtree(ext.vectors.index_dir)
-    assert ingest.rebuild_indexes(ext) == 3
+    assert index_sync.rebuild_all(ext.vectors) == 3
     assert {n: VectorStore(ext.vectors.index_dir).ids(n) for n in before} == before
 
 
@@ -86,7 +86,7 @@ def test_reprocessing_replaces_chunks_everywhere(ext, owner):
     kb = knowledge.create(owner, "KB")
     knowledge.add_file(ext, owner, kb["id"], file.id)
     old = ext.vectors.ids(kb["id"])
-    ingest.process(ext, file.id, "Brand new content.")
+    pipeline.process(ext, file.id, "Brand new content.")
     new = {c.id for c in Chunk.select().where(Chunk.file == file.id)}
     assert len(new) == 1 and len(old) > 1
     assert ext.vectors.ids(kb["id"]) == new == ext.vectors.ids(f"file-{file.id}")
@@ -94,28 +94,28 @@ def test_reprocessing_replaces_chunks_everywhere(ext, owner):
 
 def test_recover_resumes_interrupted_files(ext, owner):
     file = put(ext, owner, process=False)
-    ingest.set_status(file.id, "processing")  # as a crashed worker would leave it
-    assert ingest.recover_interrupted(ext) == 1
-    assert ingest.drain(10)
+    pipeline.set_status(file.id, "processing")  # as a crashed worker would leave it
+    assert jobs.recover_interrupted(ext) == 1
+    assert ext.jobs.drain(10)
     assert File.get_by_id(file.id).status == "completed"
 
 
 def test_recover_skips_files_a_live_worker_holds(ext, owner):
     file = put(ext, owner, process=False)
-    ingest.set_status(file.id, "processing")
-    with ingest.file_lock(ext.settings, file.id):
-        assert ingest.recover_interrupted(ext) == 0
+    pipeline.set_status(file.id, "processing")
+    with pipeline.file_lock(ext.settings, file.id):
+        assert jobs.recover_interrupted(ext) == 0
     assert File.get_by_id(file.id).status == "processing"
 
 
 def test_recover_sweeps_abandoned_temp_uploads(ext):
-    folder = ingest.uploads_dir(ext.settings)
-    stale = os.path.join(folder, ingest.INCOMING_PREFIX + "old")
-    fresh = os.path.join(folder, ingest.INCOMING_PREFIX + "new")
+    folder = storage.uploads_dir(ext.settings)
+    stale = os.path.join(folder, storage.INCOMING_PREFIX + "old")
+    fresh = os.path.join(folder, storage.INCOMING_PREFIX + "new")
     for path in (stale, fresh):
         open(path, "wb").close()
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    ingest.recover_interrupted(ext)
+    jobs.recover_interrupted(ext)
     assert not os.path.exists(stale) and os.path.exists(fresh)
 
 
@@ -123,7 +123,7 @@ def test_file_deleted_during_background_processing_leaves_nothing(ext, owner, fa
     fake_backend.fault = {"kind": "slow", "path": "/api/embed", "delay": 0.4}
     file = put(ext, owner, background=True)
     files.delete(ext, owner, file.id)
-    assert ingest.drain(10)
+    assert ext.jobs.drain(10)
     assert File.get_or_none(File.id == file.id) is None and Chunk.select().count() == 0
     assert not os.path.exists(ext.vectors.path(f"file-{file.id}"))
 
@@ -139,6 +139,6 @@ def test_receive_enforces_the_limit_while_reading(ext):
             return b"z" * 4096
 
     with pytest.raises(Exception) as err:
-        ingest.receive(ext.settings, Endless())
+        storage.receive(ext.settings, Endless())
     assert err.value.status == 413 and Endless.reads == 1  # stopped at the first block over the limit
-    assert [n for n in os.listdir(ingest.uploads_dir(ext.settings)) if not n.startswith(".locks")] == []
+    assert [n for n in os.listdir(storage.uploads_dir(ext.settings)) if not n.startswith(".locks")] == []

@@ -108,7 +108,6 @@ def test_nothing_imports_the_package_root():
     assert sorted(src for src, targets in edges.items() if "webui_api" in targets) == []
 
 
-@pytest.mark.xfail(strict=True, reason="files<->knowledge and rag.ingest<->rag.vectors: removed by the index-sync split")
 def test_no_import_cycle():
     edges, _ = graph()
     assert find_cycle(edges) is None

@@ -311,24 +311,24 @@ def resume_abandoned(ext, owner, digest: str) -> None:
     """Same bytes left pending/processing by an interrupted run and held by nobody: finish them here (an
     upload of the same bytes would otherwise wait for a worker that no longer exists)."""
     from .db import File
-    from .rag import ingest
+    from .rag import pipeline
 
     for file in File.select().where(File.user == owner.id, File.file_hash == digest,
-                                    File.status.in_(ingest.UNSETTLED)):
-        with ingest.file_lock(ext.settings, file.id, blocking=False) as free:
+                                    File.status.in_(pipeline.UNSETTLED)):
+        with pipeline.file_lock(ext.settings, file.id, blocking=False) as free:
             abandoned = free
         if abandoned:
-            ingest.process(ext, file.id)
+            pipeline.process(ext, file.id)
 
 
 # ---------------------------------------------------------------- reindex and check
 
 
 def cmd_reindex(args) -> int:
-    from .rag import consistency
+    from .rag import index_sync
 
     ext = open_services()
-    wanted = consistency.expected_ids()
+    wanted = index_sync.expected_ids()
     if args.collection:
         if args.collection not in wanted:
             raise CliError(f"no collection {args.collection!r} "
@@ -337,18 +337,18 @@ def cmd_reindex(args) -> int:
     else:
         names = list(wanted)
     progress = Progress(len(names), "reindex")
-    total, removed = consistency.repair(ext, names, progress=lambda name: progress.step(name),
-                                        sweep=not args.collection)  # strays only go with a full reindex
+    total, removed = index_sync.repair(ext.vectors, names, progress=lambda name: progress.step(name),
+                                       sweep=not args.collection)  # strays only go with a full reindex
     print(f"rebuilt {len(names)} collection(s), {total} vectors"
           + (f"; removed {len(removed)} stray file(s)" if removed else ""))
     return EXIT_OK
 
 
 def cmd_check(args) -> int:
-    from .rag import consistency
+    from .rag import consistency, index_sync
 
     ext = open_services()
-    count = len(consistency.expected_ids())
+    count = len(index_sync.expected_ids())
     progress = Progress(count, "check")
     problems = consistency.find_drift(ext, progress=lambda name: progress.step(name))
     for problem in problems:

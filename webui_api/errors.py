@@ -80,5 +80,22 @@ class UpstreamTimeout(UpstreamError):
     status, default_detail = 504, "Upstream backend timed out"
 
 
+class UnusableContent(ApiError):
+    """The file's own content is unusable (empty, unreadable, unsupported), not a backend failing."""
+
+    status, default_detail = 400, EMPTY_CONTENT
+
+    @classmethod
+    def because(cls, cause: ApiError) -> "UnusableContent":
+        return cls(cause.detail, cause.status, cause.headers)
+
+
+class KeptAsFailed(ApiError):
+    """Processing failed but the file was kept as 'failed': the cause's status, its detail plus advice."""
+
+    def __init__(self, cause: ApiError, advice: str):
+        super().__init__(f"{cause.detail} {advice}", cause.status, cause.headers)
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; raised at start-up with a one-line explanation."""

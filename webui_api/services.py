@@ -10,6 +10,7 @@ from .config import Settings
 if TYPE_CHECKING:  # the real imports happen in build_services, when the app is built
     from .gateway.catalog import Catalog
     from .rag.embed import Embedder
+    from .rag.jobs import Jobs
     from .rag.vectors import VectorStore
     from .upstream import Upstream
 
@@ -21,14 +22,17 @@ class Services:
     catalog: Catalog
     vectors: VectorStore
     embedder: Embedder
+    jobs: Jobs
 
     def close(self) -> None:
+        self.jobs.close()
         self.upstream.close()
 
 
 def build_services(settings: Settings, **given: Any) -> Services:
     """Construct whatever the caller did not hand in. Constructors are cheap and never touch the network."""
     from .rag.embed import Embedder
+    from .rag.jobs import Jobs
     from .rag.vectors import VectorStore
     from .gateway.catalog import Catalog
     from .upstream import Upstream
@@ -40,4 +44,5 @@ def build_services(settings: Settings, **given: Any) -> Services:
         catalog=given.get("catalog") or Catalog(settings, upstream),
         vectors=given.get("vectors") or VectorStore(os.path.join(settings.DATA_DIR, "vector_db")),
         embedder=given.get("embedder") or Embedder(settings, upstream),
+        jobs=given.get("jobs") or Jobs(),
     )

@@ -100,14 +100,14 @@ def _enable_cors(app: Flask, origins: list[str]) -> None:
 def _startup(app: Flask) -> None:
     """One-time work per process: the headless admin, and files a crashed worker left half-done."""
     from ..auth import accounts
-    from ..rag import consistency
-    from ..rag.ingest import recover_interrupted
+    from ..rag import index_sync
+    from ..rag.jobs import recover_interrupted
 
     ext = app.extensions["webui_api"]
     if accounts.ensure_initial_admin(ext.settings):
         log.info("created the initial admin %s", ext.settings.WEBUI_ADMIN_EMAIL)
     # A kill between a committed row and its index write leaves an index behind SQLite: rebuild those.
-    rebuilt, removed = consistency.repair(ext)
+    rebuilt, removed = index_sync.repair(ext.vectors)
     if rebuilt or removed:
         log.info("start-up repair: %d vectors re-indexed from SQLite, %d stale index files removed",
                  rebuilt, len(removed))

@@ -13,7 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..rag import files
 from ..db import File
 from ..errors import BadRequest, Unprocessable
-from ..rag import ingest
+from ..rag import knowledge, pipeline, storage
 from .deps import access, current_user, ext
 
 blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded files")
@@ -82,11 +82,12 @@ class Files(MethodView):
         comes once the file is searchable (`data.status` "completed"); the same bytes uploaded again by the
         same user return the existing file. Over RAG_FILE_MAX_SIZE → 413; unsupported type → 415."""
         settings = ext().settings
-        limit = ingest.max_upload_bytes(settings)
+        limit = storage.max_upload_bytes(settings)
         request.max_content_length = None if limit is None else limit + FORM_OVERHEAD
         upload, metadata = _multipart(settings)
-        file, _created = files.upload(ext(), current_user(), upload.stream, upload.filename, upload.mimetype,
-                                      metadata, args["process"], args["process_in_background"])
+        file, _created = knowledge.upload(ext(), current_user(), upload.stream, upload.filename,
+                                          upload.mimetype, metadata, args["process"],
+                                          args["process_in_background"])
         return files.upload_dict(file)
 
     @blp.arguments(ListArgs, location="query")
@@ -102,7 +103,7 @@ def _multipart(settings):
         upload = request.files.get("file")
         raw_meta = request.form.get("metadata")
     except RequestEntityTooLarge:
-        raise ingest.too_large(settings.RAG_FILE_MAX_SIZE) from None
+        raise storage.too_large(settings.RAG_FILE_MAX_SIZE) from None
     if upload is None:
         raise Unprocessable([{"type": "missing", "loc": ["body", "file"], "msg": "Field required",
                               "input": None}])
@@ -187,7 +188,7 @@ def _status_events(file_id: str, first: dict):
     """SSE: one event per status change, ending at a settled status (no request context needed)."""
     status, deadline = first, time.monotonic() + STATUS_STREAM_LIMIT
     yield f"data: {json.dumps(status)}\n\n".encode()
-    while status["status"] in ingest.UNSETTLED and time.monotonic() < deadline:
+    while status["status"] in pipeline.UNSETTLED and time.monotonic() < deadline:
         time.sleep(STATUS_POLL)
         file = File.get_or_none(File.id == file_id)
         current = files.status_dict(file) if file else {"status": "failed", "error": "The file was deleted."}

@@ -5,7 +5,7 @@ import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from ..rag import files
+from ..rag import knowledge
 from ..rag import retrieve
 from .deps import current_user, ext
 
@@ -79,8 +79,8 @@ class ProcessFile(MethodView):
     @blp.response(200)
     def post(self, body):
         """(Re-)process a file, e.g. after the embedding backend failed; answers when it is searchable."""
-        return files.process_again(ext(), current_user(), body["file_id"], body["content"],
-                                   body["collection_name"])
+        return knowledge.process_again(ext(), current_user(), body["file_id"], body["content"],
+                                       body["collection_name"])
 
 
 @blp.route("/process/text")
@@ -89,5 +89,5 @@ class ProcessText(MethodView):
     @blp.response(200)
     def post(self, body):
         """Store text as a new file and make it searchable (optionally inside a knowledge collection)."""
-        return files.create_from_text(ext(), current_user(), body["name"], body["content"],
-                                      body["collection_name"])
+        return knowledge.create_from_text(ext(), current_user(), body["name"], body["content"],
+                                          body["collection_name"])

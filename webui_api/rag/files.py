@@ -10,9 +10,10 @@ from typing import BinaryIO
 
 from .. import db
 from ..db import Chunk, File, Knowledge, KnowledgeFile, User
-from ..errors import (EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, NotFound,
-                     UpstreamError)
-from . import extract, ingest
+from ..errors import (EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, KeptAsFailed,
+                     NotFound, UnusableContent, UpstreamError)
+from . import extract, index_sync, pipeline, storage
+from .collection_rows import collection_name, link_row, linked_knowledge
 
 log = logging.getLogger("webui_api.files")
 
@@ -61,7 +62,7 @@ def to_dict(file: File, content: bool = True) -> dict:
     meta = {"name": file.filename, "content_type": file.content_type, "size": file.size,
             "file_hash": file.file_hash, "data": (file.meta or {}).get("data") or {}}
     if file.status == "completed":
-        meta["collection_name"] = ingest.collection_name(file.id)
+        meta["collection_name"] = collection_name(file.id)
     return {"id": file.id, "user_id": file.user_id, "hash": file.text_hash, "filename": file.filename,
             "data": data, "meta": meta, "created_at": file.created_at, "updated_at": file.updated_at}
 
@@ -102,20 +103,17 @@ def check_extension(settings, filename: str) -> None:
 
 
 def upload(ext, user: User, stream: BinaryIO, filename: str | None, content_type: str | None,
-           metadata: dict | None, process: bool = True, background: bool = False) -> tuple[File, bool]:
+           metadata: dict | None, process: bool = True, background: bool = False,
+           link_to: str | None = None) -> tuple[File, bool]:
     """Store an upload and (unless `process` is false) make it searchable. Returns (file, created).
-    The same user uploading the same bytes again gets the existing file (processed if needed)."""
-    from . import knowledge
-
+    The same user uploading the same bytes again gets the existing file (processed if needed). A new file
+    is linked to the knowledge collection `link_to` (checked by the caller) before it is processed."""
     settings = ext.settings
     name = safe_filename(filename)
     if process:
         check_extension(settings, name)
     ctype = guess_type(name, content_type)
-    target = (metadata or {}).get("knowledge_id") if process else None
-    if target is not None:
-        knowledge.writable(user, target)  # Open WebUI's auto-link: refused before anything is stored
-    staged = ingest.receive(settings, stream)
+    staged = storage.receive(settings, stream)
     try:
         if staged.size == 0:
             raise BadRequest(EMPTY_CONTENT)
@@ -123,18 +121,16 @@ def upload(ext, user: User, stream: BinaryIO, filename: str | None, content_type
             extract.check_supported(staged.head, name, ctype)
         existing = _same_upload(user, staged.sha256)
         if existing is None:
-            file = ingest.store(settings, user.id, staged, name, ctype, metadata or {},
-                                "pending" if process else "stored")
+            file = storage.store(settings, user.id, staged, name, ctype, metadata or {},
+                                 "pending" if process else "stored")
     finally:
         staged.discard()
     if existing is not None:
         file = _reuse(ext, existing, process, background)
     elif process:
-        if target is not None:
-            knowledge.link(target, file.id)  # its vectors join the collection when processing completes
+        if link_to is not None:
+            link_row(link_to, file.id)  # its vectors join the collection when processing completes
         file = _run(ext, file, background, new=True)
-    if target is not None and file.status == "completed":
-        knowledge.add_file(ext, user, target, file.id)
     return file, existing is None
 
 
@@ -147,14 +143,14 @@ def _reuse(ext, file: File, process: bool, background: bool) -> File:
     """A repeated upload: finish what the first one left undone, never embed twice."""
     if not process or file.status == "completed":
         return file
-    if file.status in ingest.UNSETTLED:
+    if file.status in pipeline.UNSETTLED:
         return file if background else _settled(ext, file)
-    ingest.set_status(file.id, "pending")  # stored-only or failed: process it now
+    pipeline.set_status(file.id, "pending")  # stored-only or failed: process it now
     return _run(ext, File.get_by_id(file.id), background, new=False)
 
 
 def _settled(ext, file: File) -> File:
-    fresh = ingest.wait_settled(file.id, ext.settings.AIOHTTP_CLIENT_TIMEOUT)
+    fresh = pipeline.wait_settled(file.id, ext.settings.AIOHTTP_CLIENT_TIMEOUT)
     if fresh is None:
         raise NotFound()
     if fresh.status == "failed":
@@ -164,21 +160,20 @@ def _settled(ext, file: File) -> File:
 
 def _run(ext, file: File, background: bool, new: bool) -> File:
     if background:
-        ingest.submit(ext, file.id)
+        ext.jobs.submit(ext, file.id)
         return file
     try:
-        return ingest.process(ext, file.id)
+        return pipeline.process(ext, file.id)
     except ApiError as exc:
-        if new and getattr(exc, "content_error", False):
+        if new and isinstance(exc, UnusableContent):
             _delete(ext, file)  # a file we cannot read is refused outright: nothing stays behind
             raise
         kept = File.get_or_none(File.id == file.id)
-        if kept is not None and kept.status == "failed" and isinstance(exc.detail, str):
-            cause = "the embedding backend is back" if isinstance(exc, UpstreamError) \
-                else "the problem is fixed"
-            exc.detail = (f"{exc.detail} The file was kept as {file.id} with status 'failed'; "
-                          f"process it again with POST /api/v1/retrieval/process/file once {cause}.")
-        raise
+        if kept is None or kept.status != "failed" or not isinstance(exc.detail, str):
+            raise
+        cause = "the embedding backend is back" if isinstance(exc, UpstreamError) else "the problem is fixed"
+        raise KeptAsFailed(exc, f"The file was kept as {file.id} with status 'failed'; process it again with "
+                                f"POST /api/v1/retrieval/process/file once {cause}.") from exc
 
 
 # ---------------------------------------------------------------- reading
@@ -197,7 +192,7 @@ def list_files(user: User, page: int | None = None, content: bool = True) -> dic
 def original(ext, user: User, file_id: str) -> tuple[str, File]:
     """Path of the stored bytes (for the blueprint to send) and the file."""
     file = readable(user, file_id)
-    path = ingest.stored_path(ext.settings, file)
+    path = storage.stored_path(ext.settings, file)
     if not os.path.exists(path):
         raise NotFound("Original file is unavailable.")
     return path, file
@@ -216,42 +211,7 @@ def reprocess(ext, user: User, file_id: str, content: str | None = None) -> File
     file = writable(user, file_id)
     if content is not None and not content.strip():
         raise BadRequest(EMPTY_CONTENT)
-    return ingest.process(ext, file.id, content)
-
-
-def process_again(ext, user: User, file_id: str, content: str | None = None,
-                  collection_name: str | None = None) -> dict:
-    """POST /retrieval/process/file: re-run the pipeline, optionally adding the file to a collection."""
-    from . import knowledge
-
-    file = reprocess(ext, user, file_id, content)
-    collection = ingest.collection_name(file.id)
-    if collection_name:
-        knowledge.add_file(ext, user, collection_name, file.id)
-        collection = collection_name
-    return {"status": True, "collection_name": collection, "filename": file.filename, "content": file.content}
-
-
-def create_from_text(ext, user: User, name: str, content: str, collection_name: str | None = None) -> dict:
-    """POST /retrieval/process/text: the text becomes a (deduplicated) file, searchable on return."""
-    import io
-
-    from . import knowledge
-
-    if not content.strip():
-        raise BadRequest(EMPTY_CONTENT)
-    if collection_name:
-        knowledge.writable(user, collection_name)  # refuse before storing anything
-    data = io.BytesIO(content.encode("utf-8"))
-    file, _ = upload(ext, user, data, safe_filename(name), "text/plain", None, process=False)
-    if file.status != "completed":  # the text is used as is: no type sniffing or extraction
-        file = ingest.process(ext, file.id, content)
-    collection = ingest.collection_name(file.id)
-    if collection_name:
-        knowledge.add_file(ext, user, collection_name, file.id)
-        collection = collection_name
-    return {"status": True, "collection_name": collection, "file_id": file.id, "filename": file.filename,
-            "content": file.content}
+    return pipeline.process(ext, file.id, content)
 
 
 def update_content(ext, user: User, file_id: str, content: str) -> dict:
@@ -289,9 +249,9 @@ def _delete(ext, file: File) -> None:
     """Row, chunks and links in one transaction; then vectors everywhere and the stored bytes."""
     with db.write_transaction():
         chunk_ids = [c.id for c in Chunk.select(Chunk.id).where(Chunk.file == file.id)]
-        knowledge_ids = ingest.linked_knowledge(file.id)
+        knowledge_ids = linked_knowledge(file.id)
         KnowledgeFile.delete().where(KnowledgeFile.file == file.id).execute()
         Chunk.delete().where(Chunk.file == file.id).execute()
         File.delete().where(File.id == file.id).execute()
-    ingest.forget_vectors(ext, file.id, chunk_ids, knowledge_ids)
-    ingest.remove_stored(ext.settings, file)
+    index_sync.forget(ext.vectors, file.id, chunk_ids, knowledge_ids)
+    storage.remove_stored(ext.settings, file)

@@ -1,14 +1,15 @@
 """Knowledge collections: access, CRUD, and linking files whose stored vectors join the collection's index."""
 from __future__ import annotations
 
+import io
 import logging
+from typing import BinaryIO
 
 from .. import db
 from . import files
 from ..db import Chunk, File, Knowledge, KnowledgeFile, Preset, User
-from ..errors import BadRequest, Forbidden, NotFound
-from . import ingest
-from .vectors import dimension_conflict
+from ..errors import EMPTY_CONTENT, BadRequest, Forbidden, NotFound
+from . import collection_rows, index_sync, pipeline
 
 log = logging.getLogger("webui_api.knowledge")
 
@@ -173,7 +174,7 @@ def delete(ext, user: User, knowledge_id: str) -> bool:
         KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id).execute()
         Knowledge.delete().where(Knowledge.id == kb.id).execute()
         _forget_in_presets(kb.id)
-    ext.vectors.drop(kb.id)
+    index_sync.drop(ext.vectors, kb.id)
     return True
 
 
@@ -183,7 +184,7 @@ def reset(ext, user: User, knowledge_id: str) -> dict:
     with db.write_transaction():
         KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id).execute()
         Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
-    ext.vectors.drop(kb.id)
+    index_sync.drop(ext.vectors, kb.id)
     return with_files(user, Knowledge.get_by_id(kb.id))
 
 
@@ -208,30 +209,22 @@ def add_file(ext, user: User, knowledge_id: str, file_id: str) -> dict:
     when its processing completes."""
     kb = writable(user, knowledge_id)
     file = files.readable(user, file_id)
-    if file.status in ingest.UNSETTLED:
-        file = ingest.wait_settled(file.id, ext.settings.AIOHTTP_CLIENT_TIMEOUT) or file
+    if file.status in pipeline.UNSETTLED:
+        file = pipeline.wait_settled(file.id, ext.settings.AIOHTTP_CLIENT_TIMEOUT) or file
     files.require_processed(file)
-    _check_dimension(ext, kb.id, file.id)
+    index_sync.check_dimension(ext.vectors, kb.id, _file_dim(file.id))
     with db.write_transaction():
         KnowledgeFile.get_or_create(knowledge=kb.id, file=file.id)
         Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
     fresh = File.get_or_none(File.id == file.id)
     if fresh is not None and fresh.status == "completed":  # else the pipeline adds them when it completes
-        ext.vectors.add(kb.id, *ingest.stored_vectors([file.id]))
+        index_sync.link(ext.vectors, kb.id, file.id)
     return with_files(user, Knowledge.get_by_id(kb.id))
 
 
-def link(knowledge_id: str, file_id: str) -> None:
-    """Membership only; the ingest pipeline puts the vectors in when the file's processing completes."""
-    with db.write_transaction():
-        KnowledgeFile.get_or_create(knowledge=knowledge_id, file=file_id)
-
-
-def _check_dimension(ext, knowledge_id: str, file_id: str) -> None:
+def _file_dim(file_id: str) -> int | None:
     row = Chunk.select(Chunk.dim).where(Chunk.file == file_id).first()
-    have = ext.vectors.dim(knowledge_id)
-    if row is not None and have is not None and have != row.dim:
-        raise dimension_conflict(knowledge_id, have, row.dim)
+    return None if row is None else row.dim
 
 
 def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: bool = False) -> dict:
@@ -246,9 +239,53 @@ def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: b
         KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id,
                                      KnowledgeFile.file == file_id).execute()
         Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
-    ext.vectors.remove(kb.id, chunk_ids)
+    index_sync.unlink(ext.vectors, kb.id, chunk_ids)
     if delete_file:
         file = File.get_or_none(File.id == file_id)
         if file is not None and (file.user_id == user.id or files.is_admin(user)):
             files.delete(ext, user, file_id)
     return with_files(user, Knowledge.get_by_id(kb.id))
+
+
+# ---------------------------------------------------------------- files arriving with a collection
+
+def upload(ext, user: User, stream: BinaryIO, filename: str | None, content_type: str | None,
+           metadata: dict | None, process: bool = True, background: bool = False) -> tuple[File, bool]:
+    """files.upload with Open WebUI's auto-link: `metadata.knowledge_id` names a collection the file joins."""
+    target = (metadata or {}).get("knowledge_id") if process else None
+    if target is not None:
+        writable(user, target)  # refused before anything is stored
+    file, created = files.upload(ext, user, stream, filename, content_type, metadata, process, background,
+                                 link_to=target)
+    if target is not None and file.status == "completed":
+        add_file(ext, user, target, file.id)
+    return file, created
+
+
+def process_again(ext, user: User, file_id: str, content: str | None = None,
+                  collection_name: str | None = None) -> dict:
+    """POST /retrieval/process/file: re-run the pipeline, optionally adding the file to a collection."""
+    file = files.reprocess(ext, user, file_id, content)
+    collection = collection_rows.collection_name(file.id)
+    if collection_name:
+        add_file(ext, user, collection_name, file.id)
+        collection = collection_name
+    return {"status": True, "collection_name": collection, "filename": file.filename, "content": file.content}
+
+
+def create_from_text(ext, user: User, name: str, content: str, collection_name: str | None = None) -> dict:
+    """POST /retrieval/process/text: the text becomes a (deduplicated) file, searchable on return."""
+    if not content.strip():
+        raise BadRequest(EMPTY_CONTENT)
+    if collection_name:
+        writable(user, collection_name)  # refuse before storing anything
+    data = io.BytesIO(content.encode("utf-8"))
+    file, _ = files.upload(ext, user, data, files.safe_filename(name), "text/plain", None, process=False)
+    if file.status != "completed":  # the text is used as is: no type sniffing or extraction
+        file = pipeline.process(ext, file.id, content)
+    collection = collection_rows.collection_name(file.id)
+    if collection_name:
+        add_file(ext, user, collection_name, file.id)
+        collection = collection_name
+    return {"status": True, "collection_name": collection, "file_id": file.id, "filename": file.filename,
+            "content": file.content}

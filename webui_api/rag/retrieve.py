@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..db import Chunk, File, Knowledge
 from ..errors import FILE_NOT_PROCESSED, BadRequest, Conflict, NotFound
-from . import ingest
+from . import collection_rows, pipeline
 from .extract import Extracted
 
 log = logging.getLogger("webui_api.rag")
@@ -99,14 +99,14 @@ def _resolve_one(ext, user, item) -> Source | None:
     except NotFound:
         raise NotFound(f"File {ident} was not found.") from None
     file = _ready(file)
-    return Source("file", file.id, file.filename, ingest.collection_name(file.id), full, [file.id])
+    return Source("file", file.id, file.filename, collection_rows.collection_name(file.id), full, [file.id])
 
 
 def _ready(file: File) -> File:
     """A named file must be searchable: wait briefly for one still processing, refuse failed ones."""
-    if file.status in ingest.UNSETTLED:
-        file = ingest.wait_settled(file.id, SETTLE_WAIT) or file
-    if file.status in ingest.UNSETTLED:
+    if file.status in pipeline.UNSETTLED:
+        file = pipeline.wait_settled(file.id, SETTLE_WAIT) or file
+    if file.status in pipeline.UNSETTLED:
         raise Conflict(f"File {file.filename!r} ({file.id}) is still being processed; "
                        "try again when its status is 'completed'.")
     if file.status == "stored":

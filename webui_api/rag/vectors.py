@@ -6,7 +6,7 @@ import logging
 import os
 import re
 import threading
-from collections import Counter
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterable
 
@@ -14,10 +14,14 @@ import faiss
 import numpy as np
 
 from ..errors import BadRequest, Conflict
+from .collection_rows import collection_vectors
 
 log = logging.getLogger("webui_api.rag")
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+# _write puts `<name>.faiss.tmp-<pid>-<thread>` next to the index and renames it into place.
+_TEMP = re.compile(r"^(?P<name>.+)\.faiss\.tmp-(?P<pid>\d+)-\d+$")
+STALE_TEMP_SECONDS = 3600.0
 
 # loader(name) -> (ids, vectors) read from SQLite, the source of truth; vectors is an (n, dim) float32 array.
 Loader = Callable[[str], "tuple[np.ndarray, np.ndarray]"]
@@ -36,27 +40,30 @@ class VectorStore:
 
     Writers take an exclusive fcntl lock per collection, write a temp file, fsync and rename it into place.
     Readers keep a cache keyed by the file's (inode, size, mtime_ns) and reload when another worker
-    replaced it. A missing or unreadable file is rebuilt from SQLite through `loader`."""
+    replaced it. A missing or unreadable file is rebuilt from SQLite through `loader` (default: chunk
+    rows)."""
 
     def __init__(self, index_dir: str, loader: Loader | None = None):
         self.index_dir = index_dir
-        self.loader = loader
+        self.loader = loader or collection_vectors
         self._cache: dict[str, tuple[tuple, faiss.Index]] = {}
         self._mutex = threading.Lock()
 
     # ---- public API
-    def add(self, name: str, ids: Iterable[int], vectors: np.ndarray) -> None:
-        """Insert (or replace) vectors under `ids`; adding the same ids twice never duplicates them."""
-        ids, vectors = _as_ids(ids), _as_matrix(vectors)
+    def add(self, name: str, ids: Iterable[int], vectors: np.ndarray, replacing: Iterable[int] = ()) -> None:
+        """Insert (or replace) vectors under `ids`, removing `replacing` in the same write; adding the same
+        ids twice never duplicates them."""
+        ids, vectors, replacing = _as_ids(ids), _as_matrix(vectors), _as_ids(replacing)
         if not len(ids):
+            self.remove(name, replacing)
             return
         if len(ids) != len(vectors):
             raise ValueError("ids and vectors differ in length")
         with self._locked(name):
-            index = self._load_for_write(name, vectors.shape[1])
+            index = self._load_for_write(name, vectors.shape[1], persist=False)  # written below anyway
             if index.d != vectors.shape[1]:
                 raise dimension_conflict(name, index.d, vectors.shape[1])
-            index.remove_ids(ids)
+            index.remove_ids(np.union1d(ids, replacing).astype(np.int64))
             index.add_with_ids(vectors, ids)
             self._write(name, index)
 
@@ -99,6 +106,27 @@ class VectorStore:
             return set()
         return set(faiss.vector_to_array(index.id_map).tolist())
 
+    def ids_on_disk(self, name: str) -> set[int] | None:
+        """The ids in the index file as it is on disk (never rebuilt on the way); None when unreadable."""
+        index = _read(self.path(name))
+        if index is None:
+            return None
+        return set(faiss.vector_to_array(index.id_map).tolist()) if index.ntotal else set()
+
+    def index_files(self) -> tuple[dict[str, str], list[str]]:
+        """({collection: path}, [temp files of interrupted writes: writer dead, or older than an hour])."""
+        indexes, temps = {}, []
+        if not os.path.isdir(self.index_dir):
+            return indexes, temps
+        for entry in sorted(os.listdir(self.index_dir)):
+            path = os.path.join(self.index_dir, entry)
+            temp = _TEMP.match(entry)
+            if temp and (not _alive(int(temp["pid"])) or _age(path) > STALE_TEMP_SECONDS):
+                temps.append(path)
+            elif entry.endswith(".faiss"):
+                indexes[entry[:-len(".faiss")]] = path
+        return indexes, temps
+
     def search(self, names: Iterable[str], vector: np.ndarray, k: int) -> list[tuple[int, float, str]]:
         """Top `k` (chunk_id, score, collection) over every named collection, best first; a chunk present
         in several collections is reported once, under the first collection named."""
@@ -139,9 +167,10 @@ class VectorStore:
         with self._locked(name):  # missing or corrupt: rebuild from SQLite once, under the writer lock
             return self._load_for_write(name, None)
 
-    def _load_for_write(self, name: str, dim: int | None) -> faiss.Index | None:
+    def _load_for_write(self, name: str, dim: int | None, persist: bool = True) -> faiss.Index | None:
         """Under the lock: the on-disk index (a private copy), rebuilt from SQLite when missing or
-        corrupt, or a fresh empty one of `dim` when the collection has nothing yet."""
+        corrupt (and written back when `persist`), or a fresh empty one of `dim` when the collection has
+        nothing yet."""
         path = self.path(name)
         signature = _signature(path)
         with self._mutex:
@@ -154,7 +183,7 @@ class VectorStore:
             if signature is not None:
                 log.warning("vector index %s is unreadable; rebuilding it from the database", path)
             index = self._rebuild_from_db(name)
-            if index is not None:
+            if index is not None and persist:
                 self._write(name, index)
             elif signature is not None:
                 self._unlink(name)  # corrupt and nothing stored: forget it
@@ -163,9 +192,6 @@ class VectorStore:
         return index
 
     def _rebuild_from_db(self, name: str) -> faiss.Index | None:
-        if self.loader is None:
-            from .ingest import collection_vectors  # default: chunk rows in SQLite
-            self.loader = collection_vectors
         ids, vectors = self.loader(name)
         ids = _as_ids(ids)
         if not len(ids):
@@ -242,9 +268,21 @@ def _as_matrix(vectors) -> np.ndarray:
     return matrix.reshape(1, -1) if matrix.ndim == 1 else matrix
 
 
-def majority_dim(dims: Iterable[int]) -> int | None:
-    counts = Counter(dims)
-    return counts.most_common(1)[0][0] if counts else None
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.path.getmtime(path)
+    except FileNotFoundError:
+        return 0.0
 
 
 def _silent_unlink(path: str) -> None:

@@ -1,0 +1,161 @@
+"""The one owner of "SQLite is the truth, FAISS follows": every write of a collection's vector index."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..db import Chunk, File, Knowledge, KnowledgeFile
+from .collection_rows import (chunk_ids, collection_name, collection_vectors, linked_knowledge, majority_dim,
+                          stored_vectors)
+from .vectors import VectorStore, dimension_conflict
+
+
+@dataclass(frozen=True)
+class Drift:
+    name: str      # collection (knowledge id or file-<id>), temp file name, or file id
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.problem}"
+
+
+# ---------------------------------------------------------------- one file, one collection
+
+def check_dimension(store: VectorStore, knowledge_id: str, dim: int | None) -> None:
+    """Refuse (409) vectors of another size than the collection already holds."""
+    have = store.dim(knowledge_id)
+    if dim is not None and have is not None and have != dim:
+        raise dimension_conflict(knowledge_id, have, dim)
+
+
+def link(store: VectorStore, knowledge_id: str, file_id: str, ids=None, vectors=None) -> None:
+    """Put a file's vectors (given, else read from its chunk rows) into a collection's index. Writes nothing
+    when they are all there already (e.g. the pipeline indexed a file uploaded into the collection)."""
+    wanted = set(chunk_ids(file_id) if ids is None else (int(i) for i in ids))
+    if wanted <= store.ids(knowledge_id):
+        return
+    if ids is None:
+        ids, vectors = stored_vectors([file_id])
+    store.add(knowledge_id, ids, vectors)
+
+
+def unlink(store: VectorStore, knowledge_id: str, ids) -> None:
+    """A file left the collection: its chunk ids leave the collection's index."""
+    store.remove(knowledge_id, ids)
+
+
+def reindex_file(store: VectorStore, file_id: str, new_ids, old_ids, vectors) -> None:
+    """Fresh chunk rows were committed: the file's own index and each linked collection follow (one write
+    each)."""
+    store.rebuild(collection_name(file_id), new_ids, vectors)
+    for knowledge_id in linked_knowledge(file_id):
+        store.add(knowledge_id, new_ids, vectors, replacing=old_ids)
+
+
+def forget(store: VectorStore, file_id: str, ids, knowledge_ids) -> None:
+    """A file is gone: its vectors leave every collection and its own index is deleted."""
+    for knowledge_id in knowledge_ids:
+        store.remove(knowledge_id, ids)
+    store.drop(collection_name(file_id))
+
+
+def drop(store: VectorStore, knowledge_id: str) -> None:
+    """A collection was deleted or emptied: its index goes."""
+    store.drop(knowledge_id)
+
+
+# ---------------------------------------------------------------- rebuilding from SQLite
+
+def rebuild(store: VectorStore, name: str) -> int:
+    """Rebuild one collection from SQLite, reading the database under the collection's writer lock (the store
+    rebuilds a missing index that way), so a concurrent add or remove on a live server is never lost."""
+    store.drop(name)
+    return store.count(name)
+
+
+def rebuild_all(store: VectorStore) -> int:
+    """Rewrite every index from SQLite (after restoring a backup, or when index files were lost)."""
+    count = 0
+    for file_id in [f.id for f in File.select(File.id).where(File.status == "completed")]:
+        store.rebuild(collection_name(file_id), *stored_vectors([file_id]))
+        count += 1
+    for knowledge_id in [k.id for k in Knowledge.select(Knowledge.id)]:
+        store.rebuild(knowledge_id, *collection_vectors(knowledge_id))
+        count += 1
+    return count
+
+
+# ---------------------------------------------------------------- drift and repair
+
+def expected_ids() -> dict[str, set[int]]:
+    """Collection -> the chunk ids its index must hold, as the vector store's loader defines them: a file's
+    chunks under `file-<id>`, and the chunks of a knowledge collection's files (majority dimension)."""
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for chunk_id, file_id, dim in Chunk.select(Chunk.id, Chunk.file, Chunk.dim).tuples():
+        by_file.setdefault(file_id, []).append((chunk_id, dim))
+    wanted = {collection_name(f): _majority(rows) for f, rows in by_file.items()}
+    members: dict[str, list[str]] = {}
+    for knowledge_id, file_id in KnowledgeFile.select(KnowledgeFile.knowledge, KnowledgeFile.file).tuples():
+        members.setdefault(knowledge_id, []).append(file_id)
+    for (knowledge_id,) in Knowledge.select(Knowledge.id).tuples():
+        rows = [row for f in members.get(knowledge_id, []) for row in by_file.get(f, [])]
+        wanted[knowledge_id] = _majority(rows)
+    return wanted
+
+
+def _majority(rows: list[tuple[int, int]]) -> set[int]:
+    dim = majority_dim(d for _i, d in rows)
+    return {i for i, d in rows if d == dim}
+
+
+def index_drift(store: VectorStore, progress=None) -> list[Drift]:
+    """Every disagreement between SQLite and the index directory (index files read as they are)."""
+    wanted = expected_ids()
+    indexes, temps = store.index_files()
+    found = []
+    for name, expected in wanted.items():
+        found += _compare(store, name, indexes.get(name), expected)
+        if progress:
+            progress(name)
+    found += [Drift(name, "index file for a collection that does not exist")
+              for name in indexes if name not in wanted]
+    found += [Drift(os.path.basename(p), "temp file of an interrupted index write") for p in temps]
+    return found
+
+
+def _compare(store: VectorStore, name: str, path: str | None, expected: set[int]) -> list[Drift]:
+    if path is None:
+        if not expected:
+            return []
+        return [Drift(name, f"index file missing ({len(expected)} vectors in the database)")]
+    have = store.ids_on_disk(name)
+    if have is None:
+        return [Drift(name, "index file unreadable")]
+    out = []
+    if expected - have:
+        out.append(Drift(name, f"{len(expected - have)} vector(s) missing from the index"))
+    if have - expected:
+        out.append(Drift(name, f"{len(have - expected)} orphaned vector(s) in the index"))
+    return out
+
+
+def repair(store: VectorStore, names=None, progress=None, sweep: bool = True) -> tuple[int, list[str]]:
+    """Rebuild `names` (default: the drifted collections) and, with `sweep`, delete index files of collections
+    that no longer exist and temp files of interrupted writes. Returns (vectors rebuilt, removed paths).
+    Safe on a live server: a deleted index file is rebuilt from SQLite by whichever worker reads it next."""
+    wanted = expected_ids()
+    indexes, temps = store.index_files()
+    if names is None:
+        names = [n for n, expected in wanted.items() if _compare(store, n, indexes.get(n), expected)]
+    total = 0
+    for name in names:
+        total += rebuild(store, name)
+        if progress:
+            progress(name)
+    removed = [p for n, p in indexes.items() if n not in wanted] + temps if sweep else []
+    for path in removed:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return total, removed
