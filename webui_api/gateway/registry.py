@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from . import presets
+from ..auth import policy
 from ..errors import MODEL_NOT_FOUND, BadRequest, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Registry:
         if entry is not None or depth >= MAX_PRESET_DEPTH:
             return entry
         inner = presets.get_row(target)
-        if inner is not None and inner.base_model_id and presets.can_read(user, inner):
+        if inner is not None and inner.base_model_id and policy.can_read(user, inner):
             return self._base_entry_for(inner, by_id, user, depth + 1)
         return None
 
@@ -169,7 +170,7 @@ class Registry:
             return self._resolve_base(bases[model_id])
         row = presets.get_row(model_id)
         if row is not None and row.base_model_id:
-            if not row.is_active or not presets.can_read(user, row):
+            if not row.is_active or not policy.can_read(user, row):
                 raise BadRequest(MODEL_NOT_FOUND)
             inner = self._resolve(user, row.base_model_id, chain + (model_id,))
             entry = _preset_entry(row, inner.entry)
