@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import current_app, g, request
 
 from ..auth import accounts
+from ..auth.policy import is_admin
 from ..db import User
 from ..errors import ACCESS_PROHIBITED, NOT_AUTHENTICATED, Forbidden, Unauthorized
 from ..services import Services
@@ -37,10 +38,6 @@ def current_user() -> User:
     if caller is None:
         raise Unauthorized(NOT_AUTHENTICATED)
     return caller.user
-
-
-def is_admin(user: User) -> bool:
-    return user.role == "admin"
 
 
 def bearer_token() -> str | None:
@@ -89,5 +86,5 @@ def authenticate_request() -> None:
     role = g.caller.user.role
     if level == "verified" and role not in ("user", "admin"):
         raise Forbidden(ACCESS_PROHIBITED)
-    if level == "admin" and role != "admin":
+    if level == "admin" and not is_admin(g.caller.user):
         raise Forbidden(ACCESS_PROHIBITED)

@@ -8,7 +8,8 @@ from flask_smorest import Blueprint
 
 from ..gateway import readiness
 from .. import telemetry
-from .deps import access, current_caller, ext, is_admin
+from ..auth.policy import is_admin
+from .deps import access, current_caller, ext
 
 blp = Blueprint("ops", __name__, description="Readiness and metrics")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import model_lists, presets
+from ..auth import policy
 from ..errors import MODEL_NOT_FOUND, BadRequest, NotFound, ServiceUnavailable, UpstreamError
 from ..upstream import Backend
 
@@ -190,7 +191,7 @@ class Catalog:
         if entry is not None or depth >= MAX_PRESET_DEPTH:
             return entry
         inner = presets.get_row(target)
-        if inner is not None and inner.base_model_id and presets.can_read(user, inner):
+        if inner is not None and inner.base_model_id and policy.can_read(user, inner):
             return self._base_entry_for(inner, by_id, user, depth + 1)
         return None
 
@@ -217,7 +218,7 @@ class Catalog:
             raise BadRequest(MODEL_NOT_FOUND)
         row = None if model_id in self.snapshot().by_id else presets.get_row(model_id)
         if row is not None and row.base_model_id:
-            if not row.is_active or not presets.can_read(user, row):
+            if not row.is_active or not policy.can_read(user, row):
                 raise BadRequest(MODEL_NOT_FOUND)
             inner = self._resolve(user, row.base_model_id, chain + (model_id,))
             entry = model_lists.preset_entry(row, inner.entry)

@@ -10,9 +10,10 @@ from typing import Any, Iterator
 
 from . import convert
 from .fields import CHAT_OWN_FIELDS, OLLAMA_NATIVE_OPTIONS, OLLAMA_ONLY, OLLAMA_TOP_LEVEL, WEBUI_PARAMS
+from ..auth import policy
 from ..rag import files, knowledge
 from .. import telemetry
-from ..errors import ApiError, NotFound, ServiceUnavailable, Unprocessable, UpstreamError
+from ..errors import ApiError, ServiceUnavailable, Unprocessable, UpstreamError
 from ..upstream import http_error
 
 log = logging.getLogger("webui_api.gateway")
@@ -125,17 +126,13 @@ def retrieval_items(user, body: dict, preset) -> list[dict]:
 
 def _caller_may_read(user, item: dict) -> bool:
     kind, ident = item.get("type"), item.get("id")
-    checks = {"collection": [knowledge.readable], "file": [files.readable]}.get(
-        kind, [knowledge.readable, files.readable] if kind is None else [])
-    for readable in checks:
-        try:
-            readable(user, ident)
-            return True
-        except NotFound:
-            continue
-    if checks:
-        log.info("preset knowledge %s %s is not readable by user %s; skipped", kind, ident, user.id)
-    return not checks  # other item kinds are left to retrieval to accept or ignore
+    if kind not in (None, "collection", "file"):
+        return True  # other item kinds are left to retrieval to accept or ignore
+    finders = {"collection": [knowledge.find], "file": [files.find]}.get(kind, [knowledge.find, files.find])
+    if any(row is not None and policy.can_read(user, row) for row in (find(ident) for find in finders)):
+        return True
+    log.info("preset knowledge %s %s is not readable by user %s; skipped", kind, ident, user.id)
+    return False
 
 
 def _top_k(value: Any) -> int | None:

@@ -1,10 +1,11 @@
-"""Workspace models ("presets"): stored rows, visibility rules and the create/update/toggle/delete service."""
+"""Workspace models ("presets"): stored rows, their shapes and the create/update/toggle/delete service."""
 from __future__ import annotations
 
 import re
 from typing import Any, Iterable
 
 from .. import db
+from ..auth import policy
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 
 MAX_ID_LENGTH = 256
@@ -21,18 +22,6 @@ _ORDER_KEYS = {"name": lambda r: r.name.lower(), "created_at": lambda r: r.creat
 
 # --- visibility --------------------------------------------------------------------------------
 
-def is_admin(user) -> bool:
-    return getattr(user, "role", None) == "admin"
-
-
-def can_read(user, row: db.Preset) -> bool:
-    return is_admin(user) or row.is_public or row.user_id == user.id
-
-
-def can_write(user, row: db.Preset) -> bool:
-    return is_admin(user) or row.user_id == user.id
-
-
 def get_row(preset_id: str) -> db.Preset | None:
     return db.Preset.get_or_none(db.Preset.id == preset_id)
 
@@ -41,9 +30,7 @@ def usable_presets(user) -> list[db.Preset]:
     """Active presets (rows with a base model) the user may chat with, in creation order."""
     query = db.Preset.select().where(db.Preset.is_active == True,  # noqa: E712 (peewee expression)
                                      db.Preset.base_model_id.is_null(False))
-    if not is_admin(user):
-        query = query.where((db.Preset.is_public == True) | (db.Preset.user == user.id))  # noqa: E712
-    return list(query.order_by(db.Preset.created_at, db.Preset.id))
+    return list(policy.readable_rows(user, query).order_by(db.Preset.created_at, db.Preset.id))
 
 
 def overrides() -> dict[str, db.Preset]:
@@ -53,44 +40,32 @@ def overrides() -> dict[str, db.Preset]:
 
 
 def _readable(user) -> Iterable[db.Preset]:
-    query = db.Preset.select(db.Preset, db.User).join(db.User)
-    if not is_admin(user):
-        query = query.where((db.Preset.is_public == True) | (db.Preset.user == user.id))  # noqa: E712
-    return query
+    return policy.readable_rows(user, db.Preset.select(db.Preset, db.User).join(db.User))
 
 
 def _visible_or_404(user, preset_id: str) -> db.Preset:
     row = get_row(preset_id) if isinstance(preset_id, str) else None
-    if row is None or not can_read(user, row):
+    if row is None or not policy.can_read(user, row):
         raise NotFound()
     return row
 
 
 def _writable(user, preset_id: str) -> db.Preset:
     row = _visible_or_404(user, preset_id)
-    if not can_write(user, row):
+    if not policy.can_write(user, row):
         raise Forbidden("Only the owner or an administrator may change this model.")
     return row
 
 
 # --- shapes ------------------------------------------------------------------------------------
 
-def access_grants(row: db.Preset) -> list[dict]:
-    """Open WebUI's grant list for our two access levels: public = read for `user:*`, private = none."""
-    if not row.is_public:
-        return []
-    return [{"id": f"{row.id}:public", "resource_type": "model", "resource_id": row.id,
-             "principal_type": "user", "principal_id": "*", "permission": "read",
-             "created_at": row.created_at}]
-
-
 def to_dict(row: db.Preset, viewer=None) -> dict:
     """The stored object (ModelModel). Callers who cannot write it get `params: {}`."""
-    show_params = viewer is None or can_write(viewer, row)
+    show_params = viewer is None or policy.can_write(viewer, row)
     return {
         "id": row.id, "user_id": row.user_id, "base_model_id": row.base_model_id, "name": row.name,
         "params": dict(row.params or {}) if show_params else {}, "meta": dict(row.meta or {}),
-        "access_grants": access_grants(row), "is_public": bool(row.is_public),
+        "access_grants": policy.render_grants(row), "is_public": bool(row.is_public),
         "is_active": bool(row.is_active), "updated_at": row.updated_at, "created_at": row.created_at,
     }
 
@@ -100,9 +75,9 @@ def to_user_dict(row: db.Preset, viewer) -> dict:
     out = to_dict(row, viewer)
     owner = row.user
     out["user"] = {"id": owner.id, "name": owner.name, "role": owner.role}
-    if can_write(viewer, row):  # readers of a shared model do not learn the owner's email
+    if policy.can_write(viewer, row):  # readers of a shared model do not learn the owner's email
         out["user"]["email"] = owner.email
-    out["write_access"] = can_write(viewer, row)
+    out["write_access"] = policy.can_write(viewer, row)
     return out
 
 
@@ -131,10 +106,7 @@ def wants_public(form: dict) -> bool | None:
     if form.get("is_public") is not None:
         return bool(form["is_public"])
     grants = form.get("access_grants")
-    if grants is None:
-        return None
-    return any(isinstance(g, dict) and g.get("principal_type") == "user" and g.get("principal_id") == "*"
-               and g.get("permission", "read") == "read" for g in grants)
+    return None if grants is None else policy.public_from_grants(grants)
 
 
 def check_id(preset_id: Any) -> str:
@@ -176,7 +148,7 @@ def create(user, form: dict, taken_ids: Iterable[str] = ()) -> dict:
     base = form.get("base_model_id")
     if base == preset_id:
         base = None
-    if base is None and not is_admin(user):
+    if base is None and not policy.is_admin(user):
         raise Forbidden("Only administrators may configure a base model directly; set `base_model_id`.")
     if base is not None and preset_id in set(taken_ids):
         raise Conflict(ID_TAKEN)
@@ -204,7 +176,7 @@ def update(user, preset_id: str, form: dict) -> dict:
         if "base_model_id" in form:
             base = form["base_model_id"]
             base = None if base == row.id else base
-            if base is None and row.base_model_id is not None and not is_admin(user):
+            if base is None and row.base_model_id is not None and not policy.is_admin(user):
                 raise Forbidden("Only administrators may clear `base_model_id`.")
             row.base_model_id = base
         if form.get("name"):

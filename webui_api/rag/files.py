@@ -1,4 +1,4 @@
-"""Uploaded files: access rules, upload with dedup, processing, content, deletion."""
+"""Uploaded files: lookups with access checks, upload with dedup, processing, content, deletion."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,8 @@ import unicodedata
 from typing import BinaryIO
 
 from .. import db
-from ..db import Chunk, File, Knowledge, KnowledgeFile, User
+from ..auth import policy
+from ..db import Chunk, File, KnowledgeFile, User
 from ..errors import (EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, KeptAsFailed,
                      NotFound, UnusableContent, UpstreamError)
 from . import extract, index_sync, pipeline, storage
@@ -22,31 +23,24 @@ PAGE_SIZE = 50
 
 # ---------------------------------------------------------------- access
 
-def is_admin(user: User) -> bool:
-    return user.role == "admin"
+def find(file_id) -> File | None:
+    return File.get_or_none(File.id == file_id) if isinstance(file_id, str) else None
 
 
 def readable(user: User, file_id: str) -> File:
-    """Owner, admin, or member of a public knowledge collection; anyone else gets 404."""
-    file = File.get_or_none(File.id == file_id) if isinstance(file_id, str) else None
-    if file is None:
+    """A file the caller may read (owner, admin, or member of a public collection); anyone else gets 404."""
+    file = find(file_id)
+    if file is None or not policy.can_read(user, file):
         raise NotFound()
-    if file.user_id == user.id or is_admin(user) or _in_public_knowledge(file.id):
-        return file
-    raise NotFound()
+    return file
 
 
 def writable(user: User, file_id: str) -> File:
     """Owner or admin; a reader who may only see it gets 403."""
     file = readable(user, file_id)
-    if file.user_id != user.id and not is_admin(user):
+    if not policy.can_write(user, file):
         raise Forbidden("Only the file's owner or an admin may change or delete it.")
     return file
-
-
-def _in_public_knowledge(file_id: str) -> bool:
-    return (KnowledgeFile.select().join(Knowledge)
-            .where(KnowledgeFile.file == file_id, Knowledge.is_public == True).exists())  # noqa: E712
 
 
 # ---------------------------------------------------------------- shapes
@@ -179,9 +173,7 @@ def _run(ext, file: File, background: bool, new: bool) -> File:
 # ---------------------------------------------------------------- reading
 
 def list_files(user: User, page: int | None = None, content: bool = True) -> dict:
-    query = File.select()
-    if not is_admin(user):
-        query = query.where(File.user == user.id)
+    query = policy.writable_rows(user, File.select())  # the listing is your own files; admins see all
     total = query.count()
     query = query.order_by(File.updated_at.desc(), File.created_at.desc(), File.id)
     if page:

@@ -6,6 +6,7 @@ import logging
 from typing import BinaryIO
 
 from .. import db
+from ..auth import policy
 from . import files
 from ..db import Chunk, File, Knowledge, KnowledgeFile, Preset, User
 from ..errors import EMPTY_CONTENT, BadRequest, Forbidden, NotFound
@@ -14,66 +15,41 @@ from . import collection_rows, index_sync, pipeline
 log = logging.getLogger("webui_api.knowledge")
 
 PAGE_SIZE = 30
-PUBLIC_GRANT = {"principal_type": "user", "principal_id": "*", "permission": "read"}
 
 
 # ---------------------------------------------------------------- access
 
+def find(knowledge_id) -> Knowledge | None:
+    return Knowledge.get_or_none(Knowledge.id == knowledge_id) if isinstance(knowledge_id, str) else None
+
+
 def readable(user: User, knowledge_id: str) -> Knowledge:
-    """Owner, admin, or anyone when public; otherwise 404 (existence is not revealed)."""
-    kb = Knowledge.get_or_none(Knowledge.id == knowledge_id) if isinstance(knowledge_id, str) else None
-    if kb is None or not (kb.user_id == user.id or files.is_admin(user) or kb.is_public):
+    """A collection the caller may read (owner, admin, or public); otherwise 404 (existence is not revealed)."""
+    kb = find(knowledge_id)
+    if kb is None or not policy.can_read(user, kb):
         raise NotFound()
     return kb
 
 
 def writable(user: User, knowledge_id: str) -> Knowledge:
     kb = readable(user, knowledge_id)
-    if not can_write(user, kb):
+    if not policy.can_write(user, kb):
         raise Forbidden("This knowledge collection is read-only for you; "
                         "only its owner or an admin may change it.")
     return kb
 
 
-def can_write(user: User, kb: Knowledge) -> bool:
-    return kb.user_id == user.id or files.is_admin(user)
-
-
-def public_from_grants(grants) -> bool:
-    """Only public read sharing exists here; anything else is refused rather than silently dropped."""
-    if grants is None:
-        return False
-    if not isinstance(grants, list):
-        raise BadRequest("access_grants must be a list.")
-    public = False
-    for grant in grants:
-        if not isinstance(grant, dict):
-            raise BadRequest("Each access grant must be an object.")
-        if {k: grant.get(k) for k in PUBLIC_GRANT} != PUBLIC_GRANT:
-            raise BadRequest('Only public read access can be granted: {"principal_type": "user", '
-                             '"principal_id": "*", "permission": "read"} (or [] for private).')
-        public = True
-    return public
-
-
 # ---------------------------------------------------------------- shapes
-
-def grants(kb: Knowledge) -> list[dict]:
-    if not kb.is_public:
-        return []
-    return [{"id": f"{kb.id}-public-read", "resource_type": "knowledge", "resource_id": kb.id, **PUBLIC_GRANT,
-             "created_at": kb.created_at}]
-
 
 def to_dict(kb: Knowledge, file_list: list[dict] | None = None) -> dict:
     return {"id": kb.id, "user_id": kb.user_id, "name": kb.name, "description": kb.description,
-            "meta": kb.meta, "access_grants": grants(kb), "created_at": kb.created_at,
+            "meta": kb.meta, "access_grants": policy.render_grants(kb), "created_at": kb.created_at,
             "updated_at": kb.updated_at, "files": file_list}
 
 
 def with_files(user: User, kb: Knowledge) -> dict:
     entries = [_file_entry(f, kb) for f in member_files(kb.id)]
-    return {**to_dict(kb, entries), "write_access": can_write(user, kb)}
+    return {**to_dict(kb, entries), "write_access": policy.can_write(user, kb)}
 
 
 def _file_entry(file: File, kb: Knowledge) -> dict:
@@ -86,7 +62,7 @@ def _file_entry(file: File, kb: Knowledge) -> dict:
 def _owner(kb: Knowledge, viewer: User) -> dict:
     owner = kb.user
     out = {"id": owner.id, "name": owner.name, "role": owner.role}
-    if owner.id == viewer.id or files.is_admin(viewer):
+    if policy.can_write(viewer, kb):
         out["email"] = owner.email  # other readers of a public collection do not learn the owner's email
     return out
 
@@ -104,14 +80,12 @@ def create(user: User, name: str, description: str = "", access_grants=None, met
         raise BadRequest("A knowledge collection needs a name.")
     with db.write_transaction():
         kb = Knowledge.create(id=db.new_id(), user=user.id, name=name, description=description or "",
-                              meta=meta, is_public=public_from_grants(access_grants))
+                              meta=meta, is_public=policy.public_from_grants(access_grants))
     return to_dict(kb)
 
 
 def list_for(user: User, page: int | None = None) -> dict:
-    query = Knowledge.select()
-    if not files.is_admin(user):
-        query = query.where((Knowledge.user == user.id) | (Knowledge.is_public == True))  # noqa: E712
+    query = policy.readable_rows(user, Knowledge.select())
     total = query.count()
     query = query.order_by(Knowledge.updated_at.desc(), Knowledge.created_at.desc(), Knowledge.id)
     if page:
@@ -120,7 +94,7 @@ def list_for(user: User, page: int | None = None) -> dict:
     for kb in query:
         count = KnowledgeFile.select().where(KnowledgeFile.knowledge == kb.id).count()
         items.append({**to_dict(kb), "user": _owner(kb, user), "file_count": count,
-                      "write_access": can_write(user, kb)})
+                      "write_access": policy.can_write(user, kb)})
     for item in items:
         item.pop("files", None)
     return {"items": items, "total": total}
@@ -155,14 +129,14 @@ def update(user: User, knowledge_id: str, body: dict) -> dict:
     if "meta" in body:
         changes["meta"] = body["meta"]
     if body.get("access_grants") is not None:
-        changes["is_public"] = public_from_grants(body["access_grants"])
+        changes["is_public"] = policy.public_from_grants(body["access_grants"])
     Knowledge.update(**changes).where(Knowledge.id == kb.id).execute()
     return with_files(user, Knowledge.get_by_id(kb.id))
 
 
 def update_access(user: User, knowledge_id: str, access_grants) -> dict:
     kb = writable(user, knowledge_id)
-    Knowledge.update(is_public=public_from_grants(access_grants or []), updated_at=db.now()) \
+    Knowledge.update(is_public=policy.public_from_grants(access_grants or []), updated_at=db.now()) \
         .where(Knowledge.id == kb.id).execute()
     return with_files(user, Knowledge.get_by_id(kb.id))
 
@@ -242,7 +216,7 @@ def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: b
     index_sync.unlink(ext.vectors, kb.id, chunk_ids)
     if delete_file:
         file = File.get_or_none(File.id == file_id)
-        if file is not None and (file.user_id == user.id or files.is_admin(user)):
+        if file is not None and policy.can_write(user, file):
             files.delete(ext, user, file_id)
     return with_files(user, Knowledge.get_by_id(kb.id))
 

@@ -6,7 +6,8 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from ..db import Chunk, File, Knowledge
+from ..auth import policy
+from ..db import Chunk, File
 from ..errors import FILE_NOT_PROCESSED, BadRequest, Conflict, NotFound
 from . import collection_rows, pipeline
 from .extract import Extracted
@@ -81,23 +82,21 @@ def _resolve_one(ext, user, item) -> Source | None:
     kind, ident = item.get("type"), item.get("id")
     full = item.get("context") == "full"
     if kind is None and isinstance(ident, str):  # preset knowledge entries are often bare objects
-        kind = "collection" if Knowledge.get_or_none(Knowledge.id == ident) else "file"
+        kind = "collection" if knowledge.find(ident) else "file"
     if kind not in ("file", "collection"):
         log.info("ignoring retrieval item of type %r", kind)
         return None
     if not isinstance(ident, str) or not ident:
         raise BadRequest(f"A `{kind}` item in `files` needs a string `id`.")
     if kind == "collection":
-        try:
-            kb = knowledge.readable(user, ident)
-        except NotFound:
-            raise NotFound(f"Knowledge collection {ident} was not found.") from None
+        kb = knowledge.find(ident)
+        if kb is None or not policy.can_read(user, kb):
+            raise NotFound(f"Knowledge collection {ident} was not found.")
         members = [f.id for f in knowledge.member_files(kb.id)]
         return Source("collection", kb.id, kb.name, kb.id, full, members)
-    try:
-        file = files.readable(user, ident)
-    except NotFound:
-        raise NotFound(f"File {ident} was not found.") from None
+    file = files.find(ident)
+    if file is None or not policy.can_read(user, file):
+        raise NotFound(f"File {ident} was not found.")
     file = _ready(file)
     return Source("file", file.id, file.filename, collection_rows.collection_name(file.id), full, [file.id])
 

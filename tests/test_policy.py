@@ -1,0 +1,118 @@
+"""The access policy as a plain module over a real SQLite database: who reads and writes files, knowledge
+collections and presets, the row filters that must agree with it, and how grants are read and shown."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from webui_api import db
+from webui_api.auth import policy
+from webui_api.errors import BadRequest
+
+PUBLIC = {"principal_type": "user", "principal_id": "*", "permission": "read"}
+
+
+@pytest.fixture
+def database(tmp_path):
+    db.init_database(str(tmp_path / "webui.db"))
+    yield db.database
+    db.database.close()
+
+
+@pytest.fixture
+def people(database) -> dict[str, db.User]:
+    return {role: db.User.create(email=f"{role}@example.com", name=role, role=role_of, password_hash="x")
+            for role, role_of in (("owner", "user"), ("other", "user"), ("admin", "admin"),
+                                  ("pending", "pending"))}
+
+
+def make(kind: str, owner: db.User, public: bool):
+    """One row of each resource type; a file is public through a public collection it belongs to."""
+    if kind == "preset":
+        return db.Preset.create(id=db.new_id(), user=owner.id, base_model_id="llama3.2", name="P",
+                                is_public=public)
+    if kind == "knowledge":
+        return db.Knowledge.create(user=owner.id, name="K", is_public=public)
+    file = db.File.create(user=owner.id, filename="a.txt", storage_name="s", file_hash="h")
+    collection = db.Knowledge.create(user=owner.id, name="holder", is_public=public)
+    db.KnowledgeFile.create(knowledge=collection.id, file=file.id)
+    return file
+
+
+def test_only_the_admin_role_is_admin(people):
+    assert [name for name, user in people.items() if policy.is_admin(user)] == ["admin"]
+
+
+@pytest.mark.parametrize("kind", ["file", "knowledge", "preset"])
+@pytest.mark.parametrize("public", [False, True])
+@pytest.mark.parametrize("who, reads_private, writes", [
+    ("owner", True, True), ("admin", True, True), ("other", False, False), ("pending", False, False)])
+def test_read_and_write(people, kind, public, who, reads_private, writes):
+    row = make(kind, people["owner"], public)
+    user = people[who]
+    assert policy.can_read(user, row) is (reads_private or public)
+    assert policy.can_write(user, row) is writes  # sharing is read-only, even when public
+
+
+def test_a_file_in_a_private_collection_stays_private(people):
+    file = make("file", people["owner"], public=False)
+    db.Knowledge.create(user=people["other"].id, name="private too", is_public=False)
+    assert not policy.is_public(file) and not policy.can_read(people["other"], file)
+    public = db.Knowledge.create(user=people["other"].id, name="shared", is_public=True)
+    db.KnowledgeFile.create(knowledge=public.id, file=file.id)
+    assert policy.is_public(file) and policy.can_read(people["other"], file)
+
+
+@pytest.mark.parametrize("model", [db.File, db.Knowledge, db.Preset])
+def test_row_filters_say_what_the_row_checks_say(people, model):
+    kind = {db.File: "file", db.Knowledge: "knowledge", db.Preset: "preset"}[model]
+    for owner in (people["owner"], people["other"]):
+        for public in (False, True):
+            make(kind, owner, public)
+    for user in people.values():
+        rows = list(model.select())
+        readable = {r.id for r in policy.readable_rows(user, model.select())}
+        writable = {r.id for r in policy.writable_rows(user, model.select())}
+        assert readable == {r.id for r in rows if policy.can_read(user, r)}, user.name
+        assert writable == {r.id for r in rows if policy.can_write(user, r)}, user.name
+    assert 0 < policy.readable_rows(people["other"], model.select()).count() < model.select().count()
+
+
+@pytest.mark.parametrize("grants, public", [
+    (None, False),
+    ([], False),
+    ([PUBLIC], True),
+    ([PUBLIC, PUBLIC], True),
+    ([{**PUBLIC, "id": "x", "resource_type": "model", "created_at": 1}], True),  # an echoed response grant
+])
+def test_grant_parser_accepts_private_and_public_read(grants, public):
+    assert policy.public_from_grants(grants) is public
+
+
+@pytest.mark.parametrize("grants", [
+    "all",
+    {"user": "*"},
+    [PUBLIC, "public"],
+    [{**PUBLIC, "permission": "write"}],
+    [{**PUBLIC, "principal_id": "some-user-id"}],
+    [{**PUBLIC, "principal_type": "group", "principal_id": "g1"}],
+    [PUBLIC, {**PUBLIC, "principal_type": "group", "principal_id": "g1"}],  # no silent partial sharing
+    [{"principal_type": "user", "principal_id": "*"}],  # the permission is not guessed
+])
+def test_grant_parser_refuses_what_it_cannot_honour(grants):
+    with pytest.raises(BadRequest) as refused:
+        policy.public_from_grants(grants)
+    assert refused.value.status == 400 and refused.value.detail
+
+
+@pytest.mark.parametrize("kind, resource_type", [("knowledge", "knowledge"), ("preset", "model")])
+def test_grants_render_in_open_webui_shape_and_read_back(people, kind, resource_type):
+    private, public = make(kind, people["owner"], False), make(kind, people["owner"], True)
+    assert policy.render_grants(private) == []
+    [grant] = policy.render_grants(public)
+    assert grant == {"id": grant["id"], "resource_type": resource_type, "resource_id": public.id, **PUBLIC,
+                     "created_at": public.created_at}
+    assert uuid.UUID(grant["id"]) and policy.render_grants(public)[0]["id"] == grant["id"]
+    assert grant["id"] not in {g["id"] for g in policy.render_grants(make(kind, people["owner"], True))}
+    assert policy.public_from_grants([grant]) is True

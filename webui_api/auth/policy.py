@@ -1,0 +1,87 @@
+"""Who may read and change files, knowledge collections and presets; how sharing is read and shown."""
+from __future__ import annotations
+
+import uuid
+
+from ..db import File, Knowledge, KnowledgeFile, Preset, User
+from ..errors import BadRequest
+
+# The one grant we support, in Open WebUI's shape: everyone may read. No grant at all = private.
+PUBLIC_GRANT = {"principal_type": "user", "principal_id": "*", "permission": "read"}
+UNSUPPORTED_GRANT = ('Only public read access can be granted: {"principal_type": "user", '
+                     '"principal_id": "*", "permission": "read"} (or [] for private).')
+# Open WebUI's grant ids are UUIDs; ours are derived from the resource so they stay the same on every read.
+_GRANT_IDS = uuid.UUID("6f1c1d52-8f0e-4d0a-9b7e-3a2f4c5d6e7f")
+_RESOURCE_TYPE = {Knowledge: "knowledge", Preset: "model"}
+
+
+# ---------------------------------------------------------------- one row
+
+def is_admin(user: User) -> bool:
+    return getattr(user, "role", None) == "admin"
+
+
+def can_write(user: User, resource: File | Knowledge | Preset) -> bool:
+    """Owner or admin: sharing grants read, never write."""
+    return is_admin(user) or resource.user_id == user.id
+
+
+def can_read(user: User, resource: File | Knowledge | Preset) -> bool:
+    """Whoever may write it, and everyone when it is public."""
+    return can_write(user, resource) or is_public(resource)
+
+
+def is_public(resource: File | Knowledge | Preset) -> bool:
+    """A collection or preset shared with everyone; a file is public through a public collection."""
+    if isinstance(resource, File):
+        return _public_files().where(KnowledgeFile.file == resource.id).exists()
+    return bool(resource.is_public)
+
+
+# ---------------------------------------------------------------- many rows (the same rules in SQL)
+
+def readable_rows(user: User, query):
+    """`query` (a select of File, Knowledge or Preset) narrowed to the rows `can_read` allows."""
+    if is_admin(user):
+        return query
+    model = query.model
+    public = model.id.in_(_public_files()) if model is File else (model.is_public == True)  # noqa: E712
+    return query.where((model.user == user.id) | public)
+
+
+def writable_rows(user: User, query):
+    """`query` narrowed to the rows `can_write` allows: the caller's own, or all for an admin."""
+    return query if is_admin(user) else query.where(query.model.user == user.id)
+
+
+def _public_files():
+    return (KnowledgeFile.select(KnowledgeFile.file).join(Knowledge)
+            .where(Knowledge.is_public == True))  # noqa: E712
+
+
+# ---------------------------------------------------------------- sharing on the wire
+
+def public_from_grants(grants) -> bool:
+    """An `access_grants` request list → public? `None` or `[]` is private; the public read grant makes
+    it public; any other grant is refused (400) rather than silently dropped. Keys other than the three
+    that define a grant (an echoed `id`, `resource_type`, ...) are ignored."""
+    if grants is None:
+        return False
+    if not isinstance(grants, list):
+        raise BadRequest("access_grants must be a list.")
+    for grant in grants:
+        if not isinstance(grant, dict):
+            raise BadRequest("Each access grant must be an object.")
+        if {key: grant.get(key) for key in PUBLIC_GRANT} != PUBLIC_GRANT:
+            raise BadRequest(UNSUPPORTED_GRANT)
+    return bool(grants)
+
+
+def render_grants(resource: Knowledge | Preset) -> list[dict]:
+    """Open WebUI's `access_grants` response list: the public read grant, or `[]` when private."""
+    if not resource.is_public:
+        return []
+    kind = _RESOURCE_TYPE[type(resource)]
+    grant_id = str(uuid.uuid5(_GRANT_IDS, f"{kind}:{resource.id}:public-read"))
+    return [{"id": grant_id, "resource_type": kind, "resource_id": resource.id, **PUBLIC_GRANT,
+             "created_at": resource.created_at}]
