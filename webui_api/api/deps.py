@@ -12,12 +12,17 @@ DEFAULT_LEVEL = "verified"  # secure by default: a route nobody marked needs a v
 
 
 def access(level: str):
-    """Mark a view (or MethodView method) with who may call it."""
+    """Mark a view (or MethodView method) with who may call it; a public one is documented without the
+    bearer requirement (`security: []`), so the spec cannot disagree with the check."""
     if level not in LEVELS:
         raise ValueError(f"unknown access level {level!r}")
 
     def mark(view):
         view._access = level
+        if level == "public":
+            # flask-smorest reads `_apidoc["manual_doc"]` when the route is registered (as @blp.doc writes it)
+            view._apidoc = {**getattr(view, "_apidoc", {})}
+            view._apidoc["manual_doc"] = {**view._apidoc.get("manual_doc", {}), "security": []}
         return view
     return mark
 

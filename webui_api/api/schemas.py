@@ -1,0 +1,56 @@
+"""Wire shapes shared by several blueprints: the base Schema, the error body, and relayed backend JSON."""
+from __future__ import annotations
+
+import marshmallow as ma
+
+DETAIL_ITEM = {"type": "object", "required": ["loc", "msg", "type"], "properties": {
+    "loc": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}},
+    "msg": {"type": "string"}, "type": {"type": "string"}}}
+
+
+class Schema(ma.Schema):
+    """Base of every schema here: a body's unknown keys are ignored (Open WebUI clients send extras)."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+
+class OpenSchema(Schema):
+    """A body whose undeclared keys are kept: what a backend accepts is not ours to narrow."""
+
+    class Meta:
+        unknown = ma.INCLUDE
+
+
+class Relayed(OpenSchema):
+    """A backend's JSON answered as it came: the declared fields document it, nothing reshapes it."""
+
+    def dump(self, obj, *, many=None):
+        return obj
+
+
+class ErrorSchema(Schema):
+    """Every error body: a message, or (422) FastAPI-style items `{loc, msg, type}`."""
+
+    detail = ma.fields.Raw(required=True, metadata={"oneOf": [
+        {"type": "string"}, {"type": "array", "items": DETAIL_ITEM}]})
+
+
+class StatusSchema(Schema):
+    status = ma.fields.Boolean()
+
+
+class MessageSchema(Schema):
+    message = ma.fields.String()
+
+
+class JsonSchema(dict):
+    """A plain JSON Schema for an answer that is not an object (a bare `true`, a stream of events):
+    flask-smorest documents it as given, and `dump` returns the view's value untouched."""
+
+    def dump(self, obj, *, many=None):
+        return obj
+
+
+TRUE = JsonSchema(type="boolean", description="Always `true`")
+EVENT_STREAM = JsonSchema(type="string", description="Events as they are produced, one per line")
