@@ -7,16 +7,12 @@ from flask_smorest import Blueprint
 
 from ..auth import accounts
 from .deps import access, bearer_token, current_caller, current_user, ext
+from .schemas import TRUE, Schema, StatusSchema
 
 blp = Blueprint("auths", __name__, url_prefix="/api/v1/auths", description="Accounts and credentials")
 
 
-class _Body(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
-
-class SignupSchema(_Body):
+class SignupSchema(Schema):
     name = ma.fields.String(required=True)
     email = ma.fields.String(required=True)
     password = ma.fields.String(required=True)
@@ -27,17 +23,17 @@ class AddUserSchema(SignupSchema):
     role = ma.fields.String(load_default="pending")
 
 
-class SigninSchema(_Body):
+class SigninSchema(Schema):
     email = ma.fields.String(required=True)
     password = ma.fields.String(required=True)
 
 
-class PasswordSchema(_Body):
+class PasswordSchema(Schema):
     password = ma.fields.String(required=True)
     new_password = ma.fields.String(required=True)
 
 
-class UserSchema(ma.Schema):
+class UserSchema(Schema):
     id = ma.fields.String()
     email = ma.fields.String()
     name = ma.fields.String()
@@ -52,11 +48,7 @@ class SessionSchema(UserSchema):
     permissions = ma.fields.Dict()
 
 
-class StatusSchema(ma.Schema):
-    status = ma.fields.Boolean()
-
-
-class ApiKeySchema(ma.Schema):
+class ApiKeySchema(Schema):
     api_key = ma.fields.String(metadata={"description": "The full key on creation; a masked form afterwards"})
 
 
@@ -112,7 +104,7 @@ class Session(MethodView):
 class UpdatePassword(MethodView):
     @access("authenticated")
     @blp.arguments(PasswordSchema)
-    @blp.response(200)
+    @blp.response(200, TRUE)
     def post(self, body):
         """Change the password; every earlier JWT and the API key stop working."""
         accounts.change_password(ext().settings, current_user(), body["password"], body["new_password"])
@@ -146,7 +138,7 @@ class ApiKeyView(MethodView):
         return {"api_key": accounts.get_api_key(ext().settings, current_user())}
 
     @access("authenticated")
-    @blp.response(200)
+    @blp.response(200, TRUE)
     def delete(self):
         """Delete the caller's API key."""
         accounts.delete_api_key(ext().settings, current_user())

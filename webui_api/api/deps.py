@@ -60,11 +60,15 @@ def route_access() -> str | None:
     """The access level of the matched route; None when no route matched (the 404 handler answers)."""
     if request.endpoint is None:
         return None
-    view = current_app.view_functions.get(request.endpoint)
     if request.endpoint == "static" or request.endpoint.startswith("api-docs."):
         return "public"
+    return view_access(current_app.view_functions.get(request.endpoint), request.method)
+
+
+def view_access(view, method: str) -> str:
+    """The access level marked on a view function or on a MethodView's method (HEAD as GET)."""
     view_class = getattr(view, "view_class", None)
-    method = request.method.lower()
+    method = method.lower()
     if view_class is not None:
         handler = getattr(view_class, method, None) or (getattr(view_class, "get", None) if method == "head" else None)
         level = getattr(handler, "_access", None) or getattr(view_class, "_access", None)

@@ -15,6 +15,7 @@ from ..db import File
 from ..errors import BadRequest, Unprocessable
 from ..rag import ingest
 from .deps import access, current_user, ext
+from .schemas import EVENT_STREAM, JsonSchema, MessageSchema, Schema
 
 blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded files")
 
@@ -25,43 +26,74 @@ STATUS_STREAM_LIMIT = 3600.0
 INLINE_TYPES = ("application/pdf", "text/plain")
 
 
-class UploadArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class UploadArgs(Schema):
     process = ma.fields.Boolean(load_default=True, metadata={"description": "Extract, chunk and embed"})
     process_in_background = ma.fields.Boolean(load_default=False, metadata={"description": (
         "Answer at once and process in the background (poll /{id}/process/status); "
         "default: answer when searchable")})
 
 
-class ListArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class ListArgs(Schema):
     page = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=1))
     content = ma.fields.Boolean(load_default=True)
 
 
-class ContentArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class ContentArgs(Schema):
     attachment = ma.fields.Boolean(load_default=False)
 
 
-class StatusArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class StatusArgs(Schema):
     stream = ma.fields.Boolean(load_default=False)
 
 
-class ContentUpdateSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class ContentUpdateSchema(Schema):
     content = ma.fields.String(required=True)
+
+
+class FileDataSchema(Schema):
+    status = ma.fields.String(metadata={"description": "pending, processing, completed or failed"})
+    content = ma.fields.String(metadata={"description": "The extracted text"})
+    error = ma.fields.String(allow_none=True)
+
+
+class FileMetaSchema(Schema):
+    name = ma.fields.String()
+    content_type = ma.fields.String()
+    size = ma.fields.Integer()
+    file_hash = ma.fields.String(metadata={"description": "sha256 of the uploaded bytes"})
+    data = ma.fields.Dict(metadata={"description": "The `metadata` form field given at upload"})
+    collection_name = ma.fields.String(metadata={"description": "Once processed: `file-<id>`"})
+
+
+class FileSchema(Schema):
+    """Open WebUI's file object, without any server path (`data` is empty for a stored-only file)."""
+
+    id = ma.fields.String()
+    user_id = ma.fields.String()
+    hash = ma.fields.String(allow_none=True, metadata={"description": "sha256 of the extracted text"})
+    filename = ma.fields.String()
+    data = ma.fields.Nested(FileDataSchema)
+    meta = ma.fields.Nested(FileMetaSchema)
+    created_at = ma.fields.Integer()
+    updated_at = ma.fields.Integer()
+
+
+class UploadSchema(FileSchema):
+    status = ma.fields.Boolean()
+
+
+class FilePageSchema(Schema):
+    items = ma.fields.List(ma.fields.Nested(FileSchema))
+    total = ma.fields.Integer()
+
+
+class ContentSchema(Schema):
+    content = ma.fields.String()
+
+
+class FileStatusSchema(Schema):
+    status = ma.fields.String(metadata={"description": "pending, processing, completed, failed or stored"})
+    error = ma.fields.String(allow_none=True, metadata={"description": "Why processing failed"})
 
 
 UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -76,7 +108,7 @@ UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
 class Files(MethodView):
     @blp.arguments(UploadArgs, location="query")
     @blp.doc(requestBody=UPLOAD_BODY)
-    @blp.response(200)
+    @blp.response(200, UploadSchema)
     def post(self, args):
         """Upload a file (multipart field `file`, optional JSON `metadata` field). By default the answer
         comes once the file is searchable (`data.status` "completed"); the same bytes uploaded again by the
@@ -90,7 +122,7 @@ class Files(MethodView):
         return files.upload_dict(file)
 
     @blp.arguments(ListArgs, location="query")
-    @blp.response(200)
+    @blp.response(200, FilePageSchema)
     def get(self, args):
         """Your files, newest first (admins: everyone's); `page` gives 50 at a time, `content=false` leaves
         out the extracted text."""
@@ -120,7 +152,7 @@ def _multipart(settings):
 @blp.route("/all")
 class AllFiles(MethodView):
     @access("admin")
-    @blp.response(200)
+    @blp.response(200, MessageSchema)
     def delete(self):
         """Delete every user's files, their stored bytes and vectors (knowledge collections stay)."""
         return files.delete_all(ext())
@@ -128,12 +160,12 @@ class AllFiles(MethodView):
 
 @blp.route("/<string:file_id>")
 class FileItem(MethodView):
-    @blp.response(200)
+    @blp.response(200, FileSchema)
     def get(self, file_id):
         """One file with its extracted text (no server path)."""
         return files.to_dict(files.readable(current_user(), file_id))
 
-    @blp.response(200)
+    @blp.response(200, MessageSchema)
     def delete(self, file_id):
         """Delete the file, its bytes, and its vectors in every collection."""
         return files.delete(ext(), current_user(), file_id)
@@ -142,6 +174,8 @@ class FileItem(MethodView):
 @blp.route("/<string:file_id>/content")
 class FileContent(MethodView):
     @blp.arguments(ContentArgs, location="query")
+    @blp.response(200, JsonSchema(type="string", format="binary"), content_type="application/octet-stream",
+                  description="The stored bytes, served with the file's own content type")
     def get(self, args, file_id):
         """The original bytes with their content type (PDF and plain text inline, others as attachment)."""
         path, file = files.original(ext(), current_user(), file_id)
@@ -155,7 +189,7 @@ class FileContent(MethodView):
 
 @blp.route("/<string:file_id>/data/content")
 class FileDataContent(MethodView):
-    @blp.response(200)
+    @blp.response(200, ContentSchema)
     def get(self, file_id):
         """The extracted text: `{"content": "..."}`."""
         return files.data_content(current_user(), file_id)
@@ -164,7 +198,7 @@ class FileDataContent(MethodView):
 @blp.route("/<string:file_id>/data/content/update")
 class FileDataContentUpdate(MethodView):
     @blp.arguments(ContentUpdateSchema)
-    @blp.response(200)
+    @blp.response(200, ContentSchema)
     def post(self, body, file_id):
         """Replace the extracted text and re-index it everywhere the file is used."""
         return files.update_content(ext(), current_user(), file_id, body["content"])
@@ -173,6 +207,9 @@ class FileDataContentUpdate(MethodView):
 @blp.route("/<string:file_id>/process/status")
 class FileStatus(MethodView):
     @blp.arguments(StatusArgs, location="query")
+    @blp.response(200, FileStatusSchema)
+    @blp.alt_response(200, schema=EVENT_STREAM, content_type="text/event-stream", success=True,
+                      description="`stream=true`: `data: {status, error?}` events until the status settles")
     def get(self, args, file_id):
         """Processing status: pending, processing, completed, failed (with `error`), or stored
         (uploaded with process=false). `stream=true` sends SSE events until the status settles."""

@@ -7,30 +7,23 @@ from flask_smorest import Blueprint
 
 from ..rag import knowledge
 from .deps import access, current_user, ext
+from .files import FileMetaSchema, FileSchema
+from .schemas import TRUE, AccessGrantSchema, OwnerSchema, Schema
 
 blp = Blueprint("knowledge", __name__, url_prefix="/api/v1/knowledge", description="Knowledge collections")
 
 
-class PageArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class PageArgs(Schema):
     page = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=1))
 
 
-class GrantSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class GrantSchema(Schema):
     principal_type = ma.fields.String(required=True)
     principal_id = ma.fields.String(required=True)
     permission = ma.fields.String(required=True)
 
 
-class CreateSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class CreateSchema(Schema):
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=255))
     description = ma.fields.String(load_default="")
     meta = ma.fields.Dict(load_default=None, allow_none=True)
@@ -40,42 +33,94 @@ class CreateSchema(ma.Schema):
                                        "{principal_type: user, principal_id: *, permission: read}")})
 
 
-class UpdateSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class UpdateSchema(Schema):
     name = ma.fields.String(validate=ma.validate.Length(min=1, max=255))
     description = ma.fields.String(allow_none=True)
     meta = ma.fields.Dict(allow_none=True)
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), allow_none=True)
 
 
-class AccessSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class AccessSchema(Schema):
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), required=True)
 
 
-class FileRefSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class FileRefSchema(Schema):
     file_id = ma.fields.String(required=True, validate=ma.validate.Length(min=1))
 
 
-class RemoveArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class RemoveArgs(Schema):
     delete_file = ma.fields.Boolean(load_default=False,
                                     metadata={"description": "Also delete the file itself"})
+
+
+class MemberStatusSchema(Schema):
+    status = ma.fields.String()
+
+
+class MemberFileSchema(Schema):
+    """A file as a collection lists it: `meta.collection_name` is the collection."""
+
+    id = ma.fields.String()
+    hash = ma.fields.String(allow_none=True)
+    meta = ma.fields.Nested(FileMetaSchema)
+    data = ma.fields.Nested(MemberStatusSchema)
+    created_at = ma.fields.Integer()
+    updated_at = ma.fields.Integer()
+
+
+class KnowledgeSchema(Schema):
+    id = ma.fields.String()
+    user_id = ma.fields.String()
+    name = ma.fields.String()
+    description = ma.fields.String()
+    meta = ma.fields.Dict(allow_none=True)
+    access_grants = ma.fields.List(ma.fields.Nested(AccessGrantSchema))
+    created_at = ma.fields.Integer()
+    updated_at = ma.fields.Integer()
+    files = ma.fields.List(ma.fields.Nested(MemberFileSchema), allow_none=True)
+
+
+class KnowledgeFilesSchema(KnowledgeSchema):
+    """A collection with its files and whether the caller may change it."""
+
+    write_access = ma.fields.Boolean()
+
+
+class KnowledgeSummarySchema(KnowledgeSchema):
+    class Meta(Schema.Meta):
+        exclude = ("files",)
+
+    user = ma.fields.Nested(OwnerSchema)
+    file_count = ma.fields.Integer()
+    write_access = ma.fields.Boolean()
+
+
+class KnowledgePageSchema(Schema):
+    items = ma.fields.List(ma.fields.Nested(KnowledgeSummarySchema))
+    total = ma.fields.Integer()
+
+
+class FileEntrySchema(FileSchema):
+    data = ma.fields.Nested(MemberStatusSchema)
+    directory_id = ma.fields.String(allow_none=True)
+    directory_path = ma.fields.String()
+    has_original = ma.fields.Boolean()
+    user = ma.fields.Nested(OwnerSchema)
+
+
+class FileEntryPageSchema(Schema):
+    """Open WebUI's page of a collection's files (no directories exist here)."""
+
+    items = ma.fields.List(ma.fields.Nested(FileEntrySchema))
+    directories = ma.fields.List(ma.fields.Dict())
+    breadcrumbs = ma.fields.List(ma.fields.Dict())
+    total = ma.fields.Integer()
 
 
 @blp.route("/")
 class KnowledgeList(MethodView):
     @blp.arguments(PageArgs, location="query")
-    @blp.response(200)
+    @blp.response(200, KnowledgePageSchema)
     def get(self, args):
         """Your collections and public ones (admins: all), newest first; `page` gives 30 at a time."""
         return knowledge.list_for(current_user(), args["page"])
@@ -84,7 +129,7 @@ class KnowledgeList(MethodView):
 @blp.route("/create")
 class KnowledgeCreate(MethodView):
     @blp.arguments(CreateSchema)
-    @blp.response(200)
+    @blp.response(200, KnowledgeSchema)
     def post(self, body):
         """Create a collection, private unless the public read grant is given."""
         return knowledge.create(current_user(), body["name"], body["description"], body["access_grants"],
@@ -93,7 +138,7 @@ class KnowledgeCreate(MethodView):
 
 @blp.route("/<string:knowledge_id>")
 class KnowledgeItem(MethodView):
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def get(self, knowledge_id):
         """One collection with its files and whether you may change it."""
         return knowledge.get(current_user(), knowledge_id)
@@ -101,7 +146,7 @@ class KnowledgeItem(MethodView):
 
 @blp.route("/<string:knowledge_id>/files")
 class KnowledgeFiles(MethodView):
-    @blp.response(200)
+    @blp.response(200, FileEntryPageSchema)
     def get(self, knowledge_id):
         """The collection's files (Open WebUI's page shape, without directories)."""
         return knowledge.list_files(current_user(), knowledge_id)
@@ -110,7 +155,7 @@ class KnowledgeFiles(MethodView):
 @blp.route("/<string:knowledge_id>/update")
 class KnowledgeUpdate(MethodView):
     @blp.arguments(UpdateSchema)
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, body, knowledge_id):
         """Rename, describe or share the collection (owner or admin)."""
         return knowledge.update(current_user(), knowledge_id, body)
@@ -119,7 +164,7 @@ class KnowledgeUpdate(MethodView):
 @blp.route("/<string:knowledge_id>/access/update")
 class KnowledgeAccess(MethodView):
     @blp.arguments(AccessSchema)
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, body, knowledge_id):
         """Make the collection public (read-only for others) or private again."""
         return knowledge.update_access(current_user(), knowledge_id, body["access_grants"])
@@ -128,7 +173,7 @@ class KnowledgeAccess(MethodView):
 @blp.route("/<string:knowledge_id>/file/add")
 class KnowledgeFileAdd(MethodView):
     @blp.arguments(FileRefSchema)
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, body, knowledge_id):
         """Add a processed file: its stored vectors join the collection (no new embedding). Adding it
         again changes nothing. A file still processing is waited for."""
@@ -139,7 +184,7 @@ class KnowledgeFileAdd(MethodView):
 class KnowledgeFileRemove(MethodView):
     @blp.arguments(FileRefSchema)
     @blp.arguments(RemoveArgs, location="query")
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, body, args, knowledge_id):
         """Take a file out of the collection; `delete_file=true` also deletes the file (if it is yours)."""
         return knowledge.remove_file(ext(), current_user(), knowledge_id, body["file_id"],
@@ -148,7 +193,7 @@ class KnowledgeFileRemove(MethodView):
 
 @blp.route("/<string:knowledge_id>/reset")
 class KnowledgeReset(MethodView):
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, knowledge_id):
         """Remove every file from the collection (the files themselves are kept)."""
         return knowledge.reset(ext(), current_user(), knowledge_id)
@@ -157,7 +202,7 @@ class KnowledgeReset(MethodView):
 @blp.route("/<string:knowledge_id>/delete")
 class KnowledgeDelete(MethodView):
     @access("verified")
-    @blp.response(200)
+    @blp.response(200, TRUE)
     def delete(self, knowledge_id):
         """Delete the collection and its index; its files are kept."""
         return knowledge.delete(ext(), current_user(), knowledge_id)

@@ -9,11 +9,12 @@ from flask_smorest import Blueprint
 from ..gateway import readiness
 from .. import telemetry
 from .deps import access, current_caller, ext, is_admin
+from .schemas import JsonSchema, Schema
 
 blp = Blueprint("ops", __name__, description="Readiness and metrics")
 
 
-class ReadySchema(ma.Schema):
+class ReadySchema(Schema):
     status = ma.fields.Boolean()
     failed = ma.fields.List(ma.fields.String())
     checks = ma.fields.Dict()
@@ -41,7 +42,8 @@ class Ready(MethodView):
 @blp.route("/metrics")
 class Metrics(MethodView):
     @access("admin")
-    @blp.response(200, content_type="text/plain; version=0.0.4")
+    @blp.response(200, JsonSchema(type="string", description="Prometheus exposition format"),
+                  content_type="text/plain; version=0.0.4")
     def get(self):
         """Prometheus text format, summed over every gunicorn worker: requests and latency per route and
         status, backend latency and errors, tokens in and out. Admin only: scrape with an admin API key

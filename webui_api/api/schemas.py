@@ -54,3 +54,24 @@ class JsonSchema(dict):
 
 TRUE = JsonSchema(type="boolean", description="Always `true`")
 EVENT_STREAM = JsonSchema(type="string", description="Events as they are produced, one per line")
+
+
+class AccessGrantSchema(Schema):
+    """Open WebUI's access grant; the only one that exists here is public read (`user`, `*`, `read`)."""
+
+    id = ma.fields.String()
+    resource_type = ma.fields.String()
+    resource_id = ma.fields.String()
+    principal_type = ma.fields.String()
+    principal_id = ma.fields.String()
+    permission = ma.fields.String()
+    created_at = ma.fields.Integer()
+
+
+class OwnerSchema(Schema):
+    """The owner of a shared object; `email` only for the owner themself and admins."""
+
+    id = ma.fields.String()
+    name = ma.fields.String()
+    role = ma.fields.String()
+    email = ma.fields.String()

@@ -10,18 +10,34 @@ from ..auth import accounts
 from .. import db
 from ..errors import ServiceUnavailable
 from .deps import access, current_caller, ext
+from .schemas import Schema
 
 blp = Blueprint("system", __name__, description="Health, version and configuration")
 
 
-class HealthSchema(ma.Schema):
+class HealthSchema(Schema):
     status = ma.fields.Boolean()
 
 
-class VersionSchema(ma.Schema):
+class VersionSchema(Schema):
     version = ma.fields.String()
     deployment_id = ma.fields.String()
     server = ma.fields.String()
+
+
+class FeaturesSchema(Schema):
+    auth = ma.fields.Boolean()
+    enable_signup = ma.fields.Boolean()
+    enable_login_form = ma.fields.Boolean()
+    enable_api_keys = ma.fields.Boolean()
+
+
+class ConfigSchema(Schema):
+    status = ma.fields.Boolean()
+    name = ma.fields.String()
+    version = ma.fields.String()
+    features = ma.fields.Nested(FeaturesSchema)
+    onboarding = ma.fields.Boolean(metadata={"description": "Present (true) until the first account exists"})
 
 
 @blp.route("/health")
@@ -49,7 +65,7 @@ class Version(MethodView):
 @blp.route("/api/config")
 class PublicConfig(MethodView):
     @access("public")
-    @blp.response(200)
+    @blp.response(200, ConfigSchema)
     def get(self):
         """Public feature flags; a signed-in caller also sees the API-key flag."""
         settings = ext().settings

@@ -9,19 +9,17 @@ from ..auth import accounts
 from ..rag import files, knowledge
 from ..db import Knowledge
 from .deps import access, ext
+from .schemas import TRUE, Schema
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Admin user management")
 
 
-class UserListArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class UserListArgs(Schema):
     query = ma.fields.String(load_default=None)
     page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
 
 
-class UserRecordSchema(ma.Schema):
+class UserRecordSchema(Schema):
     id = ma.fields.String()
     email = ma.fields.String()
     name = ma.fields.String()
@@ -32,15 +30,12 @@ class UserRecordSchema(ma.Schema):
     updated_at = ma.fields.Integer()
 
 
-class UserPageSchema(ma.Schema):
+class UserPageSchema(Schema):
     users = ma.fields.List(ma.fields.Nested(UserRecordSchema))
     total = ma.fields.Integer()
 
 
-class UserUpdateSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class UserUpdateSchema(Schema):
     role = ma.fields.String(validate=ma.validate.OneOf(accounts.ROLES), allow_none=True)
     name = ma.fields.String(validate=ma.validate.Length(min=1), allow_none=True)
     email = ma.fields.String(allow_none=True)
@@ -68,7 +63,7 @@ class UserView(MethodView):
         return accounts.user_record(accounts.get_user(user_id))
 
     @access("admin")
-    @blp.response(200)
+    @blp.response(200, TRUE)
     def delete(self, user_id):
         """Delete an account and everything it owns. The last admin cannot be deleted."""
         accounts.delete_user(user_id, purge=_purge_content)
