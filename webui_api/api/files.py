@@ -11,11 +11,10 @@ from flask_smorest import Blueprint
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..rag import files
-from ..db import File
 from ..errors import BadRequest, Unprocessable
 from ..rag import ingest
 from .deps import access, current_user, ext
-from .schemas import EVENT_STREAM, JsonSchema, MessageSchema, Schema
+from .schemas import EVENT_STREAM, JsonSchema, MessageSchema, Schema, Whole
 
 blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded files")
 
@@ -50,50 +49,84 @@ class ContentUpdateSchema(Schema):
     content = ma.fields.String(required=True)
 
 
+def _collection(file) -> str | object:
+    return ingest.collection_name(file.id) if file.status == "completed" else ma.missing
+
+
 class FileDataSchema(Schema):
+    """Processing state (empty for a file uploaded with process=false)."""
+
     status = ma.fields.String(metadata={"description": "pending, processing, completed or failed"})
     content = ma.fields.String(metadata={"description": "The extracted text"})
     error = ma.fields.String(allow_none=True)
 
+    @ma.post_dump(pass_original=True)
+    def _processed_only(self, data, file, **kwargs):
+        if file.status == "stored":
+            return {}
+        if data.get("content") is None:
+            data.pop("content", None)
+        return data
+
 
 class FileMetaSchema(Schema):
-    name = ma.fields.String()
+    name = ma.fields.String(attribute="filename")
     content_type = ma.fields.String()
     size = ma.fields.Integer()
     file_hash = ma.fields.String(metadata={"description": "sha256 of the uploaded bytes"})
-    data = ma.fields.Dict(metadata={"description": "The `metadata` form field given at upload"})
-    collection_name = ma.fields.String(metadata={"description": "Once processed: `file-<id>`"})
+    data = ma.fields.Function(lambda file: (file.meta or {}).get("data") or {}, metadata={
+        "type": "object", "description": "The `metadata` form field given at upload"})
+    collection_name = ma.fields.Function(_collection, metadata={
+        "type": "string", "description": "Once processed: `file-<id>`"})
 
 
 class FileSchema(Schema):
-    """Open WebUI's file object, without any server path (`data` is empty for a stored-only file)."""
+    """Open WebUI's file object, without any server path."""
 
     id = ma.fields.String()
     user_id = ma.fields.String()
-    hash = ma.fields.String(allow_none=True, metadata={"description": "sha256 of the extracted text"})
+    hash = ma.fields.String(attribute="text_hash", allow_none=True,
+                            metadata={"description": "sha256 of the extracted text"})
     filename = ma.fields.String()
-    data = ma.fields.Nested(FileDataSchema)
-    meta = ma.fields.Nested(FileMetaSchema)
+    data = Whole(FileDataSchema)
+    meta = Whole(FileMetaSchema)
     created_at = ma.fields.Integer()
     updated_at = ma.fields.Integer()
 
 
+class UploadDataSchema(FileDataSchema):
+    class Meta(Schema.Meta):
+        exclude = ("content",)
+
+
 class UploadSchema(FileSchema):
-    status = ma.fields.Boolean()
+    data = Whole(UploadDataSchema)
+    status = ma.fields.Constant(True, metadata={"type": "boolean"})
 
 
 class FilePageSchema(Schema):
+    """`content=false` leaves out each file's extracted text."""
+
     items = ma.fields.List(ma.fields.Nested(FileSchema))
     total = ma.fields.Integer()
 
+    @ma.post_dump(pass_original=True)
+    def _without_text(self, data, page, **kwargs):
+        if not page.get("content", True):
+            for item in data["items"]:
+                item["data"].pop("content", None)
+        return data
+
 
 class ContentSchema(Schema):
-    content = ma.fields.String()
+    content = ma.fields.Function(lambda file: file.content or "", metadata={"type": "string"})
 
 
 class FileStatusSchema(Schema):
     status = ma.fields.String(metadata={"description": "pending, processing, completed, failed or stored"})
-    error = ma.fields.String(allow_none=True, metadata={"description": "Why processing failed"})
+    error = ma.fields.Function(lambda file: file.error if file.status == "failed" else ma.missing,
+                               metadata={"type": "string", "nullable": True,
+                                         "description": "Why processing failed"})
 
 
 UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -119,14 +152,15 @@ class Files(MethodView):
         upload, metadata = _multipart(settings)
         file, _created = files.upload(ext(), current_user(), upload.stream, upload.filename, upload.mimetype,
                                       metadata, args["process"], args["process_in_background"])
-        return files.upload_dict(file)
+        return file
 
     @blp.arguments(ListArgs, location="query")
     @blp.response(200, FilePageSchema)
     def get(self, args):
         """Your files, newest first (admins: everyone's); `page` gives 50 at a time, `content=false` leaves
         out the extracted text."""
-        return files.list_files(current_user(), args["page"], args["content"])
+        items, total = files.list_files(current_user(), args["page"])
+        return {"items": items, "total": total, "content": args["content"]}
 
 
 def _multipart(settings):
@@ -155,7 +189,8 @@ class AllFiles(MethodView):
     @blp.response(200, MessageSchema)
     def delete(self):
         """Delete every user's files, their stored bytes and vectors (knowledge collections stay)."""
-        return files.delete_all(ext())
+        files.delete_all(ext())
+        return {"message": "All files deleted successfully"}
 
 
 @blp.route("/<string:file_id>")
@@ -163,12 +198,13 @@ class FileItem(MethodView):
     @blp.response(200, FileSchema)
     def get(self, file_id):
         """One file with its extracted text (no server path)."""
-        return files.to_dict(files.readable(current_user(), file_id))
+        return files.readable(current_user(), file_id)
 
     @blp.response(200, MessageSchema)
     def delete(self, file_id):
         """Delete the file, its bytes, and its vectors in every collection."""
-        return files.delete(ext(), current_user(), file_id)
+        files.delete(ext(), current_user(), file_id)
+        return {"message": "File deleted successfully"}
 
 
 @blp.route("/<string:file_id>/content")
@@ -192,7 +228,7 @@ class FileDataContent(MethodView):
     @blp.response(200, ContentSchema)
     def get(self, file_id):
         """The extracted text: `{"content": "..."}`."""
-        return files.data_content(current_user(), file_id)
+        return files.readable(current_user(), file_id)
 
 
 @blp.route("/<string:file_id>/data/content/update")
@@ -201,7 +237,7 @@ class FileDataContentUpdate(MethodView):
     @blp.response(200, ContentSchema)
     def post(self, body, file_id):
         """Replace the extracted text and re-index it everywhere the file is used."""
-        return files.update_content(ext(), current_user(), file_id, body["content"])
+        return files.reprocess(ext(), current_user(), file_id, body["content"])
 
 
 @blp.route("/<string:file_id>/process/status")
@@ -213,11 +249,14 @@ class FileStatus(MethodView):
     def get(self, args, file_id):
         """Processing status: pending, processing, completed, failed (with `error`), or stored
         (uploaded with process=false). `stream=true` sends SSE events until the status settles."""
-        status = files.process_status(current_user(), file_id)
+        file = files.readable(current_user(), file_id)
         if not args["stream"]:
-            return status
-        return Response(_status_events(file_id, status), mimetype="text/event-stream",
+            return file
+        return Response(_status_events(file_id, _STATUS.dump(file)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+_STATUS = FileStatusSchema()
 
 
 def _status_events(file_id: str, first: dict):
@@ -226,8 +265,8 @@ def _status_events(file_id: str, first: dict):
     yield f"data: {json.dumps(status)}\n\n".encode()
     while status["status"] in ingest.UNSETTLED and time.monotonic() < deadline:
         time.sleep(STATUS_POLL)
-        file = File.get_or_none(File.id == file_id)
-        current = files.status_dict(file) if file else {"status": "failed", "error": "The file was deleted."}
+        file = files.current(file_id)
+        current = _STATUS.dump(file) if file else {"status": "failed", "error": "The file was deleted."}
         if current != status:
             status = current
             yield f"data: {json.dumps(status)}\n\n".encode()

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from ..rag import knowledge
 from .deps import access, current_user, ext
 from .files import FileMetaSchema, FileSchema
-from .schemas import TRUE, AccessGrantSchema, OwnerSchema, Schema
+from .schemas import TRUE, AccessGrantSchema, OwnerSchema, Schema, UploaderSchema, Whole, derived
 
 blp = Blueprint("knowledge", __name__, url_prefix="/api/v1/knowledge", description="Knowledge collections")
 
@@ -57,13 +57,20 @@ class MemberStatusSchema(Schema):
     status = ma.fields.String()
 
 
+def _in_collection(entries: list[dict], collection) -> list[dict]:
+    """A member file's `meta.collection_name` names the collection it is listed in."""
+    for entry in entries:
+        entry["meta"]["collection_name"] = collection.id
+    return entries
+
+
 class MemberFileSchema(Schema):
-    """A file as a collection lists it: `meta.collection_name` is the collection."""
+    """A file as a collection lists it."""
 
     id = ma.fields.String()
-    hash = ma.fields.String(allow_none=True)
-    meta = ma.fields.Nested(FileMetaSchema)
-    data = ma.fields.Nested(MemberStatusSchema)
+    hash = ma.fields.String(attribute="text_hash", allow_none=True)
+    meta = Whole(FileMetaSchema)
+    data = Whole(MemberStatusSchema)
     created_at = ma.fields.Integer()
     updated_at = ma.fields.Integer()
 
@@ -74,10 +81,15 @@ class KnowledgeSchema(Schema):
     name = ma.fields.String()
     description = ma.fields.String()
     meta = ma.fields.Dict(allow_none=True)
-    access_grants = ma.fields.List(ma.fields.Nested(AccessGrantSchema))
+    access_grants = derived(ma.fields.List(ma.fields.Nested(AccessGrantSchema)), knowledge.grants)
     created_at = ma.fields.Integer()
     updated_at = ma.fields.Integer()
-    files = ma.fields.List(ma.fields.Nested(MemberFileSchema), allow_none=True)
+    files = ma.fields.List(ma.fields.Nested(MemberFileSchema), allow_none=True, dump_default=None)
+
+    @ma.post_dump(pass_original=True)
+    def _members_in_collection(self, data, collection, **kwargs):
+        _in_collection(data.get("files") or [], collection)
+        return data
 
 
 class KnowledgeFilesSchema(KnowledgeSchema):
@@ -87,12 +99,20 @@ class KnowledgeFilesSchema(KnowledgeSchema):
 
 
 class KnowledgeSummarySchema(KnowledgeSchema):
+    """A listed collection: its owner (the email only for those who may change it) and file count."""
+
     class Meta(Schema.Meta):
         exclude = ("files",)
 
     user = ma.fields.Nested(OwnerSchema)
     file_count = ma.fields.Integer()
     write_access = ma.fields.Boolean()
+
+    @ma.post_dump
+    def _owner_email_for_writers(self, data, **kwargs):
+        if not data["write_access"]:
+            data["user"].pop("email", None)
+        return data
 
 
 class KnowledgePageSchema(Schema):
@@ -101,20 +121,25 @@ class KnowledgePageSchema(Schema):
 
 
 class FileEntrySchema(FileSchema):
-    data = ma.fields.Nested(MemberStatusSchema)
-    directory_id = ma.fields.String(allow_none=True)
-    directory_path = ma.fields.String()
-    has_original = ma.fields.Boolean()
-    user = ma.fields.Nested(OwnerSchema)
+    data = Whole(MemberStatusSchema)
+    directory_id = ma.fields.Constant(None, metadata={"type": "string", "nullable": True})
+    directory_path = ma.fields.Constant("", metadata={"type": "string"})
+    has_original = ma.fields.Constant(True, metadata={"type": "boolean"})
+    user = ma.fields.Nested(UploaderSchema)
 
 
 class FileEntryPageSchema(Schema):
     """Open WebUI's page of a collection's files (no directories exist here)."""
 
-    items = ma.fields.List(ma.fields.Nested(FileEntrySchema))
-    directories = ma.fields.List(ma.fields.Dict())
-    breadcrumbs = ma.fields.List(ma.fields.Dict())
-    total = ma.fields.Integer()
+    items = ma.fields.List(ma.fields.Nested(FileEntrySchema), attribute="files")
+    directories = ma.fields.Constant([], metadata={"type": "array", "items": {}})
+    breadcrumbs = ma.fields.Constant([], metadata={"type": "array", "items": {}})
+    total = ma.fields.Function(lambda collection: len(collection.files), metadata={"type": "integer"})
+
+    @ma.post_dump(pass_original=True)
+    def _members_in_collection(self, data, collection, **kwargs):
+        _in_collection(data["items"], collection)
+        return data
 
 
 @blp.route("/")
@@ -123,7 +148,8 @@ class KnowledgeList(MethodView):
     @blp.response(200, KnowledgePageSchema)
     def get(self, args):
         """Your collections and public ones (admins: all), newest first; `page` gives 30 at a time."""
-        return knowledge.list_for(current_user(), args["page"])
+        items, total = knowledge.list_for(current_user(), args["page"])
+        return {"items": items, "total": total}
 
 
 @blp.route("/create")
@@ -149,7 +175,7 @@ class KnowledgeFiles(MethodView):
     @blp.response(200, FileEntryPageSchema)
     def get(self, knowledge_id):
         """The collection's files (Open WebUI's page shape, without directories)."""
-        return knowledge.list_files(current_user(), knowledge_id)
+        return knowledge.get(current_user(), knowledge_id)
 
 
 @blp.route("/<string:knowledge_id>/update")

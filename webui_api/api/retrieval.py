@@ -52,18 +52,20 @@ class QueryResultSchema(Schema):
 
 
 class ProcessedSchema(Schema):
-    status = ma.fields.Boolean()
+    """A file made searchable, and the collection it is searchable in."""
+
+    status = ma.fields.Constant(True, metadata={"type": "boolean"})
     collection_name = ma.fields.String()
-    filename = ma.fields.String()
-    content = ma.fields.String(allow_none=True)
+    filename = ma.fields.String(attribute="file.filename")
+    content = ma.fields.String(attribute="file.content", allow_none=True)
 
 
 class ProcessedTextSchema(Schema):
-    status = ma.fields.Boolean()
+    status = ma.fields.Constant(True, metadata={"type": "boolean"})
     collection_name = ma.fields.String()
-    file_id = ma.fields.String()
-    filename = ma.fields.String()
-    content = ma.fields.String(allow_none=True)
+    file_id = ma.fields.String(attribute="file.id")
+    filename = ma.fields.String(attribute="file.filename")
+    content = ma.fields.String(attribute="file.content", allow_none=True)
 
 
 @blp.route("/query/doc")

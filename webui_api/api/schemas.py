@@ -68,10 +68,27 @@ class AccessGrantSchema(Schema):
     created_at = ma.fields.Integer()
 
 
-class OwnerSchema(Schema):
-    """The owner of a shared object; `email` only for the owner themself and admins."""
-
+class UploaderSchema(Schema):
     id = ma.fields.String()
     name = ma.fields.String()
     role = ma.fields.String()
+
+
+class OwnerSchema(UploaderSchema):
+    """The owner of a shared object; `email` only for the owner themself and admins."""
+
     email = ma.fields.String()
+
+
+class Whole(ma.fields.Nested):
+    """A sub-object dumped from the parent object itself (e.g. a file row's columns shown as `meta`)."""
+
+    def get_value(self, obj, attr, accessor=None, default=ma.missing):
+        return obj
+
+
+def derived(field: ma.fields.Field, compute) -> ma.fields.Field:
+    """`field`, documented and dumped as declared, with its value computed from the object (a grant list
+    rendered from a row) instead of read from an attribute of the same name."""
+    field.get_value = lambda obj, attr, accessor=None, default=ma.missing: compute(obj)
+    return field

@@ -7,8 +7,8 @@ from flask_smorest import Blueprint
 
 from ..version import API_COMPAT_VERSION, __version__
 from ..auth import accounts
-from .. import db
 from ..errors import ServiceUnavailable
+from ..gateway import readiness
 from .deps import access, current_caller, ext
 from .schemas import Schema
 
@@ -47,7 +47,7 @@ class Health(MethodView):
     def get(self):
         """Liveness, including a round trip to the database."""
         try:
-            db.database.execute_sql("SELECT 1").fetchone()
+            readiness.check_database()
         except Exception as exc:  # any database failure means "not healthy", never a traceback
             raise ServiceUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
         return {"status": True}
@@ -72,6 +72,6 @@ class PublicConfig(MethodView):
         features = {"auth": True, "enable_signup": accounts.signup_open(settings), "enable_login_form": True,
                     "enable_api_keys": settings.ENABLE_API_KEYS}
         config = {"status": True, "name": "webui_api", "version": API_COMPAT_VERSION, "features": features}
-        if current_caller() is None and not db.User.select().exists():
+        if current_caller() is None and accounts.awaiting_first_account():
             config["onboarding"] = True
         return config

@@ -7,7 +7,6 @@ from flask_smorest import Blueprint
 
 from ..auth import accounts
 from ..rag import files, knowledge
-from ..db import Knowledge
 from .deps import access, ext
 from .schemas import TRUE, Schema
 
@@ -73,8 +72,7 @@ class UserView(MethodView):
 def _purge_content(user) -> None:
     """Uploaded bytes, FAISS vectors and collection indexes of a user being deleted."""
     files.purge_user(ext(), user.id)
-    for kb in Knowledge.select().where(Knowledge.user == user.id):
-        knowledge.delete(ext(), user, kb.id)
+    knowledge.purge_user(ext(), user)
 
 
 @blp.route("/<string:user_id>/update")

@@ -91,7 +91,11 @@ def normalise_email(email: str) -> str:
 
 def signup_open(settings: Settings) -> bool:
     """Sign-up is open for the first account, and afterwards only when ENABLE_SIGNUP=true."""
-    return settings.ENABLE_SIGNUP is True or not User.select().exists()
+    return settings.ENABLE_SIGNUP is True or awaiting_first_account()
+
+
+def awaiting_first_account() -> bool:
+    return not User.select().exists()
 
 
 def signup(settings: Settings, name: str, email: str, password: str, profile_image_url: str | None = None) -> User:

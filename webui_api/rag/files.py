@@ -6,6 +6,7 @@ import mimetypes
 import os
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from .. import db
@@ -48,33 +49,12 @@ def _in_public_knowledge(file_id: str) -> bool:
             .where(KnowledgeFile.file == file_id, Knowledge.is_public == True).exists())  # noqa: E712
 
 
-# ---------------------------------------------------------------- shapes
+@dataclass
+class Processed:
+    """A file made searchable, and the collection it is searchable in."""
 
-def to_dict(file: File, content: bool = True) -> dict:
-    """Open WebUI's file object, without any server path."""
-    data: dict = {}
-    if file.status != "stored":
-        data["status"] = file.status
-        if content and file.content is not None:
-            data["content"] = file.content
-        data["error"] = file.error
-    meta = {"name": file.filename, "content_type": file.content_type, "size": file.size,
-            "file_hash": file.file_hash, "data": (file.meta or {}).get("data") or {}}
-    if file.status == "completed":
-        meta["collection_name"] = ingest.collection_name(file.id)
-    return {"id": file.id, "user_id": file.user_id, "hash": file.text_hash, "filename": file.filename,
-            "data": data, "meta": meta, "created_at": file.created_at, "updated_at": file.updated_at}
-
-
-def upload_dict(file: File) -> dict:
-    return {**to_dict(file, content=False), "status": True}
-
-
-def status_dict(file: File) -> dict:
-    out = {"status": file.status}
-    if file.status == "failed":
-        out["error"] = file.error
-    return out
+    file: File
+    collection_name: str
 
 
 # ---------------------------------------------------------------- upload
@@ -183,7 +163,8 @@ def _run(ext, file: File, background: bool, new: bool) -> File:
 
 # ---------------------------------------------------------------- reading
 
-def list_files(user: User, page: int | None = None, content: bool = True) -> dict:
+def list_files(user: User, page: int | None = None) -> tuple[list[File], int]:
+    """Newest first, with the total count (admins see everyone's)."""
     query = File.select()
     if not is_admin(user):
         query = query.where(File.user == user.id)
@@ -191,7 +172,7 @@ def list_files(user: User, page: int | None = None, content: bool = True) -> dic
     query = query.order_by(File.updated_at.desc(), File.created_at.desc(), File.id)
     if page:
         query = query.paginate(page, PAGE_SIZE)
-    return {"items": [to_dict(f, content) for f in query], "total": total}
+    return list(query), total
 
 
 def original(ext, user: User, file_id: str) -> tuple[str, File]:
@@ -203,12 +184,9 @@ def original(ext, user: User, file_id: str) -> tuple[str, File]:
     return path, file
 
 
-def data_content(user: User, file_id: str) -> dict:
-    return {"content": readable(user, file_id).content or ""}
-
-
-def process_status(user: User, file_id: str) -> dict:
-    return status_dict(readable(user, file_id))
+def current(file_id: str) -> File | None:
+    """The file as it is now (a status poll re-reads it); None once deleted."""
+    return File.get_or_none(File.id == file_id)
 
 
 def reprocess(ext, user: User, file_id: str, content: str | None = None) -> File:
@@ -220,7 +198,7 @@ def reprocess(ext, user: User, file_id: str, content: str | None = None) -> File
 
 
 def process_again(ext, user: User, file_id: str, content: str | None = None,
-                  collection_name: str | None = None) -> dict:
+                  collection_name: str | None = None) -> Processed:
     """POST /retrieval/process/file: re-run the pipeline, optionally adding the file to a collection."""
     from . import knowledge
 
@@ -229,10 +207,11 @@ def process_again(ext, user: User, file_id: str, content: str | None = None,
     if collection_name:
         knowledge.add_file(ext, user, collection_name, file.id)
         collection = collection_name
-    return {"status": True, "collection_name": collection, "filename": file.filename, "content": file.content}
+    return Processed(file, collection)
 
 
-def create_from_text(ext, user: User, name: str, content: str, collection_name: str | None = None) -> dict:
+def create_from_text(ext, user: User, name: str, content: str, collection_name: str | None = None
+                     ) -> Processed:
     """POST /retrieval/process/text: the text becomes a (deduplicated) file, searchable on return."""
     import io
 
@@ -250,13 +229,7 @@ def create_from_text(ext, user: User, name: str, content: str, collection_name: 
     if collection_name:
         knowledge.add_file(ext, user, collection_name, file.id)
         collection = collection_name
-    return {"status": True, "collection_name": collection, "file_id": file.id, "filename": file.filename,
-            "content": file.content}
-
-
-def update_content(ext, user: User, file_id: str, content: str) -> dict:
-    file = reprocess(ext, user, file_id, content)
-    return {"content": file.content}
+    return Processed(file, collection)
 
 
 def require_processed(file: File) -> None:
@@ -268,15 +241,13 @@ def require_processed(file: File) -> None:
 
 # ---------------------------------------------------------------- deletion
 
-def delete(ext, user: User, file_id: str) -> dict:
+def delete(ext, user: User, file_id: str) -> None:
     _delete(ext, writable(user, file_id))
-    return {"message": "File deleted successfully"}
 
 
-def delete_all(ext) -> dict:
+def delete_all(ext) -> None:
     for file in list(File.select()):
         _delete(ext, file)
-    return {"message": "All files deleted successfully"}
 
 
 def purge_user(ext, user_id: str) -> None:
