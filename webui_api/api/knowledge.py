@@ -8,7 +8,8 @@ from flask_smorest import Blueprint
 from ..rag import knowledge
 from .deps import access, current_user, ext
 from .files import FileMetaSchema, FileSchema
-from .schemas import TRUE, AccessGrantSchema, OwnerSchema, Schema, UploaderSchema, Whole, derived
+from .schemas import (TRUE, AccessGrantSchema, OwnerSchema, Schema, UploaderSchema, Whole, derived,
+                      hide_owner_email_from_readers)
 
 blp = Blueprint("knowledge", __name__, url_prefix="/api/v1/knowledge", description="Knowledge collections")
 
@@ -110,9 +111,7 @@ class KnowledgeSummarySchema(KnowledgeSchema):
 
     @ma.post_dump
     def _owner_email_for_writers(self, data, **kwargs):
-        if not data["write_access"]:
-            data["user"].pop("email", None)
-        return data
+        return hide_owner_email_from_readers(data)
 
 
 class KnowledgePageSchema(Schema):

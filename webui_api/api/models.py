@@ -7,7 +7,8 @@ from flask_smorest import Blueprint
 
 from ..gateway import presets
 from .deps import access, current_user, ext
-from .schemas import TRUE, AccessGrantSchema, OpenSchema, OwnerSchema, Schema
+from .schemas import (TRUE, AccessGrantSchema, OpenSchema, OwnerSchema, Schema, derived,
+                      hide_owner_email_from_readers)
 
 blp = Blueprint("models", __name__, description="Model listing and workspace models (presets)")
 
@@ -67,15 +68,15 @@ class ModelListSchema(Schema):
 
 
 class PresetSchema(Schema):
-    """A stored workspace model (Open WebUI's ModelModel); `params` is `{}` for a reader."""
+    """A stored workspace model (Open WebUI's ModelModel)."""
 
     id = ma.fields.String()
     user_id = ma.fields.String()
     base_model_id = ma.fields.String(allow_none=True)
     name = ma.fields.String()
-    params = ma.fields.Dict()
-    meta = ma.fields.Dict()
-    access_grants = ma.fields.List(ma.fields.Nested(AccessGrantSchema))
+    params = derived(ma.fields.Dict(), lambda row: row.params or {})
+    meta = derived(ma.fields.Dict(), lambda row: row.meta or {})
+    access_grants = derived(ma.fields.List(ma.fields.Nested(AccessGrantSchema)), presets.access_grants)
     is_public = ma.fields.Boolean()
     is_active = ma.fields.Boolean()
     updated_at = ma.fields.Integer()
@@ -83,8 +84,16 @@ class PresetSchema(Schema):
 
 
 class PresetUserSchema(PresetSchema):
+    """A preset with its owner and whether the caller may change it; a reader gets `params: {}`."""
+
     user = ma.fields.Nested(OwnerSchema)
     write_access = ma.fields.Boolean()
+
+    @ma.post_dump
+    def _private_to_readers(self, data, **kwargs):
+        if not data["write_access"]:
+            data["params"] = {}
+        return hide_owner_email_from_readers(data)
 
 
 class PresetPageSchema(Schema):
@@ -141,7 +150,8 @@ class ListModels(MethodView):
     @blp.response(200, PresetPageSchema)
     def get(self, args):
         """Presets the caller owns or may read, inactive ones included, 30 per page."""
-        return presets.list_page(current_user(), **args)
+        items, total = presets.list_page(current_user(), **args)
+        return {"items": items, "total": total}
 
 
 @blp.route("/api/v1/models/")

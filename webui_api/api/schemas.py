@@ -80,6 +80,13 @@ class OwnerSchema(UploaderSchema):
     email = ma.fields.String()
 
 
+def hide_owner_email_from_readers(data: dict) -> dict:
+    """Readers of a shared object do not learn its owner's email (writers do: the owner and admins)."""
+    if not data["write_access"]:
+        data["user"].pop("email", None)
+    return data
+
+
 class Whole(ma.fields.Nested):
     """A sub-object dumped from the parent object itself (e.g. a file row's columns shown as `meta`)."""
 
