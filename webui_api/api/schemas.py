@@ -68,6 +68,18 @@ class AccessGrantSchema(Schema):
     created_at = ma.fields.Integer()
 
 
+class UserSchema(Schema):
+    """An account as its owner and admins see it (never the password hash or key)."""
+
+    id = ma.fields.String()
+    email = ma.fields.String()
+    name = ma.fields.String()
+    role = ma.fields.String()
+    profile_image_url = ma.fields.Function(
+        lambda user: user.profile_image_url or f"/api/v1/users/{user.id}/profile/image",
+        metadata={"type": "string"})
+
+
 class UploaderSchema(Schema):
     id = ma.fields.String()
     name = ma.fields.String()

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from ..auth import accounts
 from ..rag import files, knowledge
 from .deps import access, ext
-from .schemas import TRUE, Schema
+from .schemas import TRUE, Schema, UserSchema
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Admin user management")
 
@@ -18,12 +18,9 @@ class UserListArgs(Schema):
     page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
 
 
-class UserRecordSchema(Schema):
-    id = ma.fields.String()
-    email = ma.fields.String()
-    name = ma.fields.String()
-    role = ma.fields.String()
-    profile_image_url = ma.fields.String()
+class UserRecordSchema(UserSchema):
+    """The admin view of a user (Open WebUI's UserModel)."""
+
     last_active_at = ma.fields.Integer()
     created_at = ma.fields.Integer()
     updated_at = ma.fields.Integer()
@@ -50,7 +47,7 @@ class Users(MethodView):
     def get(self, args):
         """List accounts, newest first, 30 a page; `query` matches name or email."""
         users, total = accounts.list_users(args["query"], args["page"])
-        return {"users": [accounts.user_record(u) for u in users], "total": total}
+        return {"users": users, "total": total}
 
 
 @blp.route("/<string:user_id>")
@@ -59,7 +56,7 @@ class UserView(MethodView):
     @blp.response(200, UserRecordSchema)
     def get(self, user_id):
         """One account."""
-        return accounts.user_record(accounts.get_user(user_id))
+        return accounts.get_user(user_id)
 
     @access("admin")
     @blp.response(200, TRUE)
@@ -82,4 +79,4 @@ class UserUpdate(MethodView):
     @blp.response(200, UserRecordSchema)
     def post(self, body, user_id):
         """Change role, name, email or password. A new password revokes the user's tokens and API key."""
-        return accounts.user_record(accounts.update_user(ext().settings, user_id, body))
+        return accounts.update_user(ext().settings, user_id, body)
