@@ -101,5 +101,6 @@ def register_blueprints(api: WebuiApi) -> None:
         api.register_blueprint(module.blp)
 
 
-# The one Api: `create_app` binds it to each app it builds (tests import it to add probe blueprints).
+# The one Api: `create_app` binds it to each app it builds, and the app built last owns its spec (one app
+# per process in production; tests import it to add probe blueprints to the app they just built).
 api = WebuiApi()

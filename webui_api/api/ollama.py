@@ -26,7 +26,8 @@ STREAMS = {"application/x-ndjson": NDJSON, "text/event-stream": SSE}
 class ModelBody(OpenSchema):
     """Ollama's request body: the fields below are documented, any other is forwarded untouched."""
 
-    model = ma.fields.String(required=True, metadata={"description": "Picks the backend; `name` = `name:latest`"})
+    model = ma.fields.String(required=True,
+                             metadata={"description": "Picks the backend; `name` means `name:latest`"})
     keep_alive = ma.fields.Raw()
 
 
