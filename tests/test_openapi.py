@@ -6,7 +6,9 @@ import warnings
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.examples import get_strategies_from_examples
 
 from webui_api import create_app
 from webui_api.api.deps import view_access
@@ -125,7 +127,10 @@ def test_answers_match_the_documented_schemas(fuzzed):
     for result in schema.get_all_operations():
         operation = result.ok()
 
-        @given(case=operation.as_strategy())
+        # The documented examples first (a real model name reaches the backend), then generated cases.
+        cases = st.one_of(*get_strategies_from_examples(operation), operation.as_strategy())
+
+        @given(case=cases)
         @settings(max_examples=3, deadline=None, derandomize=True, database=None,
                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
         def call(case):

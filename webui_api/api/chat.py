@@ -16,10 +16,10 @@ blp = Blueprint("chat", __name__, description="Chat completions and embeddings (
 class ChatCompletionSchema(OpenSchema):
     """OpenAI's chat body plus Open WebUI's `files` (RAG), `params` and `top_k`; other keys are forwarded."""
 
-    model = ma.fields.String(required=True,
-                             metadata={"description": "Model or preset id; `name` means `name:latest`"})
-    messages = ma.fields.List(ma.fields.Dict(), required=True,
-                              metadata={"description": "OpenAI messages: {role, content}"})
+    model = ma.fields.String(required=True, metadata={
+        "description": "Model or preset id; `name` means `name:latest`", "example": "llama3.2"})
+    messages = ma.fields.List(ma.fields.Dict(), required=True, metadata={
+        "description": "OpenAI messages: {role, content}", "example": [{"role": "user", "content": "Hello"}]})
     stream = ma.fields.Boolean(load_default=False)
     stream_options = ma.fields.Dict(allow_none=True)
     files = ma.fields.List(ma.fields.Dict(),

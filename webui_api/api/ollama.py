@@ -26,8 +26,8 @@ STREAMS = {"application/x-ndjson": NDJSON, "text/event-stream": SSE}
 class ModelBody(OpenSchema):
     """Ollama's request body: the fields below are documented, any other is forwarded untouched."""
 
-    model = ma.fields.String(required=True,
-                             metadata={"description": "Picks the backend; `name` means `name:latest`"})
+    model = ma.fields.String(required=True, metadata={
+        "description": "Picks the backend; `name` means `name:latest`", "example": "llama3.2"})
     keep_alive = ma.fields.Raw()
 
 
@@ -38,18 +38,19 @@ class StreamBody(ModelBody):
 
 
 class GenerateBody(StreamBody):
-    prompt = ma.fields.String()
+    prompt = ma.fields.String(metadata={"example": "Why is the sky blue?"})
     system = ma.fields.String()
     images = ma.fields.List(ma.fields.String())
 
 
 class ChatBody(StreamBody):
-    messages = ma.fields.List(ma.fields.Dict(), metadata={"description": "{role, content, images?}"})
+    messages = ma.fields.List(ma.fields.Dict(), metadata={
+        "description": "{role, content, images?}", "example": [{"role": "user", "content": "Hello"}]})
     tools = ma.fields.List(ma.fields.Dict())
 
 
 class EmbedBody(ModelBody):
-    input = ma.fields.Raw(metadata={"description": "A string or a list of strings"})
+    input = ma.fields.Raw(metadata={"description": "A string or a list of strings", "example": "Hello"})
     options = ma.fields.Dict()
 
 

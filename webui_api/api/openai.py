@@ -19,12 +19,13 @@ blp = Blueprint("openai", __name__, url_prefix="/openai",
 class OpenAIBody(OpenSchema):
     """OpenAI's request body: `model` picks the connection; everything is forwarded as sent."""
 
-    model = ma.fields.String(required=True)
+    model = ma.fields.String(required=True, metadata={"example": "gpt-4o-mini"})
     stream = ma.fields.Boolean()
 
 
 class OpenAIChatBody(OpenAIBody):
-    messages = ma.fields.List(ma.fields.Dict(), required=True)
+    messages = ma.fields.List(ma.fields.Dict(), required=True,
+                              metadata={"example": [{"role": "user", "content": "Hello"}]})
 
 
 class CompletionBody(OpenAIBody):
