@@ -14,7 +14,7 @@ from ..rag import files
 from ..errors import BadRequest, Unprocessable
 from ..rag import ingest
 from .deps import access, current_user, ext
-from .schemas import EVENT_STREAM, JsonSchema, MessageSchema, Schema, Whole
+from .schemas import EVENT_STREAM, JsonSchema, MessageSchema, Schema, Whole, page_number
 
 blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded files")
 
@@ -33,7 +33,7 @@ class UploadArgs(Schema):
 
 
 class ListArgs(Schema):
-    page = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=1))
+    page = page_number(load_default=None)
     content = ma.fields.Boolean(load_default=True)
 
 

@@ -9,13 +9,13 @@ from ..rag import knowledge
 from .deps import access, current_user, ext
 from .files import FileMetaSchema, FileSchema
 from .schemas import (TRUE, AccessGrantSchema, OwnerSchema, Schema, UploaderSchema, Whole, derived,
-                      hide_owner_email_from_readers)
+                      hide_owner_email_from_readers, page_number)
 
 blp = Blueprint("knowledge", __name__, url_prefix="/api/v1/knowledge", description="Knowledge collections")
 
 
 class PageArgs(Schema):
-    page = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=1))
+    page = page_number(load_default=None)
 
 
 class GrantSchema(Schema):

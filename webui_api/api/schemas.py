@@ -111,3 +111,11 @@ def derived(field: ma.fields.Field, compute) -> ma.fields.Field:
     rendered from a row) instead of read from an attribute of the same name."""
     field.get_value = lambda obj, attr, accessor=None, default=ma.missing: compute(obj)
     return field
+
+
+MAX_PAGE = 1_000_000  # keeps the SQL offset (page - 1) * size a 64-bit integer
+
+
+def page_number(**kwargs) -> ma.fields.Integer:
+    """A 1-based page number of a listing."""
+    return ma.fields.Integer(validate=ma.validate.Range(min=1, max=MAX_PAGE), **kwargs)

@@ -8,14 +8,14 @@ from flask_smorest import Blueprint
 from ..auth import accounts
 from ..rag import files, knowledge
 from .deps import access, ext
-from .schemas import TRUE, Schema, UserSchema
+from .schemas import TRUE, Schema, UserSchema, page_number
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Admin user management")
 
 
 class UserListArgs(Schema):
     query = ma.fields.String(load_default=None)
-    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
+    page = page_number(load_default=1)
 
 
 class UserRecordSchema(UserSchema):
