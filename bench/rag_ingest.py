@@ -65,7 +65,7 @@ def main() -> None:
     ext = app.extensions["webui_api"]
     admin = accounts.add_user(ext.settings, "Bench", "bench@example.com", "correct horse battery staple",
                               "admin")
-    token = accounts.issue_session(ext.settings, admin)["token"]
+    token = accounts.issue_session(ext.settings, admin).token
     server = fake.LiveServer(app)
     session = requests.Session()
     headers = {"Authorization": f"Bearer {token}"}

@@ -56,7 +56,7 @@ def make_user(app):
         email = email or f"{role}{number}@example.com"
         user = accounts.add_user(settings, name or f"{role.title()} {number}", email, PASSWORD, role)
         session = accounts.issue_session(settings, user)
-        return credentials(session, email)
+        return credentials({"token": session.token, "id": user.id, "role": user.role}, email)
     return make
 
 

@@ -4,6 +4,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from webui_api import errors
+from webui_api.api import api
 from webui_api.api.deps import access
 
 RAISES = {400: errors.BadRequest, 401: errors.Unauthorized, 403: errors.Forbidden, 404: errors.NotFound,
@@ -24,7 +25,7 @@ def app(app):
                 raise RuntimeError("secret internal state")
             raise RAISES[status](f"probe {status}")
 
-    app.extensions["flask-smorest"]["apis"][""]["ext_obj"].register_blueprint(probe)
+    api.register_blueprint(probe)
     return app
 
 

@@ -58,9 +58,9 @@ def test_chunk_rows_hold_text_offsets_and_vectors(ext, owner, fake_backend):
 def test_lost_index_is_rebuilt_from_sqlite_without_embedding(ext, owner, fake_backend, app):
     file = put(ext, owner)
     kb = knowledge.create(owner, "KB")
-    knowledge.add_file(ext, owner, kb["id"], file.id)
+    knowledge.add_file(ext, owner, kb.id, file.id)
     query = ext.embedder.embed(["word3x7 word3x8"])[0]
-    names = (kb["id"], f"file-{file.id}")
+    names = (kb.id, f"file-{file.id}")
     before = {name: ext.vectors.search([name], query, 5) for name in names}
     shutil.rmtree(ext.vectors.index_dir)
     restarted = VectorStore(ext.vectors.index_dir)  # a fresh process: no cache at all
@@ -74,8 +74,8 @@ def test_lost_index_is_rebuilt_from_sqlite_without_embedding(ext, owner, fake_ba
 def test_rebuild_indexes_rewrites_everything(ext, owner):
     a, b = put(ext, owner), put(ext, owner, "short text", "b.txt")
     kb = knowledge.create(owner, "KB")
-    knowledge.add_file(ext, owner, kb["id"], a.id)
-    before = {n: ext.vectors.ids(n) for n in (f"file-{a.id}", f"file-{b.id}", kb["id"])}
+    knowledge.add_file(ext, owner, kb.id, a.id)
+    before = {n: ext.vectors.ids(n) for n in (f"file-{a.id}", f"file-{b.id}", kb.id)}
     shutil.rmtree(ext.vectors.index_dir)
     assert index_sync.rebuild_all(ext.vectors) == 3
     assert {n: VectorStore(ext.vectors.index_dir).ids(n) for n in before} == before
@@ -84,12 +84,12 @@ def test_rebuild_indexes_rewrites_everything(ext, owner):
 def test_reprocessing_replaces_chunks_everywhere(ext, owner):
     file = put(ext, owner)
     kb = knowledge.create(owner, "KB")
-    knowledge.add_file(ext, owner, kb["id"], file.id)
-    old = ext.vectors.ids(kb["id"])
+    knowledge.add_file(ext, owner, kb.id, file.id)
+    old = ext.vectors.ids(kb.id)
     pipeline.process(ext, file.id, "Brand new content.")
     new = {c.id for c in Chunk.select().where(Chunk.file == file.id)}
     assert len(new) == 1 and len(old) > 1
-    assert ext.vectors.ids(kb["id"]) == new == ext.vectors.ids(f"file-{file.id}")
+    assert ext.vectors.ids(kb.id) == new == ext.vectors.ids(f"file-{file.id}")
 
 
 def test_recover_resumes_interrupted_files(ext, owner):

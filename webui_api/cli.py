@@ -251,7 +251,7 @@ def ensure_knowledge(owner, name: str) -> str:
         .order_by(Knowledge.created_at).first()
     if found is not None:
         return found.id
-    return knowledge.create(owner, name, "Created by webui-api ingest")["id"]
+    return knowledge.create(owner, name, "Created by webui-api ingest").id
 
 
 def previous_uploads(owner) -> dict[str, object]:

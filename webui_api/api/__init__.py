@@ -1,14 +1,15 @@
-"""HTTP layer: the flask-smorest Api with one error path, and the blueprint list."""
+"""HTTP layer: the flask-smorest Api (one error path, one error schema), and the blueprint list."""
 from __future__ import annotations
 
 import importlib
 import logging
 
-from flask import Flask, jsonify
+from flask import jsonify
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from ..errors import ApiError
+from .schemas import ErrorSchema
 
 log = logging.getLogger("webui_api")
 
@@ -20,9 +21,12 @@ _LOCATIONS = {"json": "body", "form": "form", "files": "files", "query": "query"
 
 
 class WebuiApi(Api):
-    """flask-smorest's Api, with every error turned into `{"detail": ...}`."""
+    """flask-smorest's Api, with every error turned into `{"detail": ...}` and documented so."""
+
+    ERROR_SCHEMA = ErrorSchema
 
     def _register_error_handlers(self):
+        # On the app, not the blueprints: errors raised in before_request hooks take the same path.
         self._app.register_error_handler(HTTPException, self.handle_http_exception)
         self._app.register_error_handler(ApiError, handle_api_error)
 
@@ -97,6 +101,6 @@ def register_blueprints(api: WebuiApi) -> None:
         api.register_blueprint(module.blp)
 
 
-def register_app_handlers(app: Flask) -> None:
-    """Errors raised outside smorest views (before_request hooks) take the same path."""
-    app.register_error_handler(ApiError, handle_api_error)
+# The one Api: `create_app` binds it to each app it builds, and the app built last owns its spec (one app
+# per process in production; tests import it to add probe blueprints to the app they just built).
+api = WebuiApi()

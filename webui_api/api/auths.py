@@ -7,16 +7,12 @@ from flask_smorest import Blueprint
 
 from ..auth import accounts
 from .deps import access, bearer_token, current_caller, current_user, ext
+from .schemas import TRUE, Schema, StatusSchema, UserSchema
 
 blp = Blueprint("auths", __name__, url_prefix="/api/v1/auths", description="Accounts and credentials")
 
 
-class _Body(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
-
-class SignupSchema(_Body):
+class SignupSchema(Schema):
     name = ma.fields.String(required=True)
     email = ma.fields.String(required=True)
     password = ma.fields.String(required=True)
@@ -27,36 +23,33 @@ class AddUserSchema(SignupSchema):
     role = ma.fields.String(load_default="pending")
 
 
-class SigninSchema(_Body):
+class SigninSchema(Schema):
     email = ma.fields.String(required=True)
     password = ma.fields.String(required=True)
 
 
-class PasswordSchema(_Body):
+class PasswordSchema(Schema):
     password = ma.fields.String(required=True)
     new_password = ma.fields.String(required=True)
 
 
-class UserSchema(ma.Schema):
-    id = ma.fields.String()
-    email = ma.fields.String()
-    name = ma.fields.String()
-    role = ma.fields.String()
-    profile_image_url = ma.fields.String()
-
-
 class SessionSchema(UserSchema):
+    """Open WebUI's answer to sign-in and sign-up: the user, the token and its expiry, the permissions."""
+
     token = ma.fields.String(allow_none=True)
-    token_type = ma.fields.String()
+    token_type = ma.fields.Constant("Bearer", metadata={"type": "string"})
     expires_at = ma.fields.Integer(allow_none=True)
     permissions = ma.fields.Dict()
 
 
-class StatusSchema(ma.Schema):
-    status = ma.fields.Boolean()
+class AddedUserSchema(UserSchema):
+    """A new account made by an admin: no session (the user signs in themself)."""
+
+    token = ma.fields.Constant(None, metadata={"type": "string", "nullable": True})
+    token_type = ma.fields.Constant("Bearer", metadata={"type": "string"})
 
 
-class ApiKeySchema(ma.Schema):
+class ApiKeySchema(Schema):
     api_key = ma.fields.String(metadata={"description": "The full key on creation; a masked form afterwards"})
 
 
@@ -105,14 +98,14 @@ class Session(MethodView):
         caller = current_caller()
         claims = caller.claims or {}
         token = None if caller.via_api_key else bearer_token()
-        return accounts.session_payload(ext().settings, caller.user, token, claims)
+        return accounts.session_of(ext().settings, caller.user, token, claims)
 
 
 @blp.route("/update/password")
 class UpdatePassword(MethodView):
     @access("authenticated")
     @blp.arguments(PasswordSchema)
-    @blp.response(200)
+    @blp.response(200, TRUE)
     def post(self, body):
         """Change the password; every earlier JWT and the API key stop working."""
         accounts.change_password(ext().settings, current_user(), body["password"], body["new_password"])
@@ -123,12 +116,12 @@ class UpdatePassword(MethodView):
 class AddUser(MethodView):
     @access("admin")
     @blp.arguments(AddUserSchema)
-    @blp.response(200, SessionSchema)
+    @blp.response(200, AddedUserSchema)
     def post(self, body):
         """Admin: create an account. No session token is returned (the new user signs in themself)."""
         user = accounts.add_user(ext().settings, body["name"], body["email"], body["password"], body["role"],
                                  body["profile_image_url"])
-        return {**accounts.user_payload(user), "token": None, "token_type": "Bearer"}
+        return user
 
 
 @blp.route("/api_key")
@@ -146,7 +139,7 @@ class ApiKeyView(MethodView):
         return {"api_key": accounts.get_api_key(ext().settings, current_user())}
 
     @access("authenticated")
-    @blp.response(200)
+    @blp.response(200, TRUE)
     def delete(self):
         """Delete the caller's API key."""
         accounts.delete_api_key(ext().settings, current_user())

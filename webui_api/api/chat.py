@@ -8,20 +8,18 @@ from flask_smorest import Blueprint
 
 from ..gateway import chat as gateway
 from .deps import current_user, ext
+from .schemas import EVENT_STREAM, OpenSchema, Relayed
 
 blp = Blueprint("chat", __name__, description="Chat completions and embeddings (OpenAI-compatible)")
 
 
-class ChatCompletionSchema(ma.Schema):
+class ChatCompletionSchema(OpenSchema):
     """OpenAI's chat body plus Open WebUI's `files` (RAG), `params` and `top_k`; other keys are forwarded."""
 
-    class Meta:
-        unknown = ma.INCLUDE
-
-    model = ma.fields.String(required=True,
-                             metadata={"description": "Model or preset id; `name` means `name:latest`"})
-    messages = ma.fields.List(ma.fields.Dict(), required=True,
-                              metadata={"description": "OpenAI messages: {role, content}"})
+    model = ma.fields.String(required=True, metadata={
+        "description": "Model or preset id; `name` means `name:latest`", "example": "llama3.2"})
+    messages = ma.fields.List(ma.fields.Dict(), required=True, metadata={
+        "description": "OpenAI messages: {role, content}", "example": [{"role": "user", "content": "Hello"}]})
     stream = ma.fields.Boolean(load_default=False)
     stream_options = ma.fields.Dict(allow_none=True)
     files = ma.fields.List(ma.fields.Dict(),
@@ -30,13 +28,34 @@ class ChatCompletionSchema(ma.Schema):
     top_k = ma.fields.Integer(metadata={"description": "Chunks to retrieve (default RAG_TOP_K)"})
 
 
-class EmbeddingsRequestSchema(ma.Schema):
-    class Meta:
-        unknown = ma.INCLUDE
-
+class EmbeddingsRequestSchema(OpenSchema):
     model = ma.fields.String(required=True)
     input = ma.fields.Raw(required=True, metadata={"description": "A string or a list of strings"})
     encoding_format = ma.fields.String(validate=ma.validate.OneOf(["float", "base64"]))
+
+
+STREAMED = "JSON; with `stream: true`, chat.completion.chunk events and then `data: [DONE]`"
+
+
+class CompletionSchema(Relayed):
+    """The backend's OpenAI chat.completion, plus `sources` when `files` retrieved context."""
+
+    id = ma.fields.String()
+    object = ma.fields.String()
+    created = ma.fields.Integer()
+    model = ma.fields.String()
+    choices = ma.fields.List(ma.fields.Dict())
+    usage = ma.fields.Dict(allow_none=True)
+    sources = ma.fields.List(ma.fields.Dict())
+
+
+class EmbeddingListSchema(Relayed):
+    """OpenAI's embedding list."""
+
+    object = ma.fields.String()
+    data = ma.fields.List(ma.fields.Dict(), metadata={"description": "{object, index, embedding}"})
+    model = ma.fields.String()
+    usage = ma.fields.Dict(allow_none=True)
 
 
 def _reply(result):
@@ -49,7 +68,9 @@ def _reply(result):
 @blp.route("/api/chat/completions")
 class ChatCompletions(MethodView):
     @blp.arguments(ChatCompletionSchema)
-    @blp.response(200)
+    @blp.response(200, CompletionSchema, description=STREAMED)
+    @blp.alt_response(200, schema=EVENT_STREAM, content_type="text/event-stream", success=True,
+                      description=STREAMED)
     def post(self, body):
         """Chat with a model (OpenAI format). `stream: true` answers `text/event-stream`.
 
@@ -66,7 +87,7 @@ class ChatCompletionsV1(ChatCompletions):
 @blp.route("/api/embeddings")
 class Embeddings(MethodView):
     @blp.arguments(EmbeddingsRequestSchema)
-    @blp.response(200)
+    @blp.response(200, EmbeddingListSchema)
     def post(self, body):
         """OpenAI-format embeddings for any model of the catalogue."""
         return gateway.embeddings(ext(), current_user(), body)

@@ -14,12 +14,17 @@ DEFAULT_LEVEL = "verified"  # secure by default: a route nobody marked needs a v
 
 
 def access(level: str):
-    """Mark a view (or MethodView method) with who may call it."""
+    """Mark a view (or MethodView method) with who may call it; a public one is documented without the
+    bearer requirement (`security: []`), so the spec cannot disagree with the check."""
     if level not in LEVELS:
         raise ValueError(f"unknown access level {level!r}")
 
     def mark(view):
         view._access = level
+        if level == "public":
+            # flask-smorest reads `_apidoc["manual_doc"]` when the route is registered (as @blp.doc writes it)
+            view._apidoc = {**getattr(view, "_apidoc", {})}
+            view._apidoc["manual_doc"] = {**view._apidoc.get("manual_doc", {}), "security": []}
         return view
     return mark
 
@@ -53,11 +58,15 @@ def route_access() -> str | None:
     """The access level of the matched route; None when no route matched (the 404 handler answers)."""
     if request.endpoint is None:
         return None
-    view = current_app.view_functions.get(request.endpoint)
     if request.endpoint == "static" or request.endpoint.startswith("api-docs."):
         return "public"
+    return view_access(current_app.view_functions.get(request.endpoint), request.method)
+
+
+def view_access(view, method: str) -> str:
+    """The access level marked on a view function or on a MethodView's method (HEAD as GET)."""
     view_class = getattr(view, "view_class", None)
-    method = request.method.lower()
+    method = method.lower()
     if view_class is not None:
         handler = getattr(view_class, method, None) or (getattr(view_class, "get", None) if method == "head" else None)
         level = getattr(handler, "_access", None) or getattr(view_class, "_access", None)

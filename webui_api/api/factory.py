@@ -18,7 +18,7 @@ def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flas
     from .. import db
     from ..config import Settings, load_secret_key
     from ..services import build_services
-    from . import WebuiApi, observability, register_app_handlers, register_blueprints
+    from . import api, observability, register_blueprints
     from .deps import authenticate_request
 
     settings = Settings.from_env(overrides=config)
@@ -32,8 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flas
     db.init_database(settings.database_path)
     app.extensions["webui_api"] = build_services(settings, **services)
 
-    api = WebuiApi(app, spec_kwargs=_spec_kwargs())
-    register_app_handlers(app)
+    api.init_app(app, spec_kwargs=_spec_kwargs())
     register_blueprints(api)
     if settings.docs_enabled:
         _serve_swagger_assets(app)

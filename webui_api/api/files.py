@@ -11,10 +11,11 @@ from flask_smorest import Blueprint
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..rag import files
-from ..db import File
 from ..errors import BadRequest, Unprocessable
 from ..rag import knowledge, pipeline, storage
+from ..rag.collection_rows import collection_name
 from .deps import access, current_user, ext
+from .schemas import EVENT_STREAM, JsonSchema, MessageSchema, Schema, Whole, page_number
 
 blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded files")
 
@@ -25,43 +26,108 @@ STATUS_STREAM_LIMIT = 3600.0
 INLINE_TYPES = ("application/pdf", "text/plain")
 
 
-class UploadArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class UploadArgs(Schema):
     process = ma.fields.Boolean(load_default=True, metadata={"description": "Extract, chunk and embed"})
     process_in_background = ma.fields.Boolean(load_default=False, metadata={"description": (
         "Answer at once and process in the background (poll /{id}/process/status); "
         "default: answer when searchable")})
 
 
-class ListArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
-    page = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=1))
+class ListArgs(Schema):
+    page = page_number(load_default=None)
     content = ma.fields.Boolean(load_default=True)
 
 
-class ContentArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class ContentArgs(Schema):
     attachment = ma.fields.Boolean(load_default=False)
 
 
-class StatusArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class StatusArgs(Schema):
     stream = ma.fields.Boolean(load_default=False)
 
 
-class ContentUpdateSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class ContentUpdateSchema(Schema):
     content = ma.fields.String(required=True)
+
+
+def _collection(file) -> str | object:
+    return collection_name(file.id) if file.status == "completed" else ma.missing
+
+
+class FileDataSchema(Schema):
+    """Processing state (empty for a file uploaded with process=false)."""
+
+    status = ma.fields.String(metadata={"description": "pending, processing, completed or failed"})
+    content = ma.fields.String(metadata={"description": "The extracted text"})
+    error = ma.fields.String(allow_none=True)
+
+    @ma.post_dump(pass_original=True)
+    def _processed_only(self, data, file, **kwargs):
+        if file.status == "stored":
+            return {}
+        if data.get("content") is None:
+            data.pop("content", None)
+        return data
+
+
+class FileMetaSchema(Schema):
+    name = ma.fields.String(attribute="filename")
+    content_type = ma.fields.String()
+    size = ma.fields.Integer()
+    file_hash = ma.fields.String(metadata={"description": "sha256 of the uploaded bytes"})
+    data = ma.fields.Function(lambda file: (file.meta or {}).get("data") or {}, metadata={
+        "type": "object", "description": "The `metadata` form field given at upload"})
+    collection_name = ma.fields.Function(_collection, metadata={
+        "type": "string", "description": "Once processed: `file-<id>`"})
+
+
+class FileSchema(Schema):
+    """Open WebUI's file object, without any server path."""
+
+    id = ma.fields.String()
+    user_id = ma.fields.String()
+    hash = ma.fields.String(attribute="text_hash", allow_none=True,
+                            metadata={"description": "sha256 of the extracted text"})
+    filename = ma.fields.String()
+    data = Whole(FileDataSchema)
+    meta = Whole(FileMetaSchema)
+    created_at = ma.fields.Integer()
+    updated_at = ma.fields.Integer()
+
+
+class UploadDataSchema(FileDataSchema):
+    class Meta(Schema.Meta):
+        exclude = ("content",)
+
+
+class UploadSchema(FileSchema):
+    data = Whole(UploadDataSchema)
+    status = ma.fields.Constant(True, metadata={"type": "boolean"})
+
+
+class FilePageSchema(Schema):
+    """`content=false` leaves out each file's extracted text."""
+
+    items = ma.fields.List(ma.fields.Nested(FileSchema))
+    total = ma.fields.Integer()
+
+    @ma.post_dump(pass_original=True)
+    def _without_text(self, data, page, **kwargs):
+        if not page.get("content", True):
+            for item in data["items"]:
+                item["data"].pop("content", None)
+        return data
+
+
+class ContentSchema(Schema):
+    content = ma.fields.Function(lambda file: file.content or "", metadata={"type": "string"})
+
+
+class FileStatusSchema(Schema):
+    status = ma.fields.String(metadata={"description": "pending, processing, completed, failed or stored"})
+    error = ma.fields.Function(lambda file: file.error if file.status == "failed" else ma.missing,
+                               metadata={"type": "string", "nullable": True,
+                                         "description": "Why processing failed"})
 
 
 UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -76,7 +142,7 @@ UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
 class Files(MethodView):
     @blp.arguments(UploadArgs, location="query")
     @blp.doc(requestBody=UPLOAD_BODY)
-    @blp.response(200)
+    @blp.response(200, UploadSchema)
     def post(self, args):
         """Upload a file (multipart field `file`, optional JSON `metadata` field). By default the answer
         comes once the file is searchable (`data.status` "completed"); the same bytes uploaded again by the
@@ -88,14 +154,15 @@ class Files(MethodView):
         file, _created = knowledge.upload(ext(), current_user(), upload.stream, upload.filename,
                                           upload.mimetype, metadata, args["process"],
                                           args["process_in_background"])
-        return files.upload_dict(file)
+        return file
 
     @blp.arguments(ListArgs, location="query")
-    @blp.response(200)
+    @blp.response(200, FilePageSchema)
     def get(self, args):
         """Your files, newest first (admins: everyone's); `page` gives 50 at a time, `content=false` leaves
         out the extracted text."""
-        return files.list_files(current_user(), args["page"], args["content"])
+        items, total = files.list_files(current_user(), args["page"])
+        return {"items": items, "total": total, "content": args["content"]}
 
 
 def _multipart(settings):
@@ -121,28 +188,32 @@ def _multipart(settings):
 @blp.route("/all")
 class AllFiles(MethodView):
     @access("admin")
-    @blp.response(200)
+    @blp.response(200, MessageSchema)
     def delete(self):
         """Delete every user's files, their stored bytes and vectors (knowledge collections stay)."""
-        return files.delete_all(ext())
+        files.delete_all(ext())
+        return {"message": "All files deleted successfully"}
 
 
 @blp.route("/<string:file_id>")
 class FileItem(MethodView):
-    @blp.response(200)
+    @blp.response(200, FileSchema)
     def get(self, file_id):
         """One file with its extracted text (no server path)."""
-        return files.to_dict(files.readable(current_user(), file_id))
+        return files.readable(current_user(), file_id)
 
-    @blp.response(200)
+    @blp.response(200, MessageSchema)
     def delete(self, file_id):
         """Delete the file, its bytes, and its vectors in every collection."""
-        return files.delete(ext(), current_user(), file_id)
+        files.delete(ext(), current_user(), file_id)
+        return {"message": "File deleted successfully"}
 
 
 @blp.route("/<string:file_id>/content")
 class FileContent(MethodView):
     @blp.arguments(ContentArgs, location="query")
+    @blp.response(200, JsonSchema(type="string", format="binary"), content_type="application/octet-stream",
+                  description="The stored bytes, served with the file's own content type")
     def get(self, args, file_id):
         """The original bytes with their content type (PDF and plain text inline, others as attachment)."""
         path, file = files.original(ext(), current_user(), file_id)
@@ -156,32 +227,38 @@ class FileContent(MethodView):
 
 @blp.route("/<string:file_id>/data/content")
 class FileDataContent(MethodView):
-    @blp.response(200)
+    @blp.response(200, ContentSchema)
     def get(self, file_id):
         """The extracted text: `{"content": "..."}`."""
-        return files.data_content(current_user(), file_id)
+        return files.readable(current_user(), file_id)
 
 
 @blp.route("/<string:file_id>/data/content/update")
 class FileDataContentUpdate(MethodView):
     @blp.arguments(ContentUpdateSchema)
-    @blp.response(200)
+    @blp.response(200, ContentSchema)
     def post(self, body, file_id):
         """Replace the extracted text and re-index it everywhere the file is used."""
-        return files.update_content(ext(), current_user(), file_id, body["content"])
+        return files.reprocess(ext(), current_user(), file_id, body["content"])
 
 
 @blp.route("/<string:file_id>/process/status")
 class FileStatus(MethodView):
     @blp.arguments(StatusArgs, location="query")
+    @blp.response(200, FileStatusSchema)
+    @blp.alt_response(200, schema=EVENT_STREAM, content_type="text/event-stream", success=True,
+                      description="`stream=true`: `data: {status, error?}` events until the status settles")
     def get(self, args, file_id):
         """Processing status: pending, processing, completed, failed (with `error`), or stored
         (uploaded with process=false). `stream=true` sends SSE events until the status settles."""
-        status = files.process_status(current_user(), file_id)
+        file = files.readable(current_user(), file_id)
         if not args["stream"]:
-            return status
-        return Response(_status_events(file_id, status), mimetype="text/event-stream",
+            return file
+        return Response(_status_events(file_id, _STATUS.dump(file)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+_STATUS = FileStatusSchema()
 
 
 def _status_events(file_id: str, first: dict):
@@ -190,8 +267,8 @@ def _status_events(file_id: str, first: dict):
     yield f"data: {json.dumps(status)}\n\n".encode()
     while status["status"] in pipeline.UNSETTLED and time.monotonic() < deadline:
         time.sleep(STATUS_POLL)
-        file = File.get_or_none(File.id == file_id)
-        current = files.status_dict(file) if file else {"status": "failed", "error": "The file was deleted."}
+        file = files.current(file_id)
+        current = _STATUS.dump(file) if file else {"status": "failed", "error": "The file was deleted."}
         if current != status:
             status = current
             yield f"data: {json.dumps(status)}\n\n".encode()

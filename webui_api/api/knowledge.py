@@ -7,30 +7,24 @@ from flask_smorest import Blueprint
 
 from ..rag import knowledge
 from .deps import access, current_user, ext
+from .files import FileMetaSchema, FileSchema
+from .schemas import (TRUE, AccessGrantSchema, rendered_grants, OwnerSchema, Schema, UploaderSchema, Whole, derived,
+                      hide_owner_email_from_readers, page_number)
 
 blp = Blueprint("knowledge", __name__, url_prefix="/api/v1/knowledge", description="Knowledge collections")
 
 
-class PageArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
-    page = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=1))
+class PageArgs(Schema):
+    page = page_number(load_default=None)
 
 
-class GrantSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class GrantSchema(Schema):
     principal_type = ma.fields.String(required=True)
     principal_id = ma.fields.String(required=True)
     permission = ma.fields.String(required=True)
 
 
-class CreateSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class CreateSchema(Schema):
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=255))
     description = ma.fields.String(load_default="")
     meta = ma.fields.Dict(load_default=None, allow_none=True)
@@ -40,51 +34,127 @@ class CreateSchema(ma.Schema):
                                        "{principal_type: user, principal_id: *, permission: read}")})
 
 
-class UpdateSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class UpdateSchema(Schema):
     name = ma.fields.String(validate=ma.validate.Length(min=1, max=255))
     description = ma.fields.String(allow_none=True)
     meta = ma.fields.Dict(allow_none=True)
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), allow_none=True)
 
 
-class AccessSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class AccessSchema(Schema):
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), required=True)
 
 
-class FileRefSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class FileRefSchema(Schema):
     file_id = ma.fields.String(required=True, validate=ma.validate.Length(min=1))
 
 
-class RemoveArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class RemoveArgs(Schema):
     delete_file = ma.fields.Boolean(load_default=False,
                                     metadata={"description": "Also delete the file itself"})
+
+
+class MemberStatusSchema(Schema):
+    status = ma.fields.String()
+
+
+def _in_collection(entries: list[dict], collection) -> list[dict]:
+    """A member file's `meta.collection_name` names the collection it is listed in."""
+    for entry in entries:
+        entry["meta"]["collection_name"] = collection.id
+    return entries
+
+
+class MemberFileSchema(Schema):
+    """A file as a collection lists it."""
+
+    id = ma.fields.String()
+    hash = ma.fields.String(attribute="text_hash", allow_none=True)
+    meta = Whole(FileMetaSchema)
+    data = Whole(MemberStatusSchema)
+    created_at = ma.fields.Integer()
+    updated_at = ma.fields.Integer()
+
+
+class KnowledgeSchema(Schema):
+    id = ma.fields.String()
+    user_id = ma.fields.String()
+    name = ma.fields.String()
+    description = ma.fields.String()
+    meta = ma.fields.Dict(allow_none=True)
+    access_grants = derived(ma.fields.List(ma.fields.Nested(AccessGrantSchema)), rendered_grants)
+    created_at = ma.fields.Integer()
+    updated_at = ma.fields.Integer()
+    files = ma.fields.List(ma.fields.Nested(MemberFileSchema), allow_none=True, dump_default=None)
+
+    @ma.post_dump(pass_original=True)
+    def _members_in_collection(self, data, collection, **kwargs):
+        _in_collection(data.get("files") or [], collection)
+        return data
+
+
+class KnowledgeFilesSchema(KnowledgeSchema):
+    """A collection with its files and whether the caller may change it."""
+
+    write_access = ma.fields.Boolean()
+
+
+class KnowledgeSummarySchema(KnowledgeSchema):
+    """A listed collection: its owner (the email only for those who may change it) and file count."""
+
+    class Meta(Schema.Meta):
+        exclude = ("files",)
+
+    user = ma.fields.Nested(OwnerSchema)
+    file_count = ma.fields.Integer()
+    write_access = ma.fields.Boolean()
+
+    @ma.post_dump
+    def _owner_email_for_writers(self, data, **kwargs):
+        return hide_owner_email_from_readers(data)
+
+
+class KnowledgePageSchema(Schema):
+    items = ma.fields.List(ma.fields.Nested(KnowledgeSummarySchema))
+    total = ma.fields.Integer()
+
+
+class FileEntrySchema(FileSchema):
+    data = Whole(MemberStatusSchema)
+    directory_id = ma.fields.Constant(None, metadata={"type": "string", "nullable": True})
+    directory_path = ma.fields.Constant("", metadata={"type": "string"})
+    has_original = ma.fields.Constant(True, metadata={"type": "boolean"})
+    user = ma.fields.Nested(UploaderSchema)
+
+
+class FileEntryPageSchema(Schema):
+    """Open WebUI's page of a collection's files (no directories exist here)."""
+
+    items = ma.fields.List(ma.fields.Nested(FileEntrySchema), attribute="files")
+    directories = ma.fields.Constant([], metadata={"type": "array", "items": {}})
+    breadcrumbs = ma.fields.Constant([], metadata={"type": "array", "items": {}})
+    total = ma.fields.Function(lambda collection: len(collection.files), metadata={"type": "integer"})
+
+    @ma.post_dump(pass_original=True)
+    def _members_in_collection(self, data, collection, **kwargs):
+        _in_collection(data["items"], collection)
+        return data
 
 
 @blp.route("/")
 class KnowledgeList(MethodView):
     @blp.arguments(PageArgs, location="query")
-    @blp.response(200)
+    @blp.response(200, KnowledgePageSchema)
     def get(self, args):
         """Your collections and public ones (admins: all), newest first; `page` gives 30 at a time."""
-        return knowledge.list_for(current_user(), args["page"])
+        items, total = knowledge.list_for(current_user(), args["page"])
+        return {"items": items, "total": total}
 
 
 @blp.route("/create")
 class KnowledgeCreate(MethodView):
     @blp.arguments(CreateSchema)
-    @blp.response(200)
+    @blp.response(200, KnowledgeSchema)
     def post(self, body):
         """Create a collection, private unless the public read grant is given."""
         return knowledge.create(current_user(), body["name"], body["description"], body["access_grants"],
@@ -93,7 +163,7 @@ class KnowledgeCreate(MethodView):
 
 @blp.route("/<string:knowledge_id>")
 class KnowledgeItem(MethodView):
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def get(self, knowledge_id):
         """One collection with its files and whether you may change it."""
         return knowledge.get(current_user(), knowledge_id)
@@ -101,16 +171,16 @@ class KnowledgeItem(MethodView):
 
 @blp.route("/<string:knowledge_id>/files")
 class KnowledgeFiles(MethodView):
-    @blp.response(200)
+    @blp.response(200, FileEntryPageSchema)
     def get(self, knowledge_id):
         """The collection's files (Open WebUI's page shape, without directories)."""
-        return knowledge.list_files(current_user(), knowledge_id)
+        return knowledge.get(current_user(), knowledge_id)
 
 
 @blp.route("/<string:knowledge_id>/update")
 class KnowledgeUpdate(MethodView):
     @blp.arguments(UpdateSchema)
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, body, knowledge_id):
         """Rename, describe or share the collection (owner or admin)."""
         return knowledge.update(current_user(), knowledge_id, body)
@@ -119,7 +189,7 @@ class KnowledgeUpdate(MethodView):
 @blp.route("/<string:knowledge_id>/access/update")
 class KnowledgeAccess(MethodView):
     @blp.arguments(AccessSchema)
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, body, knowledge_id):
         """Make the collection public (read-only for others) or private again."""
         return knowledge.update_access(current_user(), knowledge_id, body["access_grants"])
@@ -128,7 +198,7 @@ class KnowledgeAccess(MethodView):
 @blp.route("/<string:knowledge_id>/file/add")
 class KnowledgeFileAdd(MethodView):
     @blp.arguments(FileRefSchema)
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, body, knowledge_id):
         """Add a processed file: its stored vectors join the collection (no new embedding). Adding it
         again changes nothing. A file still processing is waited for."""
@@ -139,7 +209,7 @@ class KnowledgeFileAdd(MethodView):
 class KnowledgeFileRemove(MethodView):
     @blp.arguments(FileRefSchema)
     @blp.arguments(RemoveArgs, location="query")
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, body, args, knowledge_id):
         """Take a file out of the collection; `delete_file=true` also deletes the file (if it is yours)."""
         return knowledge.remove_file(ext(), current_user(), knowledge_id, body["file_id"],
@@ -148,7 +218,7 @@ class KnowledgeFileRemove(MethodView):
 
 @blp.route("/<string:knowledge_id>/reset")
 class KnowledgeReset(MethodView):
-    @blp.response(200)
+    @blp.response(200, KnowledgeFilesSchema)
     def post(self, knowledge_id):
         """Remove every file from the collection (the files themselves are kept)."""
         return knowledge.reset(ext(), current_user(), knowledge_id)
@@ -157,7 +227,7 @@ class KnowledgeReset(MethodView):
 @blp.route("/<string:knowledge_id>/delete")
 class KnowledgeDelete(MethodView):
     @access("verified")
-    @blp.response(200)
+    @blp.response(200, TRUE)
     def delete(self, knowledge_id):
         """Delete the collection and its index; its files are kept."""
         return knowledge.delete(ext(), current_user(), knowledge_id)

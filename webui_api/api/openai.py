@@ -1,17 +1,54 @@
 """`/openai/...`: the configured OpenAI-compatible connections behind one URL, routed by model."""
 from __future__ import annotations
 
+import marshmallow as ma
 from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from ..gateway import proxy
 from .deps import ext
-from .ollama import respond
+from .ollama import SSE, respond
+from .schemas import OpenSchema, Relayed
 
 blp = Blueprint("openai", __name__, url_prefix="/openai",
                 description="OpenAI API passthrough: each call goes to the connection that serves its model "
                             "(with that connection's key). Unknown model: 404 `Model 'x' was not found`.")
+
+
+class OpenAIBody(OpenSchema):
+    """OpenAI's request body: `model` picks the connection; everything is forwarded as sent."""
+
+    model = ma.fields.String(required=True, metadata={"example": "gpt-4o-mini"})
+    stream = ma.fields.Boolean()
+
+
+class OpenAIChatBody(OpenAIBody):
+    messages = ma.fields.List(ma.fields.Dict(), required=True,
+                              metadata={"example": [{"role": "user", "content": "Hello"}]})
+
+
+class CompletionBody(OpenAIBody):
+    prompt = ma.fields.Raw()
+
+
+class EmbeddingBody(OpenAIBody):
+    input = ma.fields.Raw(required=True, metadata={"description": "A string or a list of strings"})
+
+
+class OpenAIReply(Relayed):
+    """The connection's JSON answer, relayed untouched."""
+
+
+class OpenAIModelListSchema(Relayed):
+    object = ma.fields.String()
+    data = ma.fields.List(ma.fields.Dict(), metadata={"description": (
+        "Merged: each entry with `urlIdx`, `connection_type` and the raw entry under `openai`")})
+
+
+def _body(schema: type[OpenAIBody]) -> dict:
+    """Documents the request body; the view forwards it as sent (no parsing on the way)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _forward(path: str, url_idx: int | None):
@@ -22,6 +59,7 @@ def _forward(path: str, url_idx: int | None):
 @blp.route("/models", endpoint="models")
 @blp.route("/models/<int:url_idx>", endpoint="models_idx")
 class Models(MethodView):
+    @blp.response(200, OpenAIModelListSchema)
     def get(self, url_idx: int | None = None):
         """Models of every connection (`urlIdx` says which; the raw entry is under `openai`), or one
         connection's raw list."""
@@ -31,6 +69,9 @@ class Models(MethodView):
 @blp.route("/chat/completions", endpoint="chat")
 @blp.route("/chat/completions/<int:url_idx>", endpoint="chat_idx")
 class ChatCompletions(MethodView):
+    @blp.doc(**_body(OpenAIChatBody))
+    @blp.response(200, OpenAIReply)
+    @blp.alt_response(200, schema=SSE, content_type="text/event-stream", success=True)
     def post(self, url_idx: int | None = None):
         """Chat completion, JSON or SSE (`stream: true`) relayed as it arrives."""
         return _forward("/chat/completions", url_idx)
@@ -39,6 +80,9 @@ class ChatCompletions(MethodView):
 @blp.route("/completions", endpoint="completions")
 @blp.route("/completions/<int:url_idx>", endpoint="completions_idx")
 class Completions(MethodView):
+    @blp.doc(**_body(CompletionBody))
+    @blp.response(200, OpenAIReply)
+    @blp.alt_response(200, schema=SSE, content_type="text/event-stream", success=True)
     def post(self, url_idx: int | None = None):
         """Legacy text completion, relayed."""
         return _forward("/completions", url_idx)
@@ -47,6 +91,8 @@ class Completions(MethodView):
 @blp.route("/embeddings", endpoint="embeddings")
 @blp.route("/embeddings/<int:url_idx>", endpoint="embeddings_idx")
 class Embeddings(MethodView):
+    @blp.doc(**_body(EmbeddingBody))
+    @blp.response(200, OpenAIReply)
     def post(self, url_idx: int | None = None):
         """Embeddings from the connection serving the model."""
         return _forward("/embeddings", url_idx)

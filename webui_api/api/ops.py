@@ -10,11 +10,12 @@ from ..gateway import readiness
 from .. import telemetry
 from ..auth.policy import is_admin
 from .deps import access, current_caller, ext
+from .schemas import JsonSchema, Schema
 
 blp = Blueprint("ops", __name__, description="Readiness and metrics")
 
 
-class ReadySchema(ma.Schema):
+class ReadySchema(Schema):
     status = ma.fields.Boolean()
     failed = ma.fields.List(ma.fields.String())
     checks = ma.fields.Dict()
@@ -42,7 +43,8 @@ class Ready(MethodView):
 @blp.route("/metrics")
 class Metrics(MethodView):
     @access("admin")
-    @blp.response(200, content_type="text/plain; version=0.0.4")
+    @blp.response(200, JsonSchema(type="string", description="Prometheus exposition format"),
+                  content_type="text/plain; version=0.0.4")
     def get(self):
         """Prometheus text format, summed over every gunicorn worker: requests and latency per route and
         status, backend latency and errors, tokens in and out. Admin only: scrape with an admin API key

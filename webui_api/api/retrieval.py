@@ -8,33 +8,25 @@ from flask_smorest import Blueprint
 from ..rag import knowledge
 from ..rag import retrieve
 from .deps import current_user, ext
+from .schemas import Schema
 
 blp = Blueprint("retrieval", __name__, url_prefix="/api/v1/retrieval", description="Retrieval and processing")
 
 
-class QueryDocSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class QueryDocSchema(Schema):
     collection_name = ma.fields.String(required=True,
                                        metadata={"description": "`file-<id>` or a knowledge id"})
     query = ma.fields.String(required=True)
     k = ma.fields.Integer(load_default=None, allow_none=True)
 
 
-class QueryCollectionSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class QueryCollectionSchema(Schema):
     collection_names = ma.fields.List(ma.fields.String(), required=True, validate=ma.validate.Length(min=1))
     query = ma.fields.String(required=True)
     k = ma.fields.Integer(load_default=None, allow_none=True)
 
 
-class ProcessFileSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class ProcessFileSchema(Schema):
     file_id = ma.fields.String(required=True)
     content = ma.fields.String(load_default=None, allow_none=True,
                                metadata={"description": "Replacement text (else the stored bytes are "
@@ -44,19 +36,42 @@ class ProcessFileSchema(ma.Schema):
                                                                 "collection"})
 
 
-class ProcessTextSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class ProcessTextSchema(Schema):
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1))
     content = ma.fields.String(required=True)
     collection_name = ma.fields.String(load_default=None, allow_none=True)
 
 
+class QueryResultSchema(Schema):
+    """Chroma's query shape: one inner list, best match first."""
+
+    ids = ma.fields.List(ma.fields.List(ma.fields.String()))
+    distances = ma.fields.List(ma.fields.List(ma.fields.Float()))
+    documents = ma.fields.List(ma.fields.List(ma.fields.String()))
+    metadatas = ma.fields.List(ma.fields.List(ma.fields.Dict()))
+
+
+class ProcessedSchema(Schema):
+    """A file made searchable, and the collection it is searchable in."""
+
+    status = ma.fields.Constant(True, metadata={"type": "boolean"})
+    collection_name = ma.fields.String()
+    filename = ma.fields.String(attribute="file.filename")
+    content = ma.fields.String(attribute="file.content", allow_none=True)
+
+
+class ProcessedTextSchema(Schema):
+    status = ma.fields.Constant(True, metadata={"type": "boolean"})
+    collection_name = ma.fields.String()
+    file_id = ma.fields.String(attribute="file.id")
+    filename = ma.fields.String(attribute="file.filename")
+    content = ma.fields.String(attribute="file.content", allow_none=True)
+
+
 @blp.route("/query/doc")
 class QueryDoc(MethodView):
     @blp.arguments(QueryDocSchema)
-    @blp.response(200)
+    @blp.response(200, QueryResultSchema)
     def post(self, body):
         """Top `k` chunks of one collection: `{ids, documents, metadatas, distances}` (lists of lists)."""
         return retrieve.query_collections(ext(), current_user(), [body["collection_name"]], body["query"],
@@ -66,7 +81,7 @@ class QueryDoc(MethodView):
 @blp.route("/query/collection")
 class QueryCollection(MethodView):
     @blp.arguments(QueryCollectionSchema)
-    @blp.response(200)
+    @blp.response(200, QueryResultSchema)
     def post(self, body):
         """Top `k` chunks over several collections, merged and ranked by similarity."""
         return retrieve.query_collections(ext(), current_user(), body["collection_names"], body["query"],
@@ -76,7 +91,7 @@ class QueryCollection(MethodView):
 @blp.route("/process/file")
 class ProcessFile(MethodView):
     @blp.arguments(ProcessFileSchema)
-    @blp.response(200)
+    @blp.response(200, ProcessedSchema)
     def post(self, body):
         """(Re-)process a file, e.g. after the embedding backend failed; answers when it is searchable."""
         return knowledge.process_again(ext(), current_user(), body["file_id"], body["content"],
@@ -86,7 +101,7 @@ class ProcessFile(MethodView):
 @blp.route("/process/text")
 class ProcessText(MethodView):
     @blp.arguments(ProcessTextSchema)
-    @blp.response(200)
+    @blp.response(200, ProcessedTextSchema)
     def post(self, body):
         """Store text as a new file and make it searchable (optionally inside a knowledge collection)."""
         return knowledge.create_from_text(ext(), current_user(), body["name"], body["content"],

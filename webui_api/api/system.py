@@ -7,21 +7,37 @@ from flask_smorest import Blueprint
 
 from ..version import API_COMPAT_VERSION, __version__
 from ..auth import accounts
-from .. import db
 from ..errors import ServiceUnavailable
+from ..gateway import readiness
 from .deps import access, current_caller, ext
+from .schemas import Schema
 
 blp = Blueprint("system", __name__, description="Health, version and configuration")
 
 
-class HealthSchema(ma.Schema):
+class HealthSchema(Schema):
     status = ma.fields.Boolean()
 
 
-class VersionSchema(ma.Schema):
+class VersionSchema(Schema):
     version = ma.fields.String()
     deployment_id = ma.fields.String()
     server = ma.fields.String()
+
+
+class FeaturesSchema(Schema):
+    auth = ma.fields.Boolean()
+    enable_signup = ma.fields.Boolean()
+    enable_login_form = ma.fields.Boolean()
+    enable_api_keys = ma.fields.Boolean()
+
+
+class ConfigSchema(Schema):
+    status = ma.fields.Boolean()
+    name = ma.fields.String()
+    version = ma.fields.String()
+    features = ma.fields.Nested(FeaturesSchema)
+    onboarding = ma.fields.Boolean(metadata={"description": "Present (true) until the first account exists"})
 
 
 @blp.route("/health")
@@ -31,7 +47,7 @@ class Health(MethodView):
     def get(self):
         """Liveness, including a round trip to the database."""
         try:
-            db.database.execute_sql("SELECT 1").fetchone()
+            readiness.check_database()
         except Exception as exc:  # any database failure means "not healthy", never a traceback
             raise ServiceUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
         return {"status": True}
@@ -49,13 +65,13 @@ class Version(MethodView):
 @blp.route("/api/config")
 class PublicConfig(MethodView):
     @access("public")
-    @blp.response(200)
+    @blp.response(200, ConfigSchema)
     def get(self):
         """Public feature flags; a signed-in caller also sees the API-key flag."""
         settings = ext().settings
         features = {"auth": True, "enable_signup": accounts.signup_open(settings), "enable_login_form": True,
                     "enable_api_keys": settings.ENABLE_API_KEYS}
         config = {"status": True, "name": "webui_api", "version": API_COMPAT_VERSION, "features": features}
-        if current_caller() is None and not db.User.select().exists():
+        if current_caller() is None and accounts.awaiting_first_account():
             config["onboarding"] = True
         return config

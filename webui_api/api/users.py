@@ -7,40 +7,31 @@ from flask_smorest import Blueprint
 
 from ..auth import accounts
 from ..rag import files, knowledge
-from ..db import Knowledge
 from .deps import access, ext
+from .schemas import TRUE, Schema, UserSchema, page_number
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Admin user management")
 
 
-class UserListArgs(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class UserListArgs(Schema):
     query = ma.fields.String(load_default=None)
-    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
+    page = page_number(load_default=1)
 
 
-class UserRecordSchema(ma.Schema):
-    id = ma.fields.String()
-    email = ma.fields.String()
-    name = ma.fields.String()
-    role = ma.fields.String()
-    profile_image_url = ma.fields.String()
+class UserRecordSchema(UserSchema):
+    """The admin view of a user (Open WebUI's UserModel)."""
+
     last_active_at = ma.fields.Integer()
     created_at = ma.fields.Integer()
     updated_at = ma.fields.Integer()
 
 
-class UserPageSchema(ma.Schema):
+class UserPageSchema(Schema):
     users = ma.fields.List(ma.fields.Nested(UserRecordSchema))
     total = ma.fields.Integer()
 
 
-class UserUpdateSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
+class UserUpdateSchema(Schema):
     role = ma.fields.String(validate=ma.validate.OneOf(accounts.ROLES), allow_none=True)
     name = ma.fields.String(validate=ma.validate.Length(min=1), allow_none=True)
     email = ma.fields.String(allow_none=True)
@@ -56,7 +47,7 @@ class Users(MethodView):
     def get(self, args):
         """List accounts, newest first, 30 a page; `query` matches name or email."""
         users, total = accounts.list_users(args["query"], args["page"])
-        return {"users": [accounts.user_record(u) for u in users], "total": total}
+        return {"users": users, "total": total}
 
 
 @blp.route("/<string:user_id>")
@@ -65,10 +56,10 @@ class UserView(MethodView):
     @blp.response(200, UserRecordSchema)
     def get(self, user_id):
         """One account."""
-        return accounts.user_record(accounts.get_user(user_id))
+        return accounts.get_user(user_id)
 
     @access("admin")
-    @blp.response(200)
+    @blp.response(200, TRUE)
     def delete(self, user_id):
         """Delete an account and everything it owns. The last admin cannot be deleted."""
         accounts.delete_user(user_id, purge=_purge_content)
@@ -78,8 +69,7 @@ class UserView(MethodView):
 def _purge_content(user) -> None:
     """Uploaded bytes, FAISS vectors and collection indexes of a user being deleted."""
     files.purge_user(ext(), user.id)
-    for kb in Knowledge.select().where(Knowledge.user == user.id):
-        knowledge.delete(ext(), user, kb.id)
+    knowledge.purge_user(ext(), user)
 
 
 @blp.route("/<string:user_id>/update")
@@ -89,4 +79,4 @@ class UserUpdate(MethodView):
     @blp.response(200, UserRecordSchema)
     def post(self, body, user_id):
         """Change role, name, email or password. A new password revokes the user's tokens and API key."""
-        return accounts.user_record(accounts.update_user(ext().settings, user_id, body))
+        return accounts.update_user(ext().settings, user_id, body)

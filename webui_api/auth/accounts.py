@@ -37,31 +37,23 @@ class Caller:
 
 # --- sessions --------------------------------------------------------------------------------
 
-def session_payload(settings: Settings, user: User, token: str, claims: dict) -> dict:
-    """The session object Open WebUI answers sign-in and sign-up with."""
-    return {
-        "token": token,
-        "token_type": "Bearer",
-        "expires_at": claims.get("exp"),
-        **user_payload(user),
-        "permissions": permissions(settings, user),
-    }
+@dataclass
+class Session:
+    """A signed-in user: the token (None when an API key was used), its expiry, and what they may do."""
+
+    user: User
+    token: str | None
+    expires_at: int | None
+    permissions: dict
+
+    def __getattr__(self, name):
+        if name == "user":  # not set yet (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.user, name)
 
 
-def user_payload(user: User) -> dict:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "role": user.role,
-        "profile_image_url": user.profile_image_url or f"/api/v1/users/{user.id}/profile/image",
-    }
-
-
-def user_record(user: User) -> dict:
-    """The admin view of a user (UserModel): no password hash, no key, no private settings."""
-    return {**user_payload(user), "last_active_at": user.last_active_at,
-            "created_at": user.created_at, "updated_at": user.updated_at}
+def session_of(settings: Settings, user: User, token: str | None, claims: dict) -> Session:
+    return Session(user, token, claims.get("exp"), permissions(settings, user))
 
 
 def permissions(settings: Settings, user: User) -> dict:
@@ -74,9 +66,9 @@ def permissions(settings: Settings, user: User) -> dict:
     }
 
 
-def issue_session(settings: Settings, user: User) -> dict:
+def issue_session(settings: Settings, user: User) -> Session:
     token, claims = security.issue_jwt(settings.WEBUI_SECRET_KEY, user.id, settings.JWT_EXPIRES_IN)
-    return session_payload(settings, user, token, claims)
+    return session_of(settings, user, token, claims)
 
 
 # --- sign-up / sign-in -------------------------------------------------------------------------
@@ -91,7 +83,11 @@ def normalise_email(email: str) -> str:
 
 def signup_open(settings: Settings) -> bool:
     """Sign-up is open for the first account, and afterwards only when ENABLE_SIGNUP=true."""
-    return settings.ENABLE_SIGNUP is True or not User.select().exists()
+    return settings.ENABLE_SIGNUP is True or awaiting_first_account()
+
+
+def awaiting_first_account() -> bool:
+    return not User.select().exists()
 
 
 def signup(settings: Settings, name: str, email: str, password: str, profile_image_url: str | None = None) -> User:

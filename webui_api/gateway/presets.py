@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .. import db
@@ -59,34 +60,32 @@ def _writable(user, preset_id: str) -> db.Preset:
 
 # --- shapes ------------------------------------------------------------------------------------
 
-def to_dict(row: db.Preset, viewer=None) -> dict:
-    """The stored object (ModelModel). Callers who cannot write it get `params: {}`."""
-    show_params = viewer is None or policy.can_write(viewer, row)
-    return {
-        "id": row.id, "user_id": row.user_id, "base_model_id": row.base_model_id, "name": row.name,
-        "params": dict(row.params or {}) if show_params else {}, "meta": dict(row.meta or {}),
-        "access_grants": policy.render_grants(row), "is_public": bool(row.is_public),
-        "is_active": bool(row.is_active), "updated_at": row.updated_at, "created_at": row.created_at,
-    }
+@dataclass
+class Seen:
+    """A preset as one caller sees it: without write access, its params and its owner's email stay hidden."""
+
+    row: db.Preset
+    write_access: bool
+
+    def __getattr__(self, name):
+        if name == "row":  # not set yet (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.row, name)
 
 
-def to_user_dict(row: db.Preset, viewer) -> dict:
-    """The object plus its owner and whether the viewer may write it (as GET /model and /list return)."""
-    out = to_dict(row, viewer)
-    owner = row.user
-    out["user"] = {"id": owner.id, "name": owner.name, "role": owner.role}
-    if policy.can_write(viewer, row):  # readers of a shared model do not learn the owner's email
-        out["user"]["email"] = owner.email
-    out["write_access"] = policy.can_write(viewer, row)
-    return out
+def seen_by(user, row: db.Preset) -> Seen:
+    return Seen(row, policy.can_write(user, row))
 
 
 def public_info(row: db.Preset) -> dict:
-    """What `GET /api/models` shows under `info`: no system prompt, no sampling values."""
-    info = to_dict(row)
-    info["params"] = {k: v for k, v in (row.params or {}).items() if k in PUBLIC_PARAM_KEYS}
-    info["meta"] = {k: v for k, v in info["meta"].items() if k != "profile_image_url"}
-    return info
+    """What `GET /api/models` shows under `info` (the stored object): no system prompt, no sampling values."""
+    return {
+        "id": row.id, "user_id": row.user_id, "base_model_id": row.base_model_id, "name": row.name,
+        "params": {k: v for k, v in (row.params or {}).items() if k in PUBLIC_PARAM_KEYS},
+        "meta": {k: v for k, v in (row.meta or {}).items() if k != "profile_image_url"},
+        "access_grants": policy.render_grants(row), "is_public": bool(row.is_public),
+        "is_active": bool(row.is_active), "updated_at": row.updated_at, "created_at": row.created_at,
+    }
 
 
 def tags(row: db.Preset) -> list[dict]:
@@ -141,7 +140,7 @@ def _clean_meta(meta: dict) -> dict:
 
 # --- service -----------------------------------------------------------------------------------
 
-def create(user, form: dict, taken_ids: Iterable[str] = ()) -> dict:
+def create(user, form: dict, taken_ids: Iterable[str] = ()) -> db.Preset:
     """Store a new preset owned by `user`. `taken_ids`: base model ids a preset may not shadow."""
     preset_id = check_id(form.get("id"))
     _check_form(form)
@@ -161,14 +160,14 @@ def create(user, form: dict, taken_ids: Iterable[str] = ()) -> dict:
             meta=_clean_meta(form.get("meta") or {}), params=dict(form.get("params") or {}),
             is_public=bool(wants_public(form)), is_active=form.get("is_active", True) is not False,
             created_at=now, updated_at=now)
-    return to_dict(row, user)
+    return row
 
 
-def get(user, preset_id: str) -> dict:
-    return to_user_dict(_visible_or_404(user, preset_id), user)
+def get(user, preset_id: str) -> Seen:
+    return seen_by(user, _visible_or_404(user, preset_id))
 
 
-def update(user, preset_id: str, form: dict) -> dict:
+def update(user, preset_id: str, form: dict) -> db.Preset:
     """Replace name/meta/params (as Open WebUI does); absent base, access and is_active are kept."""
     _check_form(form)
     with db.write_transaction():
@@ -197,10 +196,10 @@ def update(user, preset_id: str, form: dict) -> dict:
             row.is_active = bool(form["is_active"])
         row.updated_at = db.now()
         row.save()
-    return to_dict(row, user)
+    return row
 
 
-def set_access(user, preset_id: str, form: dict) -> dict:
+def set_access(user, preset_id: str, form: dict) -> db.Preset:
     """Replace the access level (`access_grants` list or `is_public`); `[]` makes the model private."""
     public = wants_public(form)
     if public is None:
@@ -210,16 +209,16 @@ def set_access(user, preset_id: str, form: dict) -> dict:
         row.is_public = public
         row.updated_at = db.now()
         row.save()
-    return to_dict(row, user)
+    return row
 
 
-def toggle(user, preset_id: str) -> dict:
+def toggle(user, preset_id: str) -> db.Preset:
     with db.write_transaction():
         row = _writable(user, preset_id)
         row.is_active = not row.is_active
         row.updated_at = db.now()
         row.save()
-    return to_dict(row, user)
+    return row
 
 
 def delete(user, preset_id: str) -> bool:
@@ -230,7 +229,8 @@ def delete(user, preset_id: str) -> bool:
 
 
 def list_page(user, query: str | None = None, view_option: str | None = None, tag: str | None = None,
-              order_by: str | None = None, direction: str | None = None, page: int | None = 1) -> dict:
+              order_by: str | None = None, direction: str | None = None, page: int | None = 1
+              ) -> tuple[list[Seen], int]:
     """`/api/v1/models/list`: presets (rows with a base) the caller owns or may read, inactive included."""
     rows = [r for r in _readable(user) if r.base_model_id is not None]
     rows = _filter(rows, user, query, view_option, tag)
@@ -239,19 +239,19 @@ def list_page(user, query: str | None = None, view_option: str | None = None, ta
     total = len(rows)
     page = max(1, page or 1)
     window = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-    return {"items": [to_user_dict(r, user) for r in window], "total": total}
+    return [seen_by(user, r) for r in window], total
 
 
-def list_all(user) -> list[dict]:
+def list_all(user) -> list[Seen]:
     """Every preset the caller may read, oldest first (the older `GET /api/v1/models/` array)."""
     rows = [r for r in _readable(user) if r.base_model_id is not None]
     rows.sort(key=lambda r: (r.created_at, r.id))
-    return [to_user_dict(r, user) for r in rows]
+    return [seen_by(user, r) for r in rows]
 
 
-def list_overrides() -> list[dict]:
+def list_overrides() -> list[db.Preset]:
     """Rows without a base model (admin view, `GET /api/v1/models/base`)."""
-    return [to_dict(r) for r in sorted(overrides().values(), key=lambda r: r.id)]
+    return sorted(overrides().values(), key=lambda r: r.id)
 
 
 def _filter(rows: list, user, query, view_option, tag) -> list:

@@ -6,6 +6,7 @@ import mimetypes
 import os
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from .. import db
@@ -14,7 +15,7 @@ from ..db import Chunk, File, KnowledgeFile, User
 from ..errors import (EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, KeptAsFailed,
                      NotFound, UnusableContent, UpstreamError)
 from . import extract, index_sync, pipeline, storage
-from .collection_rows import collection_name, link_row, linked_knowledge
+from .collection_rows import link_row, linked_knowledge
 
 log = logging.getLogger("webui_api.files")
 
@@ -43,33 +44,12 @@ def writable(user: User, file_id: str) -> File:
     return file
 
 
-# ---------------------------------------------------------------- shapes
+@dataclass
+class Processed:
+    """A file made searchable, and the collection it is searchable in."""
 
-def to_dict(file: File, content: bool = True) -> dict:
-    """Open WebUI's file object, without any server path."""
-    data: dict = {}
-    if file.status != "stored":
-        data["status"] = file.status
-        if content and file.content is not None:
-            data["content"] = file.content
-        data["error"] = file.error
-    meta = {"name": file.filename, "content_type": file.content_type, "size": file.size,
-            "file_hash": file.file_hash, "data": (file.meta or {}).get("data") or {}}
-    if file.status == "completed":
-        meta["collection_name"] = collection_name(file.id)
-    return {"id": file.id, "user_id": file.user_id, "hash": file.text_hash, "filename": file.filename,
-            "data": data, "meta": meta, "created_at": file.created_at, "updated_at": file.updated_at}
-
-
-def upload_dict(file: File) -> dict:
-    return {**to_dict(file, content=False), "status": True}
-
-
-def status_dict(file: File) -> dict:
-    out = {"status": file.status}
-    if file.status == "failed":
-        out["error"] = file.error
-    return out
+    file: File
+    collection_name: str
 
 
 # ---------------------------------------------------------------- upload
@@ -172,13 +152,14 @@ def _run(ext, file: File, background: bool, new: bool) -> File:
 
 # ---------------------------------------------------------------- reading
 
-def list_files(user: User, page: int | None = None, content: bool = True) -> dict:
-    query = policy.writable_rows(user, File.select())  # the listing is your own files; admins see all
+def list_files(user: User, page: int | None = None) -> tuple[list[File], int]:
+    """Newest first, with the total count: your own files (admins see everyone's)."""
+    query = policy.writable_rows(user, File.select())
     total = query.count()
     query = query.order_by(File.updated_at.desc(), File.created_at.desc(), File.id)
     if page:
         query = query.paginate(page, PAGE_SIZE)
-    return {"items": [to_dict(f, content) for f in query], "total": total}
+    return list(query), total
 
 
 def original(ext, user: User, file_id: str) -> tuple[str, File]:
@@ -190,12 +171,9 @@ def original(ext, user: User, file_id: str) -> tuple[str, File]:
     return path, file
 
 
-def data_content(user: User, file_id: str) -> dict:
-    return {"content": readable(user, file_id).content or ""}
-
-
-def process_status(user: User, file_id: str) -> dict:
-    return status_dict(readable(user, file_id))
+def current(file_id: str) -> File | None:
+    """The file as it is now (a status poll re-reads it); None once deleted."""
+    return File.get_or_none(File.id == file_id)
 
 
 def reprocess(ext, user: User, file_id: str, content: str | None = None) -> File:
@@ -204,11 +182,6 @@ def reprocess(ext, user: User, file_id: str, content: str | None = None) -> File
     if content is not None and not content.strip():
         raise BadRequest(EMPTY_CONTENT)
     return pipeline.process(ext, file.id, content)
-
-
-def update_content(ext, user: User, file_id: str, content: str) -> dict:
-    file = reprocess(ext, user, file_id, content)
-    return {"content": file.content}
 
 
 def require_processed(file: File) -> None:
@@ -220,15 +193,13 @@ def require_processed(file: File) -> None:
 
 # ---------------------------------------------------------------- deletion
 
-def delete(ext, user: User, file_id: str) -> dict:
+def delete(ext, user: User, file_id: str) -> None:
     _delete(ext, writable(user, file_id))
-    return {"message": "File deleted successfully"}
 
 
-def delete_all(ext) -> dict:
+def delete_all(ext) -> None:
     for file in list(File.select()):
         _delete(ext, file)
-    return {"message": "All files deleted successfully"}
 
 
 def purge_user(ext, user_id: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from .. import db
@@ -41,30 +42,24 @@ def writable(user: User, knowledge_id: str) -> Knowledge:
 
 # ---------------------------------------------------------------- shapes
 
-def to_dict(kb: Knowledge, file_list: list[dict] | None = None) -> dict:
-    return {"id": kb.id, "user_id": kb.user_id, "name": kb.name, "description": kb.description,
-            "meta": kb.meta, "access_grants": policy.render_grants(kb), "created_at": kb.created_at,
-            "updated_at": kb.updated_at, "files": file_list}
+@dataclass
+class Collection:
+    """A collection as one caller sees it: the row's columns, whether they may change it, and (when the
+    answer lists them) its files or their count."""
+
+    kb: Knowledge
+    write_access: bool
+    files: list[File] | None = None
+    file_count: int | None = None
+
+    def __getattr__(self, name):
+        if name == "kb":  # not set yet (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.kb, name)
 
 
-def with_files(user: User, kb: Knowledge) -> dict:
-    entries = [_file_entry(f, kb) for f in member_files(kb.id)]
-    return {**to_dict(kb, entries), "write_access": policy.can_write(user, kb)}
-
-
-def _file_entry(file: File, kb: Knowledge) -> dict:
-    shape = files.to_dict(file, content=False)
-    meta = dict(shape["meta"], collection_name=kb.id)
-    return {"id": file.id, "hash": file.text_hash, "meta": meta, "data": {"status": file.status},
-            "created_at": file.created_at, "updated_at": file.updated_at}
-
-
-def _owner(kb: Knowledge, viewer: User) -> dict:
-    owner = kb.user
-    out = {"id": owner.id, "name": owner.name, "role": owner.role}
-    if policy.can_write(viewer, kb):
-        out["email"] = owner.email  # other readers of a public collection do not learn the owner's email
-    return out
+def seen_by(user: User, kb: Knowledge) -> Collection:
+    return Collection(kb, policy.can_write(user, kb), member_files(kb.id))
 
 
 def member_files(knowledge_id: str) -> list[File]:
@@ -74,17 +69,17 @@ def member_files(knowledge_id: str) -> list[File]:
 
 # ---------------------------------------------------------------- CRUD
 
-def create(user: User, name: str, description: str = "", access_grants=None, meta=None) -> dict:
+def create(user: User, name: str, description: str = "", access_grants=None, meta=None) -> Knowledge:
     name = (name or "").strip()
     if not name:
         raise BadRequest("A knowledge collection needs a name.")
     with db.write_transaction():
         kb = Knowledge.create(id=db.new_id(), user=user.id, name=name, description=description or "",
                               meta=meta, is_public=policy.public_from_grants(access_grants))
-    return to_dict(kb)
+    return kb
 
 
-def list_for(user: User, page: int | None = None) -> dict:
+def list_for(user: User, page: int | None = None) -> tuple[list[Collection], int]:
     query = policy.readable_rows(user, Knowledge.select())
     total = query.count()
     query = query.order_by(Knowledge.updated_at.desc(), Knowledge.created_at.desc(), Knowledge.id)
@@ -93,31 +88,16 @@ def list_for(user: User, page: int | None = None) -> dict:
     items = []
     for kb in query:
         count = KnowledgeFile.select().where(KnowledgeFile.knowledge == kb.id).count()
-        items.append({**to_dict(kb), "user": _owner(kb, user), "file_count": count,
-                      "write_access": policy.can_write(user, kb)})
-    for item in items:
-        item.pop("files", None)
-    return {"items": items, "total": total}
+        items.append(Collection(kb, policy.can_write(user, kb), file_count=count))
+    return items, total
 
 
-def get(user: User, knowledge_id: str) -> dict:
-    return with_files(user, readable(user, knowledge_id))
+def get(user: User, knowledge_id: str) -> Collection:
+    """The collection with its files (also what `/{id}/files` pages)."""
+    return seen_by(user, readable(user, knowledge_id))
 
 
-def list_files(user: User, knowledge_id: str) -> dict:
-    """Open WebUI's `/{id}/files` page (no directories here)."""
-    kb = readable(user, knowledge_id)
-    items = []
-    for file in member_files(kb.id):
-        shape = files.to_dict(file, content=False)
-        items.append({**shape, "data": {"status": file.status},
-                      "meta": dict(shape["meta"], collection_name=kb.id),
-                      "directory_id": None, "directory_path": "", "has_original": True,
-                      "user": {"id": file.user.id, "name": file.user.name, "role": file.user.role}})
-    return {"items": items, "directories": [], "breadcrumbs": [], "total": len(items)}
-
-
-def update(user: User, knowledge_id: str, body: dict) -> dict:
+def update(user: User, knowledge_id: str, body: dict) -> Collection:
     kb = writable(user, knowledge_id)
     changes = {"updated_at": db.now()}
     if body.get("name") is not None:
@@ -131,14 +111,14 @@ def update(user: User, knowledge_id: str, body: dict) -> dict:
     if body.get("access_grants") is not None:
         changes["is_public"] = policy.public_from_grants(body["access_grants"])
     Knowledge.update(**changes).where(Knowledge.id == kb.id).execute()
-    return with_files(user, Knowledge.get_by_id(kb.id))
+    return seen_by(user, Knowledge.get_by_id(kb.id))
 
 
-def update_access(user: User, knowledge_id: str, access_grants) -> dict:
+def update_access(user: User, knowledge_id: str, access_grants) -> Collection:
     kb = writable(user, knowledge_id)
     Knowledge.update(is_public=policy.public_from_grants(access_grants or []), updated_at=db.now()) \
         .where(Knowledge.id == kb.id).execute()
-    return with_files(user, Knowledge.get_by_id(kb.id))
+    return seen_by(user, Knowledge.get_by_id(kb.id))
 
 
 def delete(ext, user: User, knowledge_id: str) -> bool:
@@ -152,14 +132,20 @@ def delete(ext, user: User, knowledge_id: str) -> bool:
     return True
 
 
-def reset(ext, user: User, knowledge_id: str) -> dict:
+def purge_user(ext, user: User) -> None:
+    """Delete every collection a user owns, with its index (call before deleting the account)."""
+    for kb in list(Knowledge.select().where(Knowledge.user == user.id)):
+        delete(ext, user, kb.id)
+
+
+def reset(ext, user: User, knowledge_id: str) -> Collection:
     """Unlink every file and empty the index (the files themselves are kept)."""
     kb = writable(user, knowledge_id)
     with db.write_transaction():
         KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id).execute()
         Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
     index_sync.drop(ext.vectors, kb.id)
-    return with_files(user, Knowledge.get_by_id(kb.id))
+    return seen_by(user, Knowledge.get_by_id(kb.id))
 
 
 def _forget_in_presets(knowledge_id: str) -> None:
@@ -177,7 +163,7 @@ def _forget_in_presets(knowledge_id: str) -> None:
 
 # ---------------------------------------------------------------- membership
 
-def add_file(ext, user: User, knowledge_id: str, file_id: str) -> dict:
+def add_file(ext, user: User, knowledge_id: str, file_id: str) -> Collection:
     """Link a file and put its stored vectors into the collection's index: idempotent, no embedding call.
     A file still processing is waited for; if it is not done in time it is linked and joins the index
     when its processing completes."""
@@ -193,7 +179,7 @@ def add_file(ext, user: User, knowledge_id: str, file_id: str) -> dict:
     fresh = File.get_or_none(File.id == file.id)
     if fresh is not None and fresh.status == "completed":  # else the pipeline adds them when it completes
         index_sync.link(ext.vectors, kb.id, file.id)
-    return with_files(user, Knowledge.get_by_id(kb.id))
+    return seen_by(user, Knowledge.get_by_id(kb.id))
 
 
 def _file_dim(file_id: str) -> int | None:
@@ -201,7 +187,7 @@ def _file_dim(file_id: str) -> int | None:
     return None if row is None else row.dim
 
 
-def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: bool = False) -> dict:
+def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: bool = False) -> Collection:
     """Unlink a file and drop its vectors from the collection; delete the file itself only when asked
     (and only when the caller may delete it)."""
     kb = writable(user, knowledge_id)
@@ -218,7 +204,7 @@ def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: b
         file = File.get_or_none(File.id == file_id)
         if file is not None and policy.can_write(user, file):
             files.delete(ext, user, file_id)
-    return with_files(user, Knowledge.get_by_id(kb.id))
+    return seen_by(user, Knowledge.get_by_id(kb.id))
 
 
 # ---------------------------------------------------------------- files arriving with a collection
@@ -237,17 +223,18 @@ def upload(ext, user: User, stream: BinaryIO, filename: str | None, content_type
 
 
 def process_again(ext, user: User, file_id: str, content: str | None = None,
-                  collection_name: str | None = None) -> dict:
+                  collection_name: str | None = None) -> files.Processed:
     """POST /retrieval/process/file: re-run the pipeline, optionally adding the file to a collection."""
     file = files.reprocess(ext, user, file_id, content)
     collection = collection_rows.collection_name(file.id)
     if collection_name:
         add_file(ext, user, collection_name, file.id)
         collection = collection_name
-    return {"status": True, "collection_name": collection, "filename": file.filename, "content": file.content}
+    return files.Processed(file, collection)
 
 
-def create_from_text(ext, user: User, name: str, content: str, collection_name: str | None = None) -> dict:
+def create_from_text(ext, user: User, name: str, content: str, collection_name: str | None = None
+                     ) -> files.Processed:
     """POST /retrieval/process/text: the text becomes a (deduplicated) file, searchable on return."""
     if not content.strip():
         raise BadRequest(EMPTY_CONTENT)
@@ -261,5 +248,4 @@ def create_from_text(ext, user: User, name: str, content: str, collection_name: 
     if collection_name:
         add_file(ext, user, collection_name, file.id)
         collection = collection_name
-    return {"status": True, "collection_name": collection, "file_id": file.id, "filename": file.filename,
-            "content": file.content}
+    return files.Processed(file, collection)

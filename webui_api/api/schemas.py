@@ -1,0 +1,129 @@
+"""Wire shapes shared by several blueprints: the base Schema, the error body, and relayed backend JSON."""
+from __future__ import annotations
+
+import marshmallow as ma
+
+from ..auth import policy
+
+DETAIL_ITEM = {"type": "object", "required": ["loc", "msg", "type"], "properties": {
+    "loc": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}},
+    "msg": {"type": "string"}, "type": {"type": "string"}}}
+
+
+class Schema(ma.Schema):
+    """Base of every schema here: a body's unknown keys are ignored (Open WebUI clients send extras)."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+
+class OpenSchema(Schema):
+    """A body whose undeclared keys are kept: what a backend accepts is not ours to narrow."""
+
+    class Meta:
+        unknown = ma.INCLUDE
+
+
+class Relayed(OpenSchema):
+    """A backend's JSON answered as it came: the declared fields document it, nothing reshapes it."""
+
+    def dump(self, obj, *, many=None):
+        return obj
+
+
+class ErrorSchema(Schema):
+    """Every error body: a message, or (422) FastAPI-style items `{loc, msg, type}`."""
+
+    detail = ma.fields.Raw(required=True, metadata={"oneOf": [
+        {"type": "string"}, {"type": "array", "items": DETAIL_ITEM}]})
+
+
+class StatusSchema(Schema):
+    status = ma.fields.Boolean()
+
+
+class MessageSchema(Schema):
+    message = ma.fields.String()
+
+
+class JsonSchema(dict):
+    """A plain JSON Schema for an answer that is not an object (a bare `true`, a stream of events):
+    flask-smorest documents it as given, and `dump` returns the view's value untouched."""
+
+    def dump(self, obj, *, many=None):
+        return obj
+
+
+TRUE = JsonSchema(type="boolean", description="Always `true`")
+EVENT_STREAM = JsonSchema(type="string", description="Events as they are produced, one per line")
+
+
+class AccessGrantSchema(Schema):
+    """Open WebUI's access grant; the only one that exists here is public read (`user`, `*`, `read`)."""
+
+    id = ma.fields.String()
+    resource_type = ma.fields.String()
+    resource_id = ma.fields.String()
+    principal_type = ma.fields.String()
+    principal_id = ma.fields.String()
+    permission = ma.fields.String()
+    created_at = ma.fields.Integer()
+
+
+class UserSchema(Schema):
+    """An account as its owner and admins see it (never the password hash or key)."""
+
+    id = ma.fields.String()
+    email = ma.fields.String()
+    name = ma.fields.String()
+    role = ma.fields.String()
+    profile_image_url = ma.fields.Function(
+        lambda user: user.profile_image_url or f"/api/v1/users/{user.id}/profile/image",
+        metadata={"type": "string"})
+
+
+class UploaderSchema(Schema):
+    id = ma.fields.String()
+    name = ma.fields.String()
+    role = ma.fields.String()
+
+
+class OwnerSchema(UploaderSchema):
+    """The owner of a shared object; `email` only for the owner themself and admins."""
+
+    email = ma.fields.String()
+
+
+def hide_owner_email_from_readers(data: dict) -> dict:
+    """Readers of a shared object do not learn its owner's email (writers do: the owner and admins)."""
+    if not data["write_access"]:
+        data["user"].pop("email", None)
+    return data
+
+
+class Whole(ma.fields.Nested):
+    """A sub-object dumped from the parent object itself (e.g. a file row's columns shown as `meta`)."""
+
+    def get_value(self, obj, attr, accessor=None, default=ma.missing):
+        return obj
+
+
+def derived(field: ma.fields.Field, compute) -> ma.fields.Field:
+    """`field`, documented and dumped as declared, with its value computed from the object (a grant list
+    rendered from a row) instead of read from an attribute of the same name."""
+    field.get_value = lambda obj, attr, accessor=None, default=ma.missing: compute(obj)
+    return field
+
+
+def rendered_grants(seen) -> list[dict]:
+    """The policy's grant list for a row, or for a caller's view of one (`Collection.kb`, `Seen.row`)."""
+    row = getattr(seen, "kb", None) or getattr(seen, "row", None) or seen
+    return policy.render_grants(row)
+
+
+MAX_PAGE = 1_000_000  # keeps the SQL offset (page - 1) * size a 64-bit integer
+
+
+def page_number(**kwargs) -> ma.fields.Integer:
+    """A 1-based page number of a listing."""
+    return ma.fields.Integer(validate=ma.validate.Range(min=1, max=MAX_PAGE), **kwargs)
