@@ -21,7 +21,9 @@ import os
 import shutil
 
 wsgi_app = "wsgi:app"
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
+# Loopback unless HOST says otherwise: a fresh instance is claimed by its first sign-up (it becomes admin), so
+# it is reachable from elsewhere only when a deployment asks for it (HOST=0.0.0.0 behind nginx, in a container).
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")  # "sync" only for comparison benches
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
@@ -70,6 +72,15 @@ def on_starting(server):
         load_secret_key(settings.DATA_DIR)
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the server, as Prometheus expects
     os.makedirs(metrics_dir, exist_ok=True)
+
+
+def when_ready(server):
+    """In the master, once, before workers fork: which backends answer, and a warning while nobody owns it."""
+    from webui_api.config import Settings
+    from webui_api.gateway.readiness import startup_notes
+
+    for level, line in startup_notes(Settings.from_env(), f"http://{bind}"):
+        getattr(server.log, level)(line)
 
 
 def child_exit(server, worker):

@@ -1,13 +1,17 @@
 """Real gunicorn, 2 workers: a JWT from one worker works on the other, and the secret survives a restart."""
 import os
+import re
 import signal
+import socket
 import stat
+import subprocess
+import time
 
 import jwt
 import pytest
 import requests
 
-from .servers import Gunicorn
+from .servers import BIN, ROOT, Gunicorn
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +78,41 @@ def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path):
         assert call_on_fresh_connection(restarted.url + "/api/v1/auths/",
                                         {"Authorization": f"Bearer {signin['token']}"}).status_code == 200
     assert secret_file.read_text().strip() == secret
+
+
+def test_gunicorn_binds_loopback_unless_host_says_otherwise(tmp_path):
+    """A fresh instance belongs to its first sign-up, so by default nothing off this machine reaches it."""
+    def resolved_bind(**env):
+        base = {k: v for k, v in os.environ.items() if k != "HOST"}
+        out = subprocess.run([str(BIN / "gunicorn"), "--print-config", "-c", "gunicorn.conf.py"], cwd=ROOT,
+                             env={**base, "DATA_DIR": str(tmp_path), **env}, capture_output=True, text=True,
+                             timeout=60).stdout
+        return next(line.split("=", 1)[1].strip() for line in out.splitlines() if line.startswith("bind "))
+
+    assert resolved_bind() == "['127.0.0.1:8080']"
+    assert resolved_bind(HOST="0.0.0.0", PORT="9000") == "['0.0.0.0:9000']"
+
+
+def test_master_logs_backends_and_warns_once_while_no_account_exists(tmp_path, module_backend):
+    """Start-up names each backend and whether it answered (a silent one costs ~2 s, not its whole timeout),
+    and warns loudly, once for all workers, while the first sign-up would become admin."""
+    with socket.socket() as silent:  # accepts connections (kernel backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        env = {"DATA_DIR": str(tmp_path), "AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST": "30",
+               "OLLAMA_BASE_URLS": f"{module_backend.url};http://127.0.0.1:{silent.getsockname()[1]}"}
+        log = tmp_path / "gunicorn.log"
+        started = time.monotonic()
+        with Gunicorn(env, workers=2, threads=2, log_path=str(log)) as server:
+            elapsed = time.monotonic() - started
+            requests.post(server.url + "/api/v1/auths/signup", timeout=10,
+                          json={"name": "A", "email": "a@example.com", "password": "pw"}).raise_for_status()
+        first = log.read_text()
+        with Gunicorn(env, workers=2, threads=2, log_path=str(log)):
+            pass
+    print(f"\nstart-up with a silent backend: {elapsed:.1f} s")
+    assert elapsed < 10
+    assert first.count("NO ACCOUNT EXISTS YET") == 1 and "first sign-up becomes admin" in first
+    assert re.search(r"Ollama backend 0 \(http://127\.0\.0\.1:\d+\): answered in", first)
+    assert re.search(r"Ollama backend 1 \(http://127\.0\.0\.1:\d+\): did not answer at start-up", first)
+    assert log.read_text().count("NO ACCOUNT EXISTS YET") == 1  # the restart, with an admin, stays quiet
