@@ -103,6 +103,16 @@ def test_rejected_uploads_leave_nothing_behind(client, user, data_dir, data, nam
     assert os.listdir(os.path.join(data_dir, "uploads")) in ([], [".locks"])
 
 
+def test_file_yielding_more_text_than_allowed_is_413_naming_the_limit(client, user, data_dir, app):
+    app.extensions["webui_api"].settings.RAG_MAX_EXTRACTED_CHARS = 500
+    rows = b"name,city\n" + b"Ada,London\n" * 40  # 450 bytes that become 960 characters of labelled rows
+    response = upload(client, user["headers"], "people.csv", rows, "text/csv")
+    assert response.status_code == 413, response.get_json()
+    assert response.get_json()["detail"] == ("'people.csv' holds more text than the 500 characters one file "
+                                             "may yield (RAG_MAX_EXTRACTED_CHARS).")
+    assert File.select().count() == 0 and Chunk.select().count() == 0
+
+
 def test_extension_allow_list(client, user, app):
     app.extensions["webui_api"].settings.RAG_ALLOWED_FILE_EXTENSIONS = ["md"]
     response = upload(client, user["headers"], "notes.txt", b"hello")
