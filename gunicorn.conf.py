@@ -22,7 +22,7 @@ import shutil
 
 wsgi_app = "wsgi:app"
 # Loopback unless HOST says otherwise: a fresh instance is claimed by its first sign-up (it becomes admin), so
-# it is reachable from elsewhere only when a deployment asks for it (HOST=0.0.0.0 behind nginx, in a container).
+# it is reachable from elsewhere only when a deployment asks (HOST=0.0.0.0 behind nginx, in a container).
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")  # "sync" only for comparison benches

@@ -113,8 +113,8 @@ class Settings:
     RAG_SYSTEM_CONTEXT: bool = _setting("RAG_SYSTEM_CONTEXT", False, parse_bool)
     RAG_FILE_MAX_SIZE: float | None = _setting("RAG_FILE_MAX_SIZE", 100.0, _opt_float)
     # Characters of text one file may yield (413 beyond): 20 million is ~10,000 pages, 20,000 chunks at the
-    # default CHUNK_SIZE, minutes of embedding; it refuses the DOCX/PDF/CSV that unpack to hundreds of millions
-    # (254 M from a 646 KB DOCX once held a worker for half an hour) while passing any real document.
+    # default CHUNK_SIZE, minutes of embedding; it refuses the DOCX/PDF/CSV that unpack to hundreds of
+    # millions (254 M from a 646 KB DOCX once held a worker for half an hour) and passes any real document.
     RAG_MAX_EXTRACTED_CHARS: int = _setting("RAG_MAX_EXTRACTED_CHARS", 20_000_000, int)
     RAG_ALLOWED_FILE_EXTENSIONS: list[str] = _setting(
         "RAG_ALLOWED_FILE_EXTENSIONS", [], lambda v: [e.lower().lstrip(".") for e in parse_list(v, ",")])

@@ -6,13 +6,18 @@ import csv
 import io
 import json
 import logging
+import os
 import re
+import resource
+import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from pathlib import Path
 
 from ..config import Settings
-from ..errors import EMPTY_CONTENT, BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ..errors import EMPTY_CONTENT, ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger("webui_api.rag")
 
@@ -52,6 +57,12 @@ MAX_EXTRACTED_CHARS = Settings.RAG_MAX_EXTRACTED_CHARS  # the setting's default 
 # Each DOCX paragraph or table row costs this many characters of that budget besides its text, so a document
 # of millions of empty paragraphs meets the limit as soon as one of text would (and extraction stays short).
 BLOCK_CHARGE = 64
+# PDF and DOCX are read by third-party parsers that a crafted file can keep busy, or swell, for as long as it
+# likes: they run in a child process that the kernel stops past these limits (the upload gets a 413).
+SANDBOXED_KINDS = {"pdf", "docx"}
+SANDBOX_CPU_SECONDS = 30
+SANDBOX_WALL_SECONDS = 60  # a busy machine gives the child less than all of its time
+SANDBOX_MEMORY_BYTES = 2 * 1024**3
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _DOCX_READ_BYTES = 1 << 16
 
@@ -130,9 +141,8 @@ def extract(data: bytes, filename: str, content_type: str | None = None, *,
     if not data:
         raise BadRequest(EMPTY_CONTENT)
     kind = check_supported(data[:8192], filename, content_type)
-    reader = _READERS.get(kind, _read_text)
     try:
-        result = reader(data, filename, _Budget(max_chars, filename))
+        result = _read(kind, data, filename, max_chars)
         _Budget(max_chars, filename).spend(len(result.text))  # every format, whatever its reader spent
     except (BadRequest, UnsupportedMediaType, PayloadTooLarge):
         raise
@@ -143,6 +153,12 @@ def extract(data: bytes, filename: str, content_type: str | None = None, *,
     if not result.text.strip():
         raise BadRequest(EMPTY_CONTENT)
     return result
+
+
+def _read(kind: str, data: bytes, filename: str, max_chars: int | None) -> Extracted:
+    if kind in SANDBOXED_KINDS:
+        return _read_in_child(kind, data, filename, max_chars)
+    return _READERS.get(kind, _read_text)(data, filename, _Budget(max_chars, filename))
 
 
 def _kind(head: bytes, ext: str, content_type: str) -> str:
@@ -491,3 +507,53 @@ def _too_big(filename: str) -> str:
 
 
 _READERS = {"pdf": _read_pdf, "docx": _read_docx, "html": _read_html, "csv": _read_csv, "json": _read_json}
+
+
+_REFUSALS = {cls.status: cls for cls in (BadRequest, PayloadTooLarge, UnsupportedMediaType)}
+
+
+def _read_in_child(kind: str, data: bytes, filename: str, max_chars: int | None) -> Extracted:
+    """The reader of `kind`, run by `python -m webui_api.rag.extract` under CPU and memory limits."""
+    search_path = [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]  # this very code
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, search_path))}
+    command = [sys.executable, "-m", __name__, kind, filename, str(max_chars or 0), str(SANDBOX_CPU_SECONDS),
+               str(SANDBOX_MEMORY_BYTES)]
+    try:
+        done = subprocess.run(command, input=data, capture_output=True, env=env, timeout=SANDBOX_WALL_SECONDS)
+    except subprocess.TimeoutExpired:  # run() has killed the child
+        raise PayloadTooLarge(_overworked(filename)) from None
+    if done.returncode != 0 or not done.stdout:
+        log.warning("extracting %r (%s) in a child process: exit %s, %s", filename, kind, done.returncode,
+                    done.stderr.decode(errors="replace")[-300:])
+        raise PayloadTooLarge(_overworked(filename))
+    reply = json.loads(done.stdout)
+    if "status" in reply:
+        raise _REFUSALS.get(reply["status"], BadRequest)(reply["detail"])
+    return Extracted(reply["text"], reply["kind"], reply["pages"])
+
+
+def _overworked(filename: str) -> str:
+    return (f"{filename!r} took more than the {SANDBOX_CPU_SECONDS} s of CPU or "
+            f"{SANDBOX_MEMORY_BYTES // 1024**3} GB of memory that reading one file may use.")
+
+
+def _child_main(kind: str, filename: str, max_chars: str, cpu_seconds: str, memory_bytes: str) -> None:
+    """In the child: limits first, then the file from stdin, then one JSON reply on stdout."""
+    resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_seconds), int(cpu_seconds) + 5))
+    resource.setrlimit(resource.RLIMIT_AS, (int(memory_bytes), int(memory_bytes)))
+    data = sys.stdin.buffer.read()
+    try:
+        result = _READERS[kind](data, filename, _Budget(int(max_chars) or None, filename))
+        reply = {"text": result.text, "kind": result.kind, "pages": result.pages}
+    except ApiError as exc:
+        reply = {"status": exc.status, "detail": exc.detail}
+    except MemoryError:
+        reply = {"status": PayloadTooLarge.status, "detail": _overworked(filename)}
+    except Exception as exc:  # third-party parsers fail in many ways on damaged files: still the file's fault
+        reply = {"status": BadRequest.status,
+                 "detail": f"{filename!r} could not be read as {kind.upper()}: {type(exc).__name__}"}
+    sys.stdout.write(json.dumps(reply))
+
+
+if __name__ == "__main__":
+    _child_main(*sys.argv[1:6])
