@@ -17,8 +17,11 @@ behind them: 32 per worker by default (cheap: the threads mostly wait on sockets
 requests is CPU-bound (700-1000 req/s on 2 cores for any thread count), so add processes (WEB_CONCURRENCY,
 about one per core) for CPU and threads for concurrent streams.
 """
+import json
 import os
 import shutil
+
+import gunicorn.util
 
 wsgi_app = "wsgi:app"
 # Loopback unless HOST says otherwise: a fresh instance is claimed by its first sign-up (it becomes admin), so
@@ -48,6 +51,18 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 preload_app = False
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
+
+
+def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own refusals (malformed request line 400, URI too long 414, headers too large 431...),
+    which never reach the app, in the API's {"detail": ...} shape instead of gunicorn's HTML page."""
+    body = json.dumps({"detail": f"{reason}: {mesg}"}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+gunicorn.util.write_error = _json_error  # set in the master before workers fork; every worker class uses it
 
 
 def _data_dir() -> str:

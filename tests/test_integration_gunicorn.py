@@ -1,4 +1,5 @@
 """Real gunicorn, 2 workers: a JWT from one worker works on the other, and the secret survives a restart."""
+import json
 import os
 import re
 import signal
@@ -116,3 +117,36 @@ def test_master_logs_backends_and_warns_once_while_no_account_exists(tmp_path, m
     assert re.search(r"Ollama backend 0 \(http://127\.0\.0\.1:\d+\): answered in", first)
     assert re.search(r"Ollama backend 1 \(http://127\.0\.0\.1:\d+\): did not answer at start-up", first)
     assert log.read_text().count("NO ACCOUNT EXISTS YET") == 1  # the restart, with an admin, stays quiet
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict, bytes]:
+    """Send raw bytes, read the whole answer (gunicorn closes after its own errors)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),                     # request line
+    (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: y\r\n" * 101 + b"\r\n", 431),   # too many headers
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431),  # one huge header
+    (b"\x16\x03\x01 not http at all\r\n\r\n", 400),                                      # TLS to a plain port
+])
+def test_gunicorn_own_refusals_are_json(gunicorn_server, request_bytes, status):
+    """Refusals gunicorn makes before the app sees the request keep the API's {"detail": ...} shape."""
+    code, headers, body = raw_exchange(gunicorn_server.port, request_bytes)
+    assert code == status and headers["content-type"] == "application/json"
+    assert isinstance(json.loads(body)["detail"], str)
+
+
+@pytest.fixture(scope="module")
+def gunicorn_server(tmp_path_factory):
+    env = {"DATA_DIR": str(tmp_path_factory.mktemp("data")), "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
+    with Gunicorn(env, workers=1, threads=2) as server:
+        yield server

@@ -233,3 +233,29 @@ def test_one_address_may_hold_64_requests_and_the_next_gets_json_429(stack):
     while requests.post(nginx.url + "/api/v1/auths/signin", json={}, timeout=5).status_code == 429:
         assert time.monotonic() < deadline, "the address's slots were not released"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("length,answered_by", [(6_000, "gunicorn"), (10_000, "nginx")])
+def test_uri_too_long_is_json_whichever_layer_refuses_it(stack, length, answered_by):
+    """nginx takes request lines up to its 8 KB header buffers and refuses longer ones itself; gunicorn refuses
+    those over 4094 bytes that nginx let through. Both answer 414 with a {"detail": ...} body."""
+    response = requests.get(stack["nginx"].url + "/" + "a" * length, timeout=10)
+    assert response.status_code == 414 and response.headers["Content-Type"] == "application/json"
+    detail = response.json()["detail"]
+    assert ("Request Line is too large" in detail) == (answered_by == "gunicorn")
+
+
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"NOT A REQUEST LINE\r\n\r\n", 400),
+    (b"GET /api/version HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431),
+])
+def test_nginx_refusals_before_any_uri_are_json(stack, request_bytes, status):
+    """Refused while reading the request line or headers: no URI yet, still the API's error shape."""
+    with socket.create_connection(("127.0.0.1", stack["nginx"].port), timeout=10) as conn:
+        conn.sendall(request_bytes)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == str(status).encode() and b"Content-Type: application/json" in head
+    assert isinstance(json.loads(body)["detail"], str)
