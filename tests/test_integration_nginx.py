@@ -237,8 +237,8 @@ def test_one_address_may_hold_64_requests_and_the_next_gets_json_429(stack):
 
 @pytest.mark.parametrize("length,answered_by", [(6_000, "gunicorn"), (10_000, "nginx")])
 def test_uri_too_long_is_json_whichever_layer_refuses_it(stack, length, answered_by):
-    """nginx takes request lines up to its 8 KB header buffers and refuses longer ones itself; gunicorn refuses
-    those over 4094 bytes that nginx let through. Both answer 414 with a {"detail": ...} body."""
+    """nginx takes request lines up to its 8 KB header buffers and refuses longer ones itself; gunicorn
+    refuses those over 4094 bytes that nginx let through. Both answer 414 with a {"detail": ...} body."""
     response = requests.get(stack["nginx"].url + "/" + "a" * length, timeout=10)
     assert response.status_code == 414 and response.headers["Content-Type"] == "application/json"
     detail = response.json()["detail"]
