@@ -1,7 +1,9 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: serving needs only the package; tests add the test extras. Either target can follow the other.
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test install clean bench
 
@@ -10,19 +12,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+$(SERVE_STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
+$(TEST_STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
-install: $(STAMP)
+install: $(SERVE_STAMP)
 
-run: $(STAMP)
+# Binds 127.0.0.1:8080 unless HOST/PORT say otherwise (see gunicorn.conf.py).
+run: $(SERVE_STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/rag_ingest.py
 

@@ -17,11 +17,16 @@ behind them: 32 per worker by default (cheap: the threads mostly wait on sockets
 requests is CPU-bound (700-1000 req/s on 2 cores for any thread count), so add processes (WEB_CONCURRENCY,
 about one per core) for CPU and threads for concurrent streams.
 """
+import json
 import os
 import shutil
 
+import gunicorn.util
+
 wsgi_app = "wsgi:app"
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
+# Loopback unless HOST says otherwise: a fresh instance is claimed by its first sign-up (it becomes admin), so
+# it is reachable from elsewhere only when a deployment asks (HOST=0.0.0.0 behind nginx, in a container).
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")  # "sync" only for comparison benches
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
@@ -48,6 +53,18 @@ max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
 
 
+def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own refusals (malformed request line 400, URI too long 414, headers too large 431...),
+    which never reach the app, in the API's {"detail": ...} shape instead of gunicorn's HTML page."""
+    body = json.dumps({"detail": f"{reason}: {mesg}"}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+gunicorn.util.write_error = _json_error  # set in the master before workers fork; every worker class uses it
+
+
 def _data_dir() -> str:
     from webui_api.config import Settings
 
@@ -70,6 +87,15 @@ def on_starting(server):
         load_secret_key(settings.DATA_DIR)
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the server, as Prometheus expects
     os.makedirs(metrics_dir, exist_ok=True)
+
+
+def when_ready(server):
+    """In the master, once, before workers fork: which backends answer, and a warning while nobody owns it."""
+    from webui_api.config import Settings
+    from webui_api.gateway.readiness import startup_notes
+
+    for level, line in startup_notes(Settings.from_env(), f"http://{bind}"):
+        getattr(server.log, level)(line)
 
 
 def child_exit(server, worker):

@@ -79,3 +79,12 @@ def test_racing_processes_agree_on_one_secret(tmp_path):
     secrets = {queue.get(timeout=5) for _ in procs}
     assert len(secrets) == 1
     assert [p.name for p in tmp_path.iterdir()] == [".webui_secret_key"]  # no temp files left
+
+
+def test_extracted_text_limit_is_a_positive_character_count(tmp_path):
+    assert Settings.from_env(env={"DATA_DIR": str(tmp_path)}).RAG_MAX_EXTRACTED_CHARS == 20_000_000
+    assert Settings.from_env(env={"DATA_DIR": str(tmp_path),
+                                  "RAG_MAX_EXTRACTED_CHARS": "5000"}).RAG_MAX_EXTRACTED_CHARS == 5000
+    for bad in ("0", "-1", "lots"):
+        with pytest.raises(ConfigError, match="RAG_MAX_EXTRACTED_CHARS"):
+            Settings.from_env(env={"DATA_DIR": str(tmp_path), "RAG_MAX_EXTRACTED_CHARS": bad})

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import time
 import zipfile
 
 import pytest
 
-from webui_api.errors import EMPTY_CONTENT, BadRequest, UnsupportedMediaType
+from webui_api.errors import EMPTY_CONTENT, BadRequest, PayloadTooLarge, UnsupportedMediaType
 from webui_api.rag.extract import extract
 
 
@@ -143,3 +145,123 @@ def test_damaged_docx_is_400_not_500():
         extract(damaged, "broken.docx")
     with pytest.raises(BadRequest):
         extract(data[: len(data) // 2], "truncated.docx")
+
+
+DOCUMENT_HEAD = (b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+                 b'<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+                 b'<w:body>')
+DOCUMENT_TAIL = b"</w:body></w:document>"
+
+
+def raw_docx(pieces, repeat: int = 1) -> bytes:
+    """A DOCX whose word/document.xml is the body `pieces` written `repeat` times, streamed into the ZIP:
+    how a hostile client builds one (python-docx itself needs seconds for 16,000 paragraphs)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("word/document.xml", "w", force_zip64=True) as xml:
+            xml.write(DOCUMENT_HEAD)
+            for _ in range(repeat):
+                xml.write(pieces)
+            xml.write(DOCUMENT_TAIL)
+    return buffer.getvalue()
+
+
+def timed_extract(data: bytes, name: str, **kwargs):
+    started = time.perf_counter()
+    try:
+        return extract(data, name, **kwargs), time.perf_counter() - started
+    except Exception as exc:
+        exc.elapsed = time.perf_counter() - started
+        raise
+
+
+def test_docx_of_16000_one_word_paragraphs_extracts_in_well_under_a_second():
+    """python-docx took 27-131 s here: it resolved every paragraph's style from the whole styles part."""
+    data = raw_docx(b"<w:p><w:r><w:t>word</w:t></w:r></w:p>" * 16_000)
+    assert len(data) < 40_000
+    result, elapsed = timed_extract(data, "many.docx")
+    print(f"\n16,000 paragraphs ({len(data)} bytes): {elapsed * 1000:.0f} ms")
+    assert result.text == "\n\n".join(["word"] * 16_000)
+    assert elapsed < 1.0
+
+
+def test_docx_that_unpacks_to_more_text_than_the_limit_is_413_within_a_second():
+    """A zip bomb of text (64 MB of paragraphs from < 0.5 MB): stopped as soon as the budget is spent,
+    not read to the end."""
+    data = raw_docx(b"<w:p><w:r><w:t>zephyr launch notes</w:t></w:r></w:p>" * 2**15, repeat=36)
+    assert len(data) < 512 * 1024
+    with pytest.raises(PayloadTooLarge) as err:
+        timed_extract(data, "bomb.docx", max_chars=1_000_000)
+    print(f"\ntext bomb ({len(data)} bytes, 64 MB unpacked): refused in {err.value.elapsed * 1000:.0f} ms")
+    assert err.value.status == 413 and err.value.elapsed < 1.0
+    assert "1,000,000 characters" in err.value.detail and "RAG_MAX_EXTRACTED_CHARS" in err.value.detail
+
+
+def test_docx_of_countless_empty_paragraphs_meets_the_limit_too():
+    data = raw_docx(b"<w:p/>" * 2**16, repeat=32)  # 2 M paragraphs, no text at all
+    with pytest.raises(PayloadTooLarge) as err:
+        timed_extract(data, "empty-bomb.docx", max_chars=1_000_000)
+    assert err.value.elapsed < 1.0
+
+
+def directory_claims(data: bytes, size: int) -> bytes:
+    """`data` (a one-member ZIP) with its central directory claiming `size` unpacked bytes for the member."""
+    at = data.index(b"PK\x01\x02") + 24
+    return data[:at] + struct.pack("<I", size) + data[at + 4:]
+
+
+def test_docx_whose_directory_claims_more_than_256_mb_is_refused_before_unpacking():
+    data = directory_claims(raw_docx(b"<w:p><w:r><w:t>x</w:t></w:r></w:p>"), 300 * 2**20)
+    with pytest.raises(BadRequest) as err:
+        timed_extract(data, "huge.docx")
+    assert "256 MB" in err.value.detail and err.value.elapsed < 1.0  # the child's start-up, no unpacking
+
+
+def test_docx_whose_directory_understates_its_size_is_refused():
+    data = directory_claims(raw_docx(b"<w:p><w:r><w:t>understated</w:t></w:r></w:p>" * 100), 64)
+    with pytest.raises(BadRequest) as err:
+        extract(data, "liar.docx")
+    assert "could not be read as a DOCX" in err.value.detail
+
+
+@pytest.mark.parametrize("data,name", [
+    (b"word " * 300, "plain.txt"),
+    (b"name,city\n" + b"Ada,London\n" * 60, "people.csv"),  # labels make CSV text longer than the file
+    (b"<p>" + b"word " * 300 + b"</p>", "page.html"),
+])
+def test_every_format_is_held_to_the_extracted_text_limit(data, name):
+    assert extract(data, name, max_chars=2_000).text
+    with pytest.raises(PayloadTooLarge) as err:
+        extract(data, name, max_chars=1_000)
+    assert err.value.status == 413 and "1,000 characters" in err.value.detail
+
+
+def test_pdf_is_held_to_the_extracted_text_limit():
+    data = make_pdf(["Alpha page one " * 5] * 20)
+    with pytest.raises(PayloadTooLarge):
+        extract(data, "long.pdf", max_chars=500)
+
+
+def test_pdf_and_docx_parsers_run_in_a_child_stopped_at_its_cpu_limit(monkeypatch):
+    """The parsers of compressed formats run in a child process with CPU and memory rlimits: a file that
+    keeps the parser busy past the CPU limit costs that limit, then a 413, and the caller goes on."""
+    import webui_api.rag.extract as extract_module
+
+    monkeypatch.setattr(extract_module, "SANDBOX_CPU_SECONDS", 1)
+    data = raw_docx(b"<w:p><w:r><w:t>zephyr launch notes</w:t></w:r></w:p>" * 2**15, repeat=36)
+    with pytest.raises(PayloadTooLarge) as err:
+        timed_extract(data, "busy.docx", max_chars=None)  # no text budget: only the CPU limit stops it
+    print(f"\nunbounded DOCX walk stopped by RLIMIT_CPU after {err.value.elapsed:.1f} s")
+    assert "1 s of CPU" in err.value.detail and err.value.elapsed < 10
+    assert extract(make_docx("Still", ["fine"]), "after.docx").text == "# Still\n\nfine"
+
+
+def test_docx_swelling_past_the_memory_limit_is_refused(monkeypatch):
+    """One paragraph of 3 million runs: its tree outgrows the child's address-space limit."""
+    import webui_api.rag.extract as extract_module
+
+    monkeypatch.setattr(extract_module, "SANDBOX_MEMORY_BYTES", 300 * 2**20)
+    data = raw_docx(b"<w:p>" + b"<w:r><w:t>x</w:t></w:r>" * 3 * 2**20 + b"</w:p>")
+    with pytest.raises((PayloadTooLarge, BadRequest)) as err:
+        timed_extract(data, "swollen.docx", max_chars=None)
+    assert err.value.status in (400, 413) and err.value.elapsed < 10

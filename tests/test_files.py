@@ -103,6 +103,16 @@ def test_rejected_uploads_leave_nothing_behind(client, user, data_dir, data, nam
     assert os.listdir(os.path.join(data_dir, "uploads")) in ([], [".locks"])
 
 
+def test_file_yielding_more_text_than_allowed_is_413_naming_the_limit(client, user, data_dir, app):
+    app.extensions["webui_api"].settings.RAG_MAX_EXTRACTED_CHARS = 500
+    rows = b"name,city\n" + b"Ada,London\n" * 40  # 450 bytes that become 960 characters of labelled rows
+    response = upload(client, user["headers"], "people.csv", rows, "text/csv")
+    assert response.status_code == 413, response.get_json()
+    assert response.get_json()["detail"] == ("'people.csv' holds more text than the 500 characters one file "
+                                             "may yield (RAG_MAX_EXTRACTED_CHARS).")
+    assert File.select().count() == 0 and Chunk.select().count() == 0
+
+
 def test_extension_allow_list(client, user, app):
     app.extensions["webui_api"].settings.RAG_ALLOWED_FILE_EXTENSIONS = ["md"]
     response = upload(client, user["headers"], "notes.txt", b"hello")
@@ -207,6 +217,19 @@ def test_content_update_reindexes(client, user):
     blank = client.post(f"/api/v1/files/{body['id']}/data/content/update", headers=user["headers"],
                         json={"content": "  "})
     assert blank.status_code == 400 and blank.get_json()["detail"] == EMPTY_CONTENT
+
+
+def test_content_update_over_the_text_limit_is_413_and_changes_nothing(client, user, app):
+    body = upload_ok(client, user["headers"], "z.txt", ZEPHYR)
+    app.extensions["webui_api"].settings.RAG_MAX_EXTRACTED_CHARS = 100
+    response = client.post(f"/api/v1/files/{body['id']}/data/content/update", headers=user["headers"],
+                           json={"content": "x" * 101})
+    assert response.status_code == 413 and "RAG_MAX_EXTRACTED_CHARS" in response.get_json()["detail"]
+    kept = File.get_by_id(body["id"])
+    assert kept.status == "completed" and kept.content == ZEPHYR.decode()
+    text = client.post("/api/v1/retrieval/process/text", headers=user["headers"],
+                       json={"name": "big", "content": "y" * 101})
+    assert text.status_code == 413 and File.select().count() == 1
 
 
 def test_delete_removes_row_bytes_and_vectors(client, user, data_dir, app):

@@ -1,6 +1,7 @@
 """deploy/nginx.conf in front of real gunicorn on loopback: streams arrive token by token, upload limits
 answer JSON 413s, and the client's X-Forwarded-For and X-Request-ID reach the logs."""
 import json
+import socket
 import statistics
 import time
 
@@ -162,3 +163,99 @@ def test_nginx_own_502_is_json(tmp_path):
         response = requests.get(nginx.url + "/api/version", timeout=10)
     assert response.status_code == 502 and response.headers["Content-Type"] == "application/json"
     assert "detail" in response.json() and len(response.headers["X-Request-ID"]) == 32
+
+
+def open_connections(port: int, count: int, prefix: bytes) -> list:
+    """`count` connections that each sent `prefix` and then stall, as a slowloris client does."""
+    conns = []
+    try:
+        for _ in range(count):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conn.sendall(prefix)
+            conns.append(conn)
+    except BaseException:
+        close_all(conns)
+        raise
+    return conns
+
+
+def close_all(conns) -> None:
+    for conn in conns:
+        conn.close()
+
+
+def closed_by_peer(conn, timeout: float) -> bool:
+    conn.settimeout(timeout)
+    try:
+        return conn.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def timed_health(url: str) -> float:
+    started = time.perf_counter()
+    assert requests.get(url + "/health", timeout=5).status_code == 200
+    return time.perf_counter() - started
+
+
+def test_half_header_connections_neither_stop_the_gateway_nor_live_past_the_header_timeout(stack):
+    """Slowloris: 200 connections that never finish their headers (direct to gunicorn they stop every
+    worker). nginx holds them without a gunicorn thread, answers /health meanwhile and drops them after
+    client_header_timeout (10 s)."""
+    nginx = stack["nginx"]
+    conns = open_connections(nginx.port, 200, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    try:
+        latencies = [timed_health(nginx.url) for _ in range(5)]
+        print(f"\n/health via nginx under 200 half-header connections: max {max(latencies) * 1000:.0f} ms")
+        assert max(latencies) < 1.0
+        assert closed_by_peer(conns[0], timeout=15)  # the header timeout fired
+        assert all(closed_by_peer(conn, timeout=1) for conn in conns[1:])
+    finally:
+        close_all(conns)
+
+
+def test_one_address_may_hold_64_requests_and_the_next_gets_json_429(stack):
+    """limit_conn: requests whose headers arrived but whose bodies stall count against their address."""
+    nginx = stack["nginx"]
+    head = b"POST /api/v1/auths/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+           b"Content-Length: 100\r\n\r\n{"
+    conns = open_connections(nginx.port, 64, head)
+    try:
+        time.sleep(0.5)  # let nginx read every header, so each connection counts
+        refused = requests.post(nginx.url + "/api/v1/auths/signin", json={}, timeout=5)
+        assert refused.status_code == 429 and refused.headers["Content-Type"] == "application/json"
+        assert refused.json() == {"detail": "Too many concurrent requests from this address"}
+    finally:
+        close_all(conns)
+    deadline = time.monotonic() + 5
+    while requests.post(nginx.url + "/api/v1/auths/signin", json={}, timeout=5).status_code == 429:
+        assert time.monotonic() < deadline, "the address's slots were not released"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("length,answered_by", [(6_000, "gunicorn"), (10_000, "nginx")])
+def test_uri_too_long_is_json_whichever_layer_refuses_it(stack, length, answered_by):
+    """nginx takes request lines up to its 8 KB header buffers and refuses longer ones itself; gunicorn
+    refuses those over 4094 bytes that nginx let through. Both answer 414 with a {"detail": ...} body."""
+    response = requests.get(stack["nginx"].url + "/" + "a" * length, timeout=10)
+    assert response.status_code == 414 and response.headers["Content-Type"] == "application/json"
+    detail = response.json()["detail"]
+    assert ("Request Line is too large" in detail) == (answered_by == "gunicorn")
+
+
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"NOT A REQUEST LINE\r\n\r\n", 400),
+    (b"GET /api/version HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431),
+])
+def test_nginx_refusals_before_any_uri_are_json(stack, request_bytes, status):
+    """Refused while reading the request line or headers: no URI yet, still the API's error shape."""
+    with socket.create_connection(("127.0.0.1", stack["nginx"].port), timeout=10) as conn:
+        conn.sendall(request_bytes)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == str(status).encode() and b"Content-Type: application/json" in head
+    assert isinstance(json.loads(body)["detail"], str)

@@ -78,3 +78,27 @@ def test_api_key_format_hash_and_mask():
     assert security.hash_api_key(key) != key and len(security.hash_api_key(key)) == 64
     masked = security.mask_api_key(key)
     assert masked.startswith("sk-") and key[-4:] in masked and key not in masked
+
+
+def _respell_last_char(part: str) -> str:
+    """The same bytes spelled differently: the last character's unused low bits set."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare_bits = {2: 4, 3: 2}[len(part) % 4]  # chars in the last group -> bits the decoder ignores
+    index = alphabet.index(part[-1])
+    return part[:-1] + alphabet[index | ((1 << spare_bits) - 1)]
+
+
+@pytest.mark.parametrize("respell", [
+    lambda h, p, s: (h, p, s + "="),                      # padding on the signature (the audit's case)
+    lambda h, p, s: (h, p, s + "=="),
+    lambda h, p, s: (h + "=", p, s),                      # padding on the header
+    lambda h, p, s: (h, p[:4] + "!" + p[4:], s),           # a character base64 decoders skip
+    lambda h, p, s: (h, p, s[:10] + "\n" + s[10:]),
+    lambda h, p, s: (h, p, _respell_last_char(s)),        # unused bits set: decodes to the same signature
+])
+def test_only_the_canonical_spelling_of_a_valid_token_is_accepted(respell):
+    token, _ = security.issue_jwt(SECRET, "user-1", 3600)
+    assert security.decode_jwt(SECRET, token)["id"] == "user-1"
+    respelled = ".".join(respell(*token.split(".")))
+    assert respelled != token
+    assert security.decode_jwt(SECRET, respelled) is None

@@ -112,6 +112,10 @@ class Settings:
     RAG_TEMPLATE: str = _setting("RAG_TEMPLATE", "")
     RAG_SYSTEM_CONTEXT: bool = _setting("RAG_SYSTEM_CONTEXT", False, parse_bool)
     RAG_FILE_MAX_SIZE: float | None = _setting("RAG_FILE_MAX_SIZE", 100.0, _opt_float)
+    # Characters of text one file may yield (413 beyond): 20 million is ~10,000 pages, 20,000 chunks at the
+    # default CHUNK_SIZE, minutes of embedding; it refuses the DOCX/PDF/CSV that unpack to hundreds of
+    # millions (254 M from a 646 KB DOCX once held a worker for half an hour) and passes any real document.
+    RAG_MAX_EXTRACTED_CHARS: int = _setting("RAG_MAX_EXTRACTED_CHARS", 20_000_000, int)
     RAG_ALLOWED_FILE_EXTENSIONS: list[str] = _setting(
         "RAG_ALLOWED_FILE_EXTENSIONS", [], lambda v: [e.lower().lstrip(".") for e in parse_list(v, ",")])
 
@@ -141,6 +145,8 @@ class Settings:
         """Derive defaults that depend on other settings and check values."""
         if self.DEFAULT_USER_ROLE not in ("pending", "user", "admin"):
             raise ConfigError("DEFAULT_USER_ROLE must be pending, user or admin")
+        if self.RAG_MAX_EXTRACTED_CHARS < 1:
+            raise ConfigError("RAG_MAX_EXTRACTED_CHARS must be a positive number of characters")
         self.DATA_DIR = str(Path(self.DATA_DIR).resolve())
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR}/webui.db"

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import secrets
 import time
 import uuid
@@ -71,7 +72,9 @@ def issue_jwt(secret: str, user_id: str, expires_in: float | None) -> tuple[str,
 def decode_jwt(secret: str, token: str) -> dict | None:
     """The claims of a valid, unexpired HS256 token; None for anything else (alg none, bad signature...)."""
     try:
-        header_b64, payload_b64, _ = token.split(".")
+        header_b64, payload_b64, signature_b64 = token.split(".")
+        if not all(map(_is_canonical_b64, (header_b64, payload_b64, signature_b64))):
+            return None  # one token, one spelling: no padding, stray characters or unused bits set
         header = json.loads(_unb64(header_b64))
         if not isinstance(header, dict) or header.get("alg") != "HS256":
             return None
@@ -117,3 +120,15 @@ def _b64_json(obj: dict) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _is_canonical_b64(text: str) -> bool:
+    """Whether `text` is exactly how _b64 writes some bytes (base64 decoders also take padding, skip stray
+    characters and ignore a last character's unused bits, so many spellings decode alike)."""
+    try:
+        return _B64URL.fullmatch(text) is not None and _b64(_unb64(text)) == text
+    except ValueError:
+        return False

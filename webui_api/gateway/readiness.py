@@ -1,8 +1,10 @@
 """Readiness checks: the database, a writable data dir and each backend; a summary that never shows a key."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -10,6 +12,7 @@ import weakref
 from typing import Any, Callable
 
 from .. import db
+from ..upstream import Upstream
 from ..errors import ApiError
 
 CACHE_SECONDS = 2.0  # an anonymous caller must not be able to turn probes into a flood of backend calls
@@ -111,3 +114,49 @@ def _probe(upstream, backend, timeout: float) -> dict[str, Any]:
     if response.status_code >= 400:
         return {"ok": False, "ms": ms, "error": f"HTTP {response.status_code}"}
     return {"ok": True, "ms": ms}
+
+
+STARTUP_PROBE_SECONDS = 1.5  # every backend at once, so start-up waits at most this plus fan_out's 0.5 s
+
+
+def startup_notes(settings, bind: str) -> list[tuple[str, str]]:
+    """(log level, line) for the master to log once at start-up: each backend and whether it answered, and a
+    loud warning while no account exists (the first sign-up becomes admin) and no admin is configured."""
+    notes = backend_notes(settings)
+    if not (settings.WEBUI_ADMIN_EMAIL and settings.WEBUI_ADMIN_PASSWORD) and not has_account(settings):
+        notes.append(("warning", f"NO ACCOUNT EXISTS YET: the first sign-up becomes admin, and anyone who "
+                                 f"reaches {bind} can make it. Sign up now, or set WEBUI_ADMIN_EMAIL and "
+                                 f"WEBUI_ADMIN_PASSWORD."))
+    return notes
+
+
+def backend_notes(settings) -> list[tuple[str, str]]:
+    quick = dataclasses.replace(settings, AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST=min(
+        settings.AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST, STARTUP_PROBE_SECONDS))
+    upstream = Upstream(quick)
+    try:
+        results = check_backends(upstream)
+    finally:
+        upstream.close()
+    if not results:
+        return [("warning", "No backend configured (OLLAMA_BASE_URLS, OPENAI_API_BASE_URLS)")]
+    return [("info", f"{b['name']}: answered in {b['ms']:g} ms") if b["ok"] else
+            ("warning", f"{b['name']}: did not answer at start-up ({b.get('error', 'no answer')})")
+            for b in results]
+
+
+def has_account(settings) -> bool:
+    """Read-only and without peewee: the master must not hold a database connection across fork."""
+    path = settings.database_path
+    if not os.path.exists(path):
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error:
+        return False
+    try:
+        return conn.execute('SELECT 1 FROM "user" LIMIT 1').fetchone() is not None
+    except sqlite3.Error:  # no table yet: a fresh database
+        return False
+    finally:
+        conn.close()

@@ -6,12 +6,18 @@ import csv
 import io
 import json
 import logging
+import os
 import re
+import resource
+import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from pathlib import Path
 
-from ..errors import EMPTY_CONTENT, BadRequest, UnsupportedMediaType
+from ..config import Settings
+from ..errors import EMPTY_CONTENT, ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger("webui_api.rag")
 
@@ -44,8 +50,21 @@ _MAGIC = [
     (b"\xd0\xcf\x11\xe0", "legacy Office document"), (b"OggS", "audio"), (b"ID3", "audio"),
     (b"fLaC", "audio"),
 ]
-# Zip-based formats are decompressed in memory; refuse archives that would expand beyond this.
+# Zip-based formats: refuse archives whose directory says they expand beyond this, and stop reading any that
+# turn out to expand further than their directory said.
 MAX_UNZIPPED_BYTES = 256 * 1024 * 1024
+MAX_EXTRACTED_CHARS = Settings.RAG_MAX_EXTRACTED_CHARS  # the setting's default (config.py says why)
+# Each DOCX paragraph or table row costs this many characters of that budget besides its text, so a document
+# of millions of empty paragraphs meets the limit as soon as one of text would (and extraction stays short).
+BLOCK_CHARGE = 64
+# PDF and DOCX are read by third-party parsers that a crafted file can keep busy, or swell, for as long as it
+# likes: they run in a child process that the kernel stops past these limits (the upload gets a 413).
+SANDBOXED_KINDS = {"pdf", "docx"}
+SANDBOX_CPU_SECONDS = 30
+SANDBOX_WALL_SECONDS = 60  # a busy machine gives the child less than all of its time
+SANDBOX_MEMORY_BYTES = 2 * 1024**3
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_DOCX_READ_BYTES = 1 << 16
 
 
 @dataclass
@@ -99,15 +118,38 @@ def check_supported(head: bytes, filename: str, content_type: str | None = None)
     return kind
 
 
-def extract(data: bytes, filename: str, content_type: str | None = None) -> Extracted:
-    """Turn uploaded bytes into text. Unsupported/binary → 415; no text → 400 EMPTY_CONTENT."""
+class _Budget:
+    """The characters an extraction may still produce. Readers that can expand their input (CSV labels every
+    cell, a small DOCX or PDF can unpack to millions of characters) spend as they go and stop early."""
+
+    def __init__(self, limit: int | None, filename: str):
+        self.limit, self.left, self.filename = limit, limit, filename
+
+    def spend(self, chars: int) -> None:
+        if self.left is None:
+            return
+        self.left -= chars
+        if self.left < 0:
+            raise PayloadTooLarge(f"{self.filename!r} holds more text than the {self.limit:,} characters one "
+                                  f"file may yield (RAG_MAX_EXTRACTED_CHARS).")
+
+
+def check_length(text: str, filename: str, max_chars: int | None) -> None:
+    """Text handed in directly (content updates, process/text) obeys the same limit as extracted text."""
+    _Budget(max_chars, filename).spend(len(text))
+
+
+def extract(data: bytes, filename: str, content_type: str | None = None, *,
+            max_chars: int | None = MAX_EXTRACTED_CHARS) -> Extracted:
+    """Turn uploaded bytes into text. Unsupported/binary → 415; no text → 400 EMPTY_CONTENT; more than
+    `max_chars` characters of text (None: no limit) → 413."""
     if not data:
         raise BadRequest(EMPTY_CONTENT)
     kind = check_supported(data[:8192], filename, content_type)
-    reader = _READERS.get(kind, _read_text)
     try:
-        result = reader(data, filename)
-    except (BadRequest, UnsupportedMediaType):
+        result = _read(kind, data, filename, max_chars)
+        _Budget(max_chars, filename).spend(len(result.text))  # every format, whatever its reader spent
+    except (BadRequest, UnsupportedMediaType, PayloadTooLarge):
         raise
     except Exception as exc:  # third-party parsers fail in many ways on damaged files: still the file's fault
         log.info("extracting %r (%s) failed: %r", filename, kind, exc)
@@ -116,6 +158,12 @@ def extract(data: bytes, filename: str, content_type: str | None = None) -> Extr
     if not result.text.strip():
         raise BadRequest(EMPTY_CONTENT)
     return result
+
+
+def _read(kind: str, data: bytes, filename: str, max_chars: int | None) -> Extracted:
+    if kind in SANDBOXED_KINDS:
+        return _read_in_child(kind, data, filename, max_chars)
+    return _READERS.get(kind, _read_text)(data, filename, _Budget(max_chars, filename))
 
 
 def _kind(head: bytes, ext: str, content_type: str) -> str:
@@ -162,12 +210,12 @@ def decode(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def _read_text(data: bytes, filename: str) -> Extracted:
+def _read_text(data: bytes, filename: str, budget: _Budget) -> Extracted:
     kind = _kind(b"", extension(filename), "")
     return Extracted(decode(data), kind if kind in ("markdown", "code") else "text")
 
 
-def _read_json(data: bytes, filename: str) -> Extracted:
+def _read_json(data: bytes, filename: str, budget: _Budget) -> Extracted:
     text = decode(data)
     try:
         json.loads(text)
@@ -176,7 +224,7 @@ def _read_json(data: bytes, filename: str) -> Extracted:
     return Extracted(text, "json")
 
 
-def _read_csv(data: bytes, filename: str) -> Extracted:
+def _read_csv(data: bytes, filename: str, budget: _Budget) -> Extracted:
     """One block of `column: value` lines per row, so every chunk carries its column names."""
     text = decode(data)
     try:
@@ -195,6 +243,7 @@ def _read_csv(data: bytes, filename: str) -> Extracted:
         lines = [f"{header[i] if i < len(header) else f'column {i + 1}'}: {cell.strip()}"
                  for i, cell in enumerate(row) if cell.strip()]
         blocks.append("\n".join(lines))
+        budget.spend(len(blocks[-1]) + 2)
     return Extracted("\n\n".join(blocks), "csv")
 
 
@@ -246,7 +295,7 @@ class _VisibleText(HTMLParser):
             self.parts.append(data)
 
 
-def _read_html(data: bytes, filename: str) -> Extracted:
+def _read_html(data: bytes, filename: str, budget: _Budget) -> Extracted:
     parser = _VisibleText()
     parser.feed(decode(data))
     parser.close()
@@ -258,7 +307,7 @@ def _read_html(data: bytes, filename: str) -> Extracted:
     return Extracted(body or title, "html")
 
 
-def _read_pdf(data: bytes, filename: str) -> Extracted:
+def _read_pdf(data: bytes, filename: str, budget: _Budget) -> Extracted:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -267,8 +316,11 @@ def _read_pdf(data: bytes, filename: str) -> Extracted:
         if reader.is_encrypted and not reader.decrypt(""):
             raise UnsupportedMediaType(f"{filename!r} is a password-protected PDF; "
                                        "upload an unprotected copy.")
-        texts = [page.extract_text() or "" for page in reader.pages]
-    except UnsupportedMediaType:
+        texts = []
+        for page in reader.pages:
+            texts.append(page.extract_text() or "")
+            budget.spend(len(texts[-1]) + 2)
+    except (UnsupportedMediaType, PayloadTooLarge):
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError,
             RecursionError, NotImplementedError) as exc:
@@ -282,54 +334,231 @@ def _read_pdf(data: bytes, filename: str) -> Extracted:
     return Extracted("\n\n".join(parts), "pdf", pages)
 
 
-def _read_docx(data: bytes, filename: str) -> Extracted:
-    import docx
-    from docx.document import Document as _Doc
+def _read_docx(data: bytes, filename: str, budget: _Budget) -> Extracted:
+    """A streaming walk of word/document.xml (python-docx resolved each paragraph's style from scratch, which
+    made the time grow with the square of the paragraph count); same text as python-docx gives."""
+    from lxml import etree
 
-    _check_zip(data, filename)
     try:
-        document: _Doc = docx.Document(io.BytesIO(data))
-        blocks = list(_docx_blocks(document))
-    except (ValueError, KeyError, zipfile.BadZipFile, OSError, AttributeError, TypeError) as exc:
+        with _open_docx(data, filename) as archive:
+            levels = _heading_levels(archive)
+            with archive.open("word/document.xml") as xml:
+                blocks = [block for block in _docx_blocks(xml, levels, budget, filename) if block.strip()]
+    except (etree.LxmlError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise BadRequest(f"{filename!r} could not be read as a DOCX document: {exc}") from None
-    return Extracted("\n\n".join(block for block in blocks if block.strip()), "docx")
+    return Extracted("\n\n".join(blocks), "docx")
 
 
-def _docx_blocks(document):
-    """Paragraphs and tables in document order; headings become Markdown headings."""
-    from docx.table import Table
-    from docx.text.paragraph import Paragraph
+def _docx_blocks(xml, levels: "_HeadingLevels", budget: _Budget, filename: str):
+    """Paragraphs and tables of the body in document order; headings become Markdown headings. Paragraphs and
+    table rows are dropped from the tree once read, so memory holds one of them, not the document; each one
+    costs BLOCK_CHARGE characters of the budget besides its text, so countless empty ones cannot run on."""
+    table = _TableText()
+    for element in _docx_elements(xml, filename):
+        parent = element.getparent()
+        if element.tag == f"{_W}tr" and parent is not None and _in_body(parent):
+            budget.spend(table.add(element) + BLOCK_CHARGE)
+        elif parent is None or parent.tag != f"{_W}body":
+            continue  # inside a table cell: its row reads it
+        elif element.tag == f"{_W}p":
+            block = _docx_paragraph(element, levels)
+            budget.spend(len(block) + BLOCK_CHARGE)
+            yield block
+        else:
+            yield table.finish()
+        element.clear()
+        while element.getprevious() is not None:
+            del parent[0]
 
-    for item in document.iter_inner_content():
-        if isinstance(item, Paragraph):
-            text = item.text.strip()
-            style = (item.style.name if item.style is not None else "") or ""
-            level = _heading_level(style)
-            yield f"{'#' * level} {text}" if level and text else text
-        elif isinstance(item, Table):
-            rows = [" | ".join(cell.text.strip() for cell in row.cells) for row in item.rows]
-            yield "\n".join(rows)
+
+def _in_body(element) -> bool:
+    parent = element.getparent()
+    return parent is not None and parent.tag == f"{_W}body"
+
+
+def _docx_elements(xml, filename: str):
+    """Each w:p, w:tr and w:tbl of word/document.xml as it ends, reading at most MAX_UNZIPPED_BYTES."""
+    from lxml import etree
+
+    parser = etree.XMLPullParser(events=("end",), tag=(f"{_W}p", f"{_W}tr", f"{_W}tbl"),
+                                 resolve_entities=False, no_network=True)
+    unpacked = 0
+    while chunk := xml.read(_DOCX_READ_BYTES):
+        unpacked += len(chunk)
+        if unpacked > MAX_UNZIPPED_BYTES:
+            raise BadRequest(_too_big(filename))
+        parser.feed(chunk)
+        yield from (element for _, element in parser.read_events())
+    parser.close()
+
+
+def _docx_paragraph(paragraph, levels: "_HeadingLevels") -> str:
+    text = _paragraph_text(paragraph).strip()
+    style = paragraph.find(f"{_W}pPr/{_W}pStyle")
+    level = levels.of(style.get(f"{_W}val") if style is not None else None)
+    return f"{'#' * level} {text}" if level and text else text
+
+
+def _paragraph_text(paragraph) -> str:
+    """python-docx's Paragraph.text: runs and hyperlinked runs, with tabs, breaks and hyphens as text."""
+    parts = []
+    for node in paragraph.iterchildren(f"{_W}r", f"{_W}hyperlink"):
+        for run in ([node] if node.tag == f"{_W}r" else node.iterchildren(f"{_W}r")):
+            parts.extend(_RUN_TEXT[item.tag](item) for item in run.iterchildren(*_RUN_TEXT))
+    return "".join(parts)
+
+
+_RUN_TEXT = {
+    f"{_W}t": lambda item: item.text or "",
+    f"{_W}tab": lambda item: "\t",
+    f"{_W}ptab": lambda item: "\t",
+    f"{_W}cr": lambda item: "\n",
+    f"{_W}noBreakHyphen": lambda item: "-",
+    f"{_W}br": lambda item: "\n" if item.get(f"{_W}type", "textWrapping") == "textWrapping" else "",
+}
+
+
+class _TableText:
+    """The body table being read, one line per row with cells joined by " | "; a merged cell repeats its
+    text, as python-docx's row.cells does."""
+
+    def __init__(self):
+        self.rows: list[str] = []
+        self.above: dict[int, str] = {}  # grid column -> text of the cell there in the row above
+
+    def add(self, row) -> int:
+        cells, column = [], _grid_value(row.find(f"{_W}trPr/{_W}gridBefore"), 0)
+        for cell in row.iterchildren(f"{_W}tc"):
+            span = _grid_value(cell.find(f"{_W}tcPr/{_W}gridSpan"), 1)
+            merge = cell.find(f"{_W}tcPr/{_W}vMerge")
+            if merge is not None and merge.get(f"{_W}val", "continue") == "continue":
+                text = self.above.get(column, "")
+            else:
+                text = "\n".join(_paragraph_text(p) for p in cell.iterchildren(f"{_W}p")).strip()
+            self.above[column] = text
+            cells += [text] * span
+            column += span
+        self.rows.append(" | ".join(cells))
+        return len(self.rows[-1])
+
+    def finish(self) -> str:
+        text = "\n".join(self.rows)
+        self.rows, self.above = [], {}
+        return text
+
+
+def _grid_value(element, default: int) -> int:
+    try:
+        return max(1, min(int(element.get(f"{_W}val")), 64)) if element is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+class _HeadingLevels:
+    """Heading level (0: none) of each paragraph style id, from word/styles.xml; as python-docx does, a
+    paragraph without a style, or naming one that does not exist, has the default paragraph style."""
+
+    def __init__(self, by_id: dict[str, int], default: int):
+        self.by_id, self.default = by_id, default
+
+    def of(self, style_id: str | None) -> int:
+        return self.by_id.get(style_id, self.default) if style_id is not None else self.default
+
+
+def _heading_levels(archive: zipfile.ZipFile) -> _HeadingLevels:
+    from lxml import etree
+
+    if "word/styles.xml" not in archive.namelist():
+        return _HeadingLevels({}, 0)
+    root = etree.fromstring(archive.read("word/styles.xml"),
+                            etree.XMLParser(resolve_entities=False, no_network=True))
+    by_id, default = {}, 0
+    for style in root.iterchildren(f"{_W}style"):
+        if style.get(f"{_W}type") != "paragraph":
+            continue
+        name = style.find(f"{_W}name")
+        level = _heading_level(name.get(f"{_W}val", "") if name is not None else "")
+        by_id[style.get(f"{_W}styleId")] = level
+        if style.get(f"{_W}default") in ("1", "true", "on"):
+            default = level
+    return _HeadingLevels(by_id, default)
 
 
 def _heading_level(style: str) -> int:
-    if style == "Title":
+    if style in ("Title", "title"):  # python-docx shows Word's built-in lower-case names capitalised
         return 1
-    match = re.fullmatch(r"Heading (\d)", style)
+    match = re.fullmatch(r"[Hh]eading (\d)", style)
     return min(int(match.group(1)), 6) if match else 0
 
 
-def _check_zip(data: bytes, filename: str) -> None:
+def _open_docx(data: bytes, filename: str) -> zipfile.ZipFile:
+    """The archive, once its directory shows a Word document that does not expand beyond the limit."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            total = sum(info.file_size for info in archive.infolist())
-            if "word/document.xml" not in archive.namelist():
-                raise UnsupportedMediaType(f"{filename!r} is not a Word (DOCX) document.")
+        archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
         raise BadRequest(f"{filename!r} could not be read as a DOCX document: "
                          "not a valid ZIP container") from None
-    if total > MAX_UNZIPPED_BYTES:
-        raise BadRequest(f"{filename!r} expands to {total // 2**20} MB when unpacked, more than the "
-                         f"{MAX_UNZIPPED_BYTES // 2**20} MB allowed.")
+    if "word/document.xml" not in archive.namelist():
+        archive.close()
+        raise UnsupportedMediaType(f"{filename!r} is not a Word (DOCX) document.")
+    if sum(info.file_size for info in archive.infolist()) > MAX_UNZIPPED_BYTES:
+        archive.close()
+        raise BadRequest(_too_big(filename))
+    return archive
+
+
+def _too_big(filename: str) -> str:
+    return f"{filename!r} expands to more than the {MAX_UNZIPPED_BYTES // 2**20} MB allowed when unpacked."
 
 
 _READERS = {"pdf": _read_pdf, "docx": _read_docx, "html": _read_html, "csv": _read_csv, "json": _read_json}
+
+
+_REFUSALS = {cls.status: cls for cls in (BadRequest, PayloadTooLarge, UnsupportedMediaType)}
+
+
+def _read_in_child(kind: str, data: bytes, filename: str, max_chars: int | None) -> Extracted:
+    """The reader of `kind`, run by `python -m webui_api.rag.extract` under CPU and memory limits."""
+    search_path = [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]  # this very code
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, search_path))}
+    command = [sys.executable, "-m", __name__, kind, filename, str(max_chars or 0), str(SANDBOX_CPU_SECONDS),
+               str(SANDBOX_MEMORY_BYTES)]
+    try:
+        done = subprocess.run(command, input=data, capture_output=True, env=env, timeout=SANDBOX_WALL_SECONDS)
+    except subprocess.TimeoutExpired:  # run() has killed the child
+        raise PayloadTooLarge(_overworked(filename)) from None
+    if done.returncode != 0 or not done.stdout:
+        log.warning("extracting %r (%s) in a child process: exit %s, %s", filename, kind, done.returncode,
+                    done.stderr.decode(errors="replace")[-300:])
+        raise PayloadTooLarge(_overworked(filename))
+    reply = json.loads(done.stdout)
+    if "status" in reply:
+        raise _REFUSALS.get(reply["status"], BadRequest)(reply["detail"])
+    return Extracted(reply["text"], reply["kind"], reply["pages"])
+
+
+def _overworked(filename: str) -> str:
+    return (f"{filename!r} took more than the {SANDBOX_CPU_SECONDS} s of CPU or "
+            f"{SANDBOX_MEMORY_BYTES // 1024**3} GB of memory that reading one file may use.")
+
+
+def _child_main(kind: str, filename: str, max_chars: str, cpu_seconds: str, memory_bytes: str) -> None:
+    """In the child: limits first, then the file from stdin, then one JSON reply on stdout."""
+    resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_seconds), int(cpu_seconds) + 5))
+    resource.setrlimit(resource.RLIMIT_AS, (int(memory_bytes), int(memory_bytes)))
+    data = sys.stdin.buffer.read()
+    try:
+        result = _READERS[kind](data, filename, _Budget(int(max_chars) or None, filename))
+        reply = {"text": result.text, "kind": result.kind, "pages": result.pages}
+    except ApiError as exc:
+        reply = {"status": exc.status, "detail": exc.detail}
+    except MemoryError:
+        reply = {"status": PayloadTooLarge.status, "detail": _overworked(filename)}
+    except Exception as exc:  # third-party parsers fail in many ways on damaged files: still the file's fault
+        reply = {"status": BadRequest.status,
+                 "detail": f"{filename!r} could not be read as {kind.upper()}: {type(exc).__name__}"}
+    sys.stdout.write(json.dumps(reply))
+
+
+if __name__ == "__main__":
+    _child_main(*sys.argv[1:6])

@@ -181,6 +181,8 @@ def reprocess(ext, user: User, file_id: str, content: str | None = None) -> File
     file = writable(user, file_id)
     if content is not None and not content.strip():
         raise BadRequest(EMPTY_CONTENT)
+    if content is not None:  # refused before the file's state changes
+        extract.check_length(content, file.filename, ext.settings.RAG_MAX_EXTRACTED_CHARS)
     return pipeline.process(ext, file.id, content)
 
 

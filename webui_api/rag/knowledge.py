@@ -11,7 +11,7 @@ from ..auth import policy
 from . import files
 from ..db import Chunk, File, Knowledge, KnowledgeFile, Preset, User
 from ..errors import EMPTY_CONTENT, BadRequest, Forbidden, NotFound
-from . import collection_rows, index_sync, pipeline
+from . import collection_rows, extract, index_sync, pipeline
 
 log = logging.getLogger("webui_api.knowledge")
 
@@ -238,6 +238,7 @@ def create_from_text(ext, user: User, name: str, content: str, collection_name: 
     """POST /retrieval/process/text: the text becomes a (deduplicated) file, searchable on return."""
     if not content.strip():
         raise BadRequest(EMPTY_CONTENT)
+    extract.check_length(content, name, ext.settings.RAG_MAX_EXTRACTED_CHARS)
     if collection_name:
         writable(user, collection_name)  # refuse before storing anything
     data = io.BytesIO(content.encode("utf-8"))

@@ -96,7 +96,8 @@ def _extract(settings, file: File, content: str | None) -> Extracted:
             raise UnusableContent(EMPTY_CONTENT)
         return Extracted(content, "text")
     try:
-        return extract(read_bytes(settings, file), file.filename, file.content_type)
+        return extract(read_bytes(settings, file), file.filename, file.content_type,
+                       max_chars=settings.RAG_MAX_EXTRACTED_CHARS)
     except ApiError as exc:
         raise UnusableContent.because(exc) from exc
 
