@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 
 from ..db import File, Knowledge, KnowledgeFile, Preset, User
-from ..errors import BadRequest
+from ..errors import BadRequest, Forbidden, NotFound
 
 # The one grant we support, in Open WebUI's shape: everyone may read. No grant at all = private.
 PUBLIC_GRANT = {"principal_type": "user", "principal_id": "*", "permission": "read"}
@@ -13,6 +13,11 @@ UNSUPPORTED_GRANT = ('Only public read access can be granted: {"principal_type":
 # Open WebUI's grant ids are UUIDs; ours are derived from the resource so they stay the same on every read.
 _GRANT_IDS = uuid.UUID("6f1c1d52-8f0e-4d0a-9b7e-3a2f4c5d6e7f")
 _RESOURCE_TYPE = {Knowledge: "knowledge", Preset: "model"}
+_READ_ONLY = {  # the 403 a reader gets when trying to change what they may only see
+    File: "Only the file's owner or an admin may change or delete it.",
+    Knowledge: "This knowledge collection is read-only for you; only its owner or an admin may change it.",
+    Preset: "Only the owner or an administrator may change this model.",
+}
 
 
 # ---------------------------------------------------------------- one row
@@ -29,6 +34,21 @@ def can_write(user: User, resource: File | Knowledge | Preset) -> bool:
 def can_read(user: User, resource: File | Knowledge | Preset) -> bool:
     """Whoever may write it, and everyone when it is public."""
     return can_write(user, resource) or is_public(resource)
+
+
+def readable_or_404(user: User, resource):
+    """The row if the caller may read it; a missing or unreadable row is 404 alike (existence not revealed)."""
+    if resource is None or not can_read(user, resource):
+        raise NotFound()
+    return resource
+
+
+def writable_or_403(user: User, resource):
+    """The row if the caller may change it; 404 as above, 403 for someone who may only read it."""
+    readable_or_404(user, resource)
+    if not can_write(user, resource):
+        raise Forbidden(_READ_ONLY[type(resource)])
+    return resource
 
 
 def is_public(resource: File | Knowledge | Preset) -> bool:

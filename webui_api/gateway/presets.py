@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from .. import db
 from ..auth import policy
-from ..errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from ..errors import BadRequest, Conflict, Forbidden, Unprocessable
 
 MAX_ID_LENGTH = 256
 PAGE_SIZE = 30
@@ -45,17 +45,11 @@ def _readable(user) -> Iterable[db.Preset]:
 
 
 def _visible_or_404(user, preset_id: str) -> db.Preset:
-    row = get_row(preset_id) if isinstance(preset_id, str) else None
-    if row is None or not policy.can_read(user, row):
-        raise NotFound()
-    return row
+    return policy.readable_or_404(user, get_row(preset_id) if isinstance(preset_id, str) else None)
 
 
 def _writable(user, preset_id: str) -> db.Preset:
-    row = _visible_or_404(user, preset_id)
-    if not policy.can_write(user, row):
-        raise Forbidden("Only the owner or an administrator may change this model.")
-    return row
+    return policy.writable_or_403(user, get_row(preset_id) if isinstance(preset_id, str) else None)
 
 
 # --- shapes ------------------------------------------------------------------------------------

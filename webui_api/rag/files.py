@@ -12,7 +12,7 @@ from typing import BinaryIO
 from .. import db
 from ..auth import policy
 from ..db import Chunk, File, KnowledgeFile, User
-from ..errors import (EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, Forbidden, KeptAsFailed,
+from ..errors import (EMPTY_CONTENT, FILE_NOT_PROCESSED, ApiError, BadRequest, KeptAsFailed,
                      NotFound, UnusableContent, UpstreamError)
 from . import extract, index_sync, pipeline, storage
 from .collection_rows import link_row, linked_knowledge
@@ -30,18 +30,12 @@ def find(file_id) -> File | None:
 
 def readable(user: User, file_id: str) -> File:
     """A file the caller may read (owner, admin, or member of a public collection); anyone else gets 404."""
-    file = find(file_id)
-    if file is None or not policy.can_read(user, file):
-        raise NotFound()
-    return file
+    return policy.readable_or_404(user, find(file_id))
 
 
 def writable(user: User, file_id: str) -> File:
     """Owner or admin; a reader who may only see it gets 403."""
-    file = readable(user, file_id)
-    if not policy.can_write(user, file):
-        raise Forbidden("Only the file's owner or an admin may change or delete it.")
-    return file
+    return policy.writable_or_403(user, find(file_id))
 
 
 @dataclass

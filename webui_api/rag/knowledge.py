@@ -10,7 +10,7 @@ from .. import db
 from ..auth import policy
 from . import files
 from ..db import Chunk, File, Knowledge, KnowledgeFile, Preset, User
-from ..errors import EMPTY_CONTENT, BadRequest, Forbidden, NotFound
+from ..errors import EMPTY_CONTENT, BadRequest, NotFound
 from . import collection_rows, extract, index_sync, pipeline
 
 log = logging.getLogger("webui_api.knowledge")
@@ -26,18 +26,11 @@ def find(knowledge_id) -> Knowledge | None:
 
 def readable(user: User, knowledge_id: str) -> Knowledge:
     """A collection the caller may read (owner, admin, or public); otherwise 404 (existence is not revealed)."""
-    kb = find(knowledge_id)
-    if kb is None or not policy.can_read(user, kb):
-        raise NotFound()
-    return kb
+    return policy.readable_or_404(user, find(knowledge_id))
 
 
 def writable(user: User, knowledge_id: str) -> Knowledge:
-    kb = readable(user, knowledge_id)
-    if not policy.can_write(user, kb):
-        raise Forbidden("This knowledge collection is read-only for you; "
-                        "only its owner or an admin may change it.")
-    return kb
+    return policy.writable_or_403(user, find(knowledge_id))
 
 
 # ---------------------------------------------------------------- shapes
