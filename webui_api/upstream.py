@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,19 @@ class Upstream:
                               pool_maxsize=max(1, int(settings.UPSTREAM_POOL_SIZE)), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        # requests would re-read the proxy variables on every call (trust_env): read them once instead.
+        self.session.trust_env = False
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._proxies: dict[str, dict] = {}
+        for backend in self.ollama + self.openai:
+            self.proxies_for(backend.url)
+
+    def proxies_for(self, url: str) -> dict:
+        """HTTP(S)_PROXY / ALL_PROXY for `url` unless NO_PROXY exempts its host, looked up once per URL."""
+        proxies = self._proxies.get(url)
+        if proxies is None:
+            proxies = self._proxies[url] = requests.utils.get_environ_proxies(url)
+        return proxies
 
     # --- plain requests
     def timeouts(self, timeout=None) -> tuple[float, float]:
@@ -130,7 +144,8 @@ class Upstream:
         started = time.perf_counter()
         try:
             response = self.session.request(method, backend.url + path, json=json, params=params, data=data,
-                                            headers=sent, stream=stream, timeout=self.timeouts(timeout))
+                                            headers=sent, stream=stream, timeout=self.timeouts(timeout),
+                                            proxies=self.proxies_for(backend.url))
         except _STREAM_ERRORS as exc:
             telemetry.record_backend(time.perf_counter() - started, backend.label, error=True)
             raise network_error(backend, exc) from None

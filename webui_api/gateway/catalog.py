@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import itertools
-import os
+import sqlite3
 import threading
-import uuid
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import peewee as pw
+
 from . import model_lists, presets
+from .. import db
 from ..auth import policy
 from ..errors import MODEL_NOT_FOUND, BadRequest, NotFound, ServiceUnavailable, UpstreamError
 from ..upstream import Backend
@@ -79,9 +81,8 @@ class Catalog:
         self._last_change = 0       # bumped by invalidate()
         self._snapshot_change = -1  # _last_change when the cached snapshot's fetch began
         self._round_robin = itertools.count()
-        # Other gunicorn workers learn of a change through this file: replaced on every invalidate().
-        self._marker_path = os.path.join(settings.DATA_DIR, "models.changed")
-        self._seen_marker = self._shared_marker()
+        # Other gunicorn workers and hosts learn of a change through the database's "models" stamp.
+        self._seen_stamp = self._shared_stamp()
 
     # --- the one cache -----------------------------------------------------------------------
 
@@ -102,32 +103,25 @@ class Catalog:
         """The models changed (pulled, created, deleted, a preset edited): ask the backends next time.
         Never waits for a fetch under way; one that began before this call does not count as fresh."""
         self._last_change = next(self._changes)
-        self._publish_change()
+        try:
+            db.bump_stamp("models")  # every other worker and host drops its lists on its next lookup
+            self._seen_stamp = self._shared_stamp()
+        except (pw.PeeweeException, sqlite3.Error):  # a read-only or locked database only costs other workers their TTL
+            pass
 
     def _notice_other_workers(self) -> None:
-        """One stat() per lookup: another worker's invalidate() replaced the marker file."""
-        marker = self._shared_marker()
-        if marker != self._seen_marker:
-            self._seen_marker = marker
+        """One indexed read per lookup: another worker's invalidate() bumped the "models" stamp."""
+        stamp = self._shared_stamp()
+        if stamp != self._seen_stamp:
+            self._seen_stamp = stamp
             self._last_change = next(self._changes)
 
-    def _shared_marker(self) -> tuple | None:
+    @staticmethod
+    def _shared_stamp() -> tuple | None:
         try:
-            stat = os.stat(self._marker_path)
-        except OSError:
+            return db.database.database, db.read_stamp("models")
+        except (pw.PeeweeException, sqlite3.Error):
             return None
-        return stat.st_ino, stat.st_mtime_ns, stat.st_size
-
-    def _publish_change(self) -> None:
-        """Replace the marker (a new inode each time, so even changes within one clock tick differ)."""
-        temp = f"{self._marker_path}.{uuid.uuid4().hex}"
-        try:
-            with open(temp, "w") as handle:
-                handle.write(uuid.uuid4().hex)
-            os.replace(temp, self._marker_path)
-            self._seen_marker = self._shared_marker()
-        except OSError:  # a read-only data dir only costs other workers their TTL
-            pass
 
     def _stale(self) -> bool:
         ttl = self.settings.MODELS_CACHE_TTL
@@ -190,7 +184,7 @@ class Catalog:
         entry = by_id.get(target) or by_id.get(untagged_alias(target) or "")
         if entry is not None or depth >= MAX_PRESET_DEPTH:
             return entry
-        inner = presets.get_row(target)
+        inner = presets.lookup(target)
         if inner is not None and inner.base_model_id and policy.can_read(user, inner):
             return self._base_entry_for(inner, by_id, user, depth + 1)
         return None
@@ -216,7 +210,7 @@ class Catalog:
     def _resolve(self, user, model_id: str, chain: tuple) -> Resolved:
         if model_id in chain or len(chain) > MAX_PRESET_DEPTH:
             raise BadRequest(MODEL_NOT_FOUND)
-        row = None if model_id in self.snapshot().by_id else presets.get_row(model_id)
+        row = None if model_id in self.snapshot().by_id else presets.lookup(model_id)
         if row is not None and row.base_model_id:
             if not row.is_active or not policy.can_read(user, row):
                 raise BadRequest(MODEL_NOT_FOUND)
@@ -230,7 +224,7 @@ class Catalog:
         return self._resolve_base(entry)
 
     def _resolve_base(self, entry: dict) -> Resolved:
-        row = presets.get_row(entry["id"])
+        row = presets.lookup(entry["id"])
         if row is not None and row.base_model_id is None:
             if not row.is_active:
                 raise BadRequest(MODEL_NOT_FOUND)  # disabled override: the base model is switched off
