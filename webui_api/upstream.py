@@ -1,6 +1,7 @@
 """Upstream client: one pooled HTTP session to the Ollama and OpenAI backends, timeouts and error mapping."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -59,9 +60,55 @@ def _reason(exc: BaseException) -> str:
 def network_error(backend: Backend | None, exc: BaseException) -> UpstreamError:
     """Map a requests/urllib3/socket exception to UpstreamTimeout (504) or UpstreamError (502)."""
     label = backend.label if backend else "upstream backend"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return UpstreamTimeout(f"{label} timed out connecting")
     if isinstance(exc, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
         return UpstreamTimeout(f"{label} timed out")
     return UpstreamError(f"{label} failed: {_reason(exc)}")
+
+
+def _never_answered(exc: BaseException) -> bool:
+    """The request did not get a response at all (refused, reset, connect timeout): safe to send elsewhere.
+    A read timeout is not: the backend may still be generating."""
+    return isinstance(exc, requests.exceptions.ConnectionError)
+
+
+class HostHealth:
+    """A small circuit breaker per backend URL, per worker: a host that failed is skipped for a back-off
+    (BACKOFF_FIRST s, doubling up to BACKOFF_MAX) while other hosts can serve; once it has passed, the next
+    request tries the host again, and a success closes the breaker."""
+
+    BACKOFF_FIRST, BACKOFF_MAX = 2.0, 60.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._failures: dict[str, tuple[int, float, str]] = {}  # url -> (failures in a row, skip until, why)
+
+    def available(self, backend: Backend) -> bool:
+        failed = self._failures.get(backend.url)
+        return failed is None or time.monotonic() >= failed[1]
+
+    def failed(self, backend: Backend, reason: str) -> None:
+        with self._lock:
+            count = self._failures.get(backend.url, (0, 0.0, ""))[0] + 1
+            backoff = min(self.BACKOFF_MAX, self.BACKOFF_FIRST * 2 ** (count - 1))
+            self._failures[backend.url] = (count, time.monotonic() + backoff, reason)
+        log.warning("%s; skipped for %.0f s where another host can serve", reason, backoff)
+
+    def succeeded(self, backend: Backend) -> None:
+        if backend.url in self._failures:
+            with self._lock:
+                self._failures.pop(backend.url, None)
+
+    def describe(self, backend: Backend) -> dict:
+        """This worker's view: `closed` (in use), `open` (skipped for `retry_in` s) or `half-open` (the
+        back-off passed; the next request tries it)."""
+        failed = self._failures.get(backend.url)
+        if failed is None:
+            return {"state": "closed"}
+        left = failed[1] - time.monotonic()
+        state = {"state": "open", "retry_in": round(left, 1)} if left > 0 else {"state": "half-open"}
+        return {**state, "failures": failed[0], "last_error": failed[2]}
 
 
 def error_message(response: requests.Response) -> str:
@@ -113,6 +160,8 @@ class Upstream:
         self.session.trust_env = False
         self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self._proxies: dict[str, dict] = {}
+        self.health = HostHealth()
+        self._turn = itertools.count()
         for backend in self.ollama + self.openai:
             self.proxies_for(backend.url)
 
@@ -148,10 +197,45 @@ class Upstream:
                                             proxies=self.proxies_for(backend.url))
         except _STREAM_ERRORS as exc:
             telemetry.record_backend(time.perf_counter() - started, backend.label, error=True)
-            raise network_error(backend, exc) from None
+            error = network_error(backend, exc)
+            error.never_answered = _never_answered(exc)
+            raise error from None
         telemetry.record_backend(time.perf_counter() - started, backend.label, error=response.status_code >= 500)
         response.backend = backend
         return response
+
+    def order(self, hosts: list[Backend], spread: bool = True) -> list[Backend]:
+        """Healthy hosts first (taken in turns when `spread`, else in configured order), then skipped ones:
+        when every host is failing, one is still tried rather than none."""
+        healthy = [b for b in hosts if self.health.available(b)]
+        if spread and len(healthy) > 1:
+            turn = next(self._turn) % len(healthy)
+            healthy = healthy[turn:] + healthy[:turn]
+        return healthy + [b for b in hosts if b not in healthy]
+
+    def send(self, hosts: list[Backend], method: str, path: str, *, spread: bool = True,
+             **kwargs) -> requests.Response:
+        """request() to one of `hosts` serving the same model. When the first one chosen cannot be reached
+        or answers 5xx (no byte has reached our client yet), the call is sent once more to the next host;
+        a failing host is skipped for a back-off. Never used for a retry once a stream has begun."""
+        candidates = self.order(hosts, spread)[:2]
+        for attempt, backend in enumerate(candidates):
+            last = attempt == len(candidates) - 1
+            try:
+                response = self.request(backend, method, path, **kwargs)
+            except UpstreamError as exc:
+                self.health.failed(backend, exc.detail)
+                if last or not getattr(exc, "never_answered", False):
+                    raise
+                continue
+            if response.status_code < 500:
+                self.health.succeeded(backend)
+                return response
+            self.health.failed(backend, f"{backend.label} answered HTTP {response.status_code}")
+            if last:
+                return response
+            response.close()
+        raise UpstreamError("no backend to send to")  # only when `hosts` is empty
 
     def json(self, backend: Backend, method: str, path: str, **kwargs) -> Any:
         """request() that also raises http_error() on a non-2xx answer and returns the decoded JSON."""

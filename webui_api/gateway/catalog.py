@@ -38,6 +38,7 @@ class Snapshot:
     openai: list[dict]
     answered: frozenset  # the kinds of which at least one backend sent its list
     fetched_at: float
+    openai_hosts: dict = field(default_factory=dict)  # OpenAI model id -> every connection index listing it
     by_id: dict[str, dict] = field(init=False, repr=False)  # both kinds; the first of an id wins
     _by_kind: dict = field(init=False, repr=False)
 
@@ -56,13 +57,17 @@ class Snapshot:
 
 @dataclass
 class Resolved:
-    """A chat/embedding target: the listed entry, the backend to call and the model name it knows."""
+    """A chat/embedding target: the listed entry, the backends serving it and the model name they know."""
 
     entry: dict
-    backend: Backend
+    hosts: list[Backend]  # every backend listing the model (Upstream.send picks and fails over)
     upstream_model: str
     preset: Any = None                # the outermost db.Preset (preset or override row), if any
     params: dict = field(default_factory=dict)  # stored params along the preset chain, outer wins
+
+    @property
+    def backend(self) -> Backend:
+        return self.hosts[0]
 
     @property
     def kind(self) -> str:
@@ -80,7 +85,6 @@ class Catalog:
         self._changes = itertools.count(1)
         self._last_change = 0       # bumped by invalidate()
         self._snapshot_change = -1  # _last_change when the cached snapshot's fetch began
-        self._round_robin = itertools.count()
         # Other gunicorn workers and hosts learn of a change through the database's "models" stamp.
         self._seen_stamp = self._shared_stamp()
 
@@ -134,7 +138,7 @@ class Catalog:
         answered = frozenset(kind for kind, what in (("ollama", "tags"), ("openai", "models"))
                              if model_lists.answered(results, what))
         return Snapshot(model_lists.ollama_entries(results), model_lists.openai_entries(results),
-                        answered, time.monotonic())
+                        answered, time.monotonic(), model_lists.openai_hosts(results))
 
     def find(self, model_id: str, kind: str | None = None) -> dict | None:
         """The base entry for `model_id` (untagged means `:latest`). On a miss the backends are asked
@@ -217,7 +221,7 @@ class Catalog:
             inner = self._resolve(user, row.base_model_id, chain + (model_id,))
             entry = model_lists.preset_entry(row, inner.entry)
             params = {**inner.params, **(row.params or {})}
-            return Resolved(entry, inner.backend, inner.upstream_model, row, params)
+            return Resolved(entry, inner.hosts, inner.upstream_model, row, params)
         entry = self.find(model_id)
         if entry is None:
             raise BadRequest(MODEL_NOT_FOUND)
@@ -230,22 +234,22 @@ class Catalog:
                 raise BadRequest(MODEL_NOT_FOUND)  # disabled override: the base model is switched off
         else:
             row = None
-        backend = self._pick_host(entry)
-        if backend is None:
+        hosts = self.hosts_of(entry)
+        if not hosts:
             raise BadRequest(MODEL_NOT_FOUND)
         shown = model_lists.with_override(entry, row) if row is not None else entry
-        return Resolved(shown, backend, upstream_name(entry), row, dict(row.params or {}) if row else {})
+        return Resolved(shown, hosts, upstream_name(entry), row, dict(row.params or {}) if row else {})
 
-    def host(self, kind: str, model: Any) -> tuple[Backend, str]:
-        """A passthrough's backend of `kind` for `model` and the name it knows. NotFound("Model 'x' was
-        not found"), UpstreamError when no backend sent its list, ServiceUnavailable when `kind` is off."""
+    def hosts_for(self, kind: str, model: Any) -> tuple[list[Backend], str]:
+        """A passthrough's backends of `kind` serving `model` and the name they know. NotFound("Model 'x'
+        was not found"), UpstreamError when no backend sent its list, ServiceUnavailable when `kind` is off."""
         self.backend_at(kind, 0)
         if not isinstance(model, str) or not model:
             raise NotFound(f"Model '{model or ''}' was not found")
         entry = self.find(model, kind)
-        backend = self._pick_host(entry) if entry is not None else None
-        if backend is not None:
-            return backend, upstream_name(entry)
+        hosts = self.hosts_of(entry) if entry is not None else []
+        if hosts:
+            return hosts, upstream_name(entry)
         if kind not in self.snapshot().answered:
             raise UpstreamError(f"No {_NAMES[kind]} backend answered its model list")
         raise NotFound(f"Model '{model}' was not found")
@@ -259,14 +263,17 @@ class Catalog:
             raise NotFound(f"No {_NAMES[kind]} backend with index {idx}")
         return pool[idx]
 
-    def _pick_host(self, entry: dict) -> Backend | None:
-        """Ollama: round-robin over the backends listing the model (same weights; spreads load).
-        OpenAI: the connection whose list the entry came from (`urlIdx`)."""
+    def hosts_of(self, entry: dict) -> list[Backend]:
+        """Every backend listing the model: Ollama's merged `urls`; for OpenAI, each connection whose list
+        has the id (the entry shows the first one's `urlIdx`). Upstream.send spreads calls over them."""
         if entry.get("owned_by") == "ollama":
-            by_idx = {b.idx: b for b in self.upstream.ollama}
-            hosts = [by_idx[i] for i in entry["ollama"].get("urls", []) if i in by_idx]
-            return hosts[next(self._round_robin) % len(hosts)] if hosts else None
-        return {b.idx: b for b in self.upstream.openai}.get(entry.get("urlIdx"))
+            pool, indexes = self.upstream.ollama, entry["ollama"].get("urls", [])
+        else:
+            pool = self.upstream.openai
+            listed = self._snapshot.openai_hosts if self._snapshot is not None else {}
+            indexes = listed.get(entry["id"]) or [entry.get("urlIdx")]
+        by_idx = {b.idx: b for b in pool}
+        return [by_idx[i] for i in indexes if i in by_idx]
 
     # --- presets: each change drops the cache, so every route sees it at once ------------------
 

@@ -108,6 +108,17 @@ def openai_entries(results: list[tuple]) -> list[dict]:
     return out
 
 
+def openai_hosts(results: list[tuple]) -> dict[str, list[int]]:
+    """Each OpenAI model id and every connection that lists it (replicas of one another), in order."""
+    hosts: dict[str, list[int]] = {}
+    for (backend, what), models in results:
+        if what == "models" and not isinstance(models, BaseException):
+            for model in models:
+                if isinstance(model.get("id"), str) and backend.idx not in hosts.setdefault(model["id"], []):
+                    hosts[model["id"]].append(backend.idx)
+    return hosts
+
+
 def connection_entry(entry: dict) -> dict:
     """An OpenAI model as /openai/models lists it: the /api/models entry without the listing extras."""
     return {k: v for k, v in entry.items() if k not in _API_MODELS_ONLY}
