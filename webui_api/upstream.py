@@ -8,14 +8,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
 from . import telemetry
-from .errors import ApiError, UpstreamError, UpstreamTimeout
+from .config import parse_bool
+from .errors import ApiError, ConfigError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("webui_api.upstream")
 
@@ -24,12 +25,17 @@ _STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPE
 
 @dataclass(frozen=True)
 class Backend:
-    """One configured backend. `key` never appears in repr, labels or error details."""
+    """One configured backend. `key` and `headers` never appear in repr, labels or error details."""
 
     kind: str  # "ollama" | "openai"
     idx: int   # position in OLLAMA_BASE_URLS / OPENAI_API_BASE_URLS
     url: str   # base URL without trailing slash (OpenAI ones include /v1 as configured)
     key: str = field(default="", repr=False)
+    # From OLLAMA_API_CONFIGS / OPENAI_API_CONFIGS (Open WebUI's per-connection settings):
+    prefix_id: str = ""          # its models are listed as `<prefix_id>.<id>`
+    model_ids: tuple = ()        # allowlist of the backend's own model names; empty: all
+    tags: tuple = ()             # tag names added to each of its models
+    headers: tuple = field(default=(), repr=False)  # extra (name, value) pairs sent with every call
 
     @property
     def label(self) -> str:
@@ -137,6 +143,40 @@ def http_error(response: requests.Response, backend: Backend | None = None) -> A
     return ApiError(message, status=response.status_code)
 
 
+def connections(kind: str, urls: list[str], keys: list[str], configs: dict) -> list[Backend]:
+    """The enabled backends of one kind, each with its settings from `configs` (keyed by index, or by URL
+    as older Open WebUI wrote them). A disabled one keeps its index: the others' `url_idx` do not move."""
+    out = []
+    for idx, url in enumerate(urls):
+        config = configs.get(str(idx), configs.get(url, {}))
+        if not isinstance(config, dict):
+            raise ConfigError(f"{kind.upper()}_API_CONFIGS[{idx}] must be a JSON object")
+        if not parse_bool(config.get("enable", True)):
+            continue
+        key = (keys[idx] if idx < len(keys) else "") or str(config.get("key") or "")
+        headers = config.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise ConfigError(f"{kind.upper()}_API_CONFIGS[{idx}].headers must be a JSON object")
+        out.append(Backend(kind, idx, url, key, str(config.get("prefix_id") or ""),
+                           tuple(str(m) for m in config.get("model_ids") or ()),
+                           tuple(_tag_name(t) for t in config.get("tags") or () if _tag_name(t)),
+                           tuple((str(k), str(v)) for k, v in headers.items())))
+    return out
+
+
+def _tag_name(tag: Any) -> str:
+    return str(tag.get("name") or "") if isinstance(tag, dict) else str(tag or "")
+
+
+def forwarded_user_headers(settings, user) -> dict:
+    """Open WebUI's X-OpenWebUI-User-* headers (ENABLE_FORWARD_USER_INFO_HEADERS), for per-user accounting
+    at the backend; the name is percent-encoded, as header values must be ASCII."""
+    if user is None or not settings.ENABLE_FORWARD_USER_INFO_HEADERS:
+        return {}
+    return {"X-OpenWebUI-User-Name": quote(user.name or "", safe=" "), "X-OpenWebUI-User-Id": str(user.id),
+            "X-OpenWebUI-User-Email": str(user.email), "X-OpenWebUI-User-Role": str(user.role)}
+
+
 class Upstream:
     """All backend traffic goes through here. Cheap to build: no network until the first call."""
 
@@ -145,12 +185,10 @@ class Upstream:
         self.connect_timeout = float(settings.UPSTREAM_CONNECT_TIMEOUT)
         self.read_timeout = float(settings.AIOHTTP_CLIENT_TIMEOUT)
         self.list_timeout = float(settings.AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST)
-        self.ollama = [Backend("ollama", i, url) for i, url in enumerate(settings.OLLAMA_BASE_URLS)] \
-            if settings.ENABLE_OLLAMA_API else []
-        keys = list(settings.OPENAI_API_KEYS)
+        urls = settings.OLLAMA_BASE_URLS if settings.ENABLE_OLLAMA_API else []
+        self.ollama = connections("ollama", urls, [], settings.OLLAMA_API_CONFIGS)
         urls = settings.OPENAI_API_BASE_URLS if settings.ENABLE_OPENAI_API else []
-        self.openai = [Backend("openai", i, url, keys[i] if i < len(keys) else "")
-                       for i, url in enumerate(urls)]
+        self.openai = connections("openai", urls, settings.OPENAI_API_KEYS, settings.OPENAI_API_CONFIGS)
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=max(4, len(self.ollama) + len(self.openai)),
                               pool_maxsize=max(1, int(settings.UPSTREAM_POOL_SIZE)), max_retries=0)
@@ -189,6 +227,7 @@ class Upstream:
         sent = {"Authorization": f"Bearer {backend.key}"} if backend.key else {}
         if telemetry.request_id():
             sent["X-Request-ID"] = telemetry.request_id()
+        sent.update(backend.headers)
         sent.update(headers or {})
         started = time.perf_counter()
         try:
@@ -213,11 +252,14 @@ class Upstream:
             healthy = healthy[turn:] + healthy[:turn]
         return healthy + [b for b in hosts if b not in healthy]
 
-    def send(self, hosts: list[Backend], method: str, path: str, *, spread: bool = True,
+    def send(self, hosts: list[Backend], method: str, path: str, *, spread: bool = True, user=None,
              **kwargs) -> requests.Response:
         """request() to one of `hosts` serving the same model. When the first one chosen cannot be reached
         or answers 5xx (no byte has reached our client yet), the call is sent once more to the next host;
-        a failing host is skipped for a back-off. Never used for a retry once a stream has begun."""
+        a failing host is skipped for a back-off. Never used for a retry once a stream has begun.
+        `user`: whom to name in the forwarded user headers, when those are enabled."""
+        if user is not None and self.settings.ENABLE_FORWARD_USER_INFO_HEADERS:
+            kwargs["headers"] = {**forwarded_user_headers(self.settings, user), **(kwargs.get("headers") or {})}
         candidates = self.order(hosts, spread)[:2]
         for attempt, backend in enumerate(candidates):
             last = attempt == len(candidates) - 1

@@ -7,7 +7,7 @@ from flask_smorest import Blueprint
 
 from ..gateway import proxy
 from .deps import ext
-from .ollama import respond
+from .ollama import forwarded_user, respond
 
 blp = Blueprint("openai", __name__, url_prefix="/openai",
                 description="OpenAI API passthrough: each call goes to the connection that serves its model "
@@ -16,7 +16,7 @@ blp = Blueprint("openai", __name__, url_prefix="/openai",
 
 def _forward(path: str, url_idx: int | None):
     body = request.get_json(force=True, silent=True)  # `curl -d` sends a form content type
-    return respond(proxy.openai_call(ext().catalog, path, body, url_idx))
+    return respond(proxy.openai_call(ext().catalog, path, body, url_idx, user=forwarded_user()))
 
 
 @blp.route("/models", endpoint="models")

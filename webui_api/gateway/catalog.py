@@ -195,12 +195,12 @@ class Catalog:
 
     def ollama_tags(self) -> dict:
         """Ollama's `/api/tags` body for all backends together: {"models": [... with "urls"]}."""
-        self.backend_at("ollama", 0)  # 503 when the Ollama API is disabled
+        self.pool("ollama")  # 503 when the Ollama API is disabled
         return {"models": [entry["ollama"] for entry in self.snapshot().ollama]}
 
     def openai_models(self) -> list[dict]:
         """Every connection's models in Open WebUI's /openai/models shape (`urlIdx`, raw under `openai`)."""
-        self.backend_at("openai", 0)  # 503 when the OpenAI API is disabled
+        self.pool("openai")  # 503 when the OpenAI API is disabled
         return [model_lists.connection_entry(entry) for entry in self.snapshot().openai]
 
     # --- resolution --------------------------------------------------------------------------
@@ -238,30 +238,37 @@ class Catalog:
         if not hosts:
             raise BadRequest(MODEL_NOT_FOUND)
         shown = model_lists.with_override(entry, row) if row is not None else entry
-        return Resolved(shown, hosts, upstream_name(entry), row, dict(row.params or {}) if row else {})
+        params = dict(row.params or {}) if row else {}
+        return Resolved(shown, hosts, upstream_name(entry, hosts[0]), row, params)
 
     def hosts_for(self, kind: str, model: Any) -> tuple[list[Backend], str]:
         """A passthrough's backends of `kind` serving `model` and the name they know. NotFound("Model 'x'
         was not found"), UpstreamError when no backend sent its list, ServiceUnavailable when `kind` is off."""
-        self.backend_at(kind, 0)
+        self.pool(kind)
         if not isinstance(model, str) or not model:
             raise NotFound(f"Model '{model or ''}' was not found")
         entry = self.find(model, kind)
         hosts = self.hosts_of(entry) if entry is not None else []
         if hosts:
-            return hosts, upstream_name(entry)
+            return hosts, upstream_name(entry, hosts[0])
         if kind not in self.snapshot().answered:
             raise UpstreamError(f"No {_NAMES[kind]} backend answered its model list")
         raise NotFound(f"Model '{model}' was not found")
 
-    def backend_at(self, kind: str, idx: int) -> Backend:
-        """The backend at position `idx` of OLLAMA_BASE_URLS / OPENAI_API_BASE_URLS, else NotFound."""
+    def pool(self, kind: str) -> list[Backend]:
+        """The enabled backends of `kind`; ServiceUnavailable when there is none (the API is off)."""
         pool = self.upstream.ollama if kind == "ollama" else self.upstream.openai
         if not pool:
             raise ServiceUnavailable(OLLAMA_DISABLED if kind == "ollama" else OPENAI_DISABLED)
-        if not 0 <= idx < len(pool):
+        return pool
+
+    def backend_at(self, kind: str, idx: int) -> Backend:
+        """The backend at position `idx` of OLLAMA_BASE_URLS / OPENAI_API_BASE_URLS, else NotFound (also
+        when that connection is disabled in its *_API_CONFIGS)."""
+        found = next((backend for backend in self.pool(kind) if backend.idx == idx), None)
+        if found is None:
             raise NotFound(f"No {_NAMES[kind]} backend with index {idx}")
-        return pool[idx]
+        return found
 
     def hosts_of(self, entry: dict) -> list[Backend]:
         """Every backend listing the model: Ollama's merged `urls`; for OpenAI, each connection whose list
@@ -297,8 +304,8 @@ class Catalog:
         return result
 
 
-def upstream_name(entry: dict) -> str:
-    """The name the backend itself knows the model by."""
-    if "ollama" in entry:
-        return entry["ollama"]["model"]
-    return entry["openai"].get("id") or entry["id"]
+def upstream_name(entry: dict, host: Backend | None = None) -> str:
+    """The name the backend itself knows the model by (without the connection's `prefix_id.`)."""
+    name = entry["ollama"]["model"] if "ollama" in entry else entry["openai"].get("id") or entry["id"]
+    prefix = f"{host.prefix_id}." if host is not None and host.prefix_id else ""
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
