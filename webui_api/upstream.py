@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json as jsonlib
 import logging
 import os
 import threading
@@ -231,9 +232,13 @@ class Upstream:
         sent.update(headers or {})
         started = time.perf_counter()
         try:
-            response = self.session.request(method, backend.url + path, json=json, params=params, data=data,
-                                            headers=sent, stream=stream, timeout=self.timeouts(timeout),
-                                            proxies=self.proxies_for(backend.url))
+            options = {"stream": stream, "timeout": self.timeouts(timeout), "proxies": self.proxies_for(backend.url)}
+            if params is None and data is None:
+                response = self.session.send(self._prepared(method, backend.url + path, json, sent),
+                                             verify=self.session.verify, cert=None, **options)
+            else:
+                response = self.session.request(method, backend.url + path, json=json, params=params, data=data,
+                                                headers=sent, **options)
         except _STREAM_ERRORS as exc:
             telemetry.record_backend(time.perf_counter() - started, backend.label, error=True)
             error = network_error(backend, exc)
@@ -278,6 +283,26 @@ class Upstream:
                 return response
             response.close()
         raise UpstreamError("no backend to send to")  # only when `hosts` is empty
+
+    def _prepared(self, method: str, url: str, body: Any, headers: dict) -> requests.PreparedRequest:
+        """What Session.prepare_request builds for a call with a JSON body (or none), no query, no cookies and
+        no auth, without its per-call merging of settings and re-parsing of the URL (a fifth of the
+        gateway's CPU per chat when profiled). Our URLs come from configuration and fixed paths."""
+        prepared = requests.PreparedRequest()
+        prepared.method, prepared.url, prepared.hooks = method.upper(), url, {"response": []}
+        prepared.headers = requests.structures.CaseInsensitiveDict(self.session.headers)
+        prepared.headers.update(headers)
+        prepared.body = None
+        if body is not None:
+            try:
+                prepared.body = jsonlib.dumps(body, allow_nan=False).encode()
+            except ValueError as exc:
+                raise requests.exceptions.InvalidJSONError(exc) from None
+            prepared.headers.setdefault("Content-Type", "application/json")
+            prepared.headers["Content-Length"] = str(len(prepared.body))
+        elif prepared.method not in ("GET", "HEAD"):
+            prepared.headers["Content-Length"] = "0"
+        return prepared
 
     def json(self, backend: Backend, method: str, path: str, **kwargs) -> Any:
         """request() that also raises http_error() on a non-2xx answer and returns the decoded JSON."""

@@ -48,7 +48,7 @@ def _reply(result):
 
 @blp.route("/api/chat/completions")
 class ChatCompletions(MethodView):
-    @blp.arguments(ChatCompletionSchema)
+    @blp.arguments(ChatCompletionSchema())  # an instance: webargs would build one per request
     @blp.response(200)
     def post(self, body):
         """Chat with a model (OpenAI format). `stream: true` answers `text/event-stream`.
@@ -65,7 +65,7 @@ class ChatCompletionsV1(ChatCompletions):
 
 @blp.route("/api/embeddings")
 class Embeddings(MethodView):
-    @blp.arguments(EmbeddingsRequestSchema)
+    @blp.arguments(EmbeddingsRequestSchema())
     @blp.response(200)
     def post(self, body):
         """OpenAI-format embeddings for any model of the catalogue."""
