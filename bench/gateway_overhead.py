@@ -136,8 +136,8 @@ def fake_backend() -> tuple[subprocess.Popen, str]:
     """tests/fake_backend.py in a process of its own (so its CPU and GIL are not the load generator's)."""
     code = ("import sys, time\nfrom tests.fake_backend import FakeBackend\n"
             "print(FakeBackend().url, flush=True)\ntime.sleep(10**9)\n")
-    proc = subprocess.Popen([str(BIN / "python"), "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen([str(BIN / "python"), "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     url = proc.stdout.readline().decode().strip()
     wait_until_up(url + "/api/version", proc=proc)
     return proc, url
@@ -146,7 +146,8 @@ def fake_backend() -> tuple[subprocess.Popen, str]:
 def api_key(url: str) -> str:
     body = {"name": "Bench", "email": "bench@example.com", "password": "bench-password-123"}
     token = requests.post(f"{url}/api/v1/auths/signup", json=body, timeout=30).json()["token"]
-    reply = requests.post(f"{url}/api/v1/auths/api_key", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    bearer = {"Authorization": f"Bearer {token}"}
+    reply = requests.post(f"{url}/api/v1/auths/api_key", headers=bearer, timeout=30)
     return reply.json()["api_key"]
 
 
@@ -196,14 +197,16 @@ def report(targets: list[Target], args) -> None:
             f"{'req/s@16':>9} {'cpu ms@16':>9} {'req/s@64':>9} {'cpu ms@64':>9}")
     print(head)
     print("-" * len(head))
+    summary = []
     for kind in MODELS:
-        base = None
+        base, seen = None, {}
         for target in targets:
             plain = sequential(target, kind, False, args.n)
             ttft = sequential(target, kind, True, max(50, args.n // 3))
             p50, p99 = percentile(plain, 0.5) * 1000, percentile(plain, 0.99) * 1000
             base = base or (p50, p99)
             loads = [closed_loop(target, kind, clients, args.seconds) for clients in (16, 64)]
+            seen[target.name] = (p50, [cpu for _, cpu, _ in loads])
             cells = []
             for rate, cpu, failed in loads:
                 cells += [f"{rate:9.0f}", f"{cpu:9.2f}" if cpu is not None else f"{'-':>9}"]
@@ -211,7 +214,12 @@ def report(targets: list[Target], args) -> None:
                     cells[-2] += f" ({failed} failed)"
             print(f"{kind:7} {target.name:8} {p50:7.2f} {p99:7.2f} {p50 - base[0]:6.2f} {p99 - base[1]:6.2f} "
                   f"{percentile(ttft, 0.5) * 1000:9.2f} " + " ".join(cells), flush=True)
+        (floor_p50, floor_cpu), (project_p50, project_cpu) = seen["floor"], seen["project"]
+        ratios = " and ".join(f"{p / f:.2f}x" for p, f in zip(project_cpu, floor_cpu))
+        summary.append(f"{kind}: CPU per chat {ratios} the floor's at 16 and 64 connections (target <= 1.5x); "
+                       f"p50 {project_p50 - floor_p50:+.2f} ms over the floor's (target <= 1 ms)")
     print("+p50/+p99: added over direct. cpu ms: server CPU (master + workers, user + system) per request.")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def model_ids(client, headers) -> list[str]:
 
 def test_an_ollama_that_demands_a_key_gets_it(make_app, make_backend):
     guarded = make_backend(ollama_key="ollama-secret")
-    client, headers = make_app(OLLAMA_BASE_URLS=guarded.url, OLLAMA_API_CONFIGS={"0": {"key": "ollama-secret"}})
+    client, headers = make_app(OLLAMA_BASE_URLS=guarded.url,
+                               OLLAMA_API_CONFIGS={"0": {"key": "ollama-secret"}})
     assert "llama3.2:latest" in model_ids(client, headers)
     chat = client.post("/api/chat/completions", json={"model": "llama3.2", "messages": HI}, headers=headers)
     assert chat.status_code == 200
@@ -90,7 +91,8 @@ def test_model_allowlists_and_tags(make_app, make_backend):
     for model in ("llama3.1", "gpt-4-turbo"):
         reply = client.post("/api/chat/completions", json={"model": model, "messages": HI}, headers=headers)
         assert reply.status_code == 400 and reply.get_json()["detail"] == "Model not found"
-    reply = client.post("/api/chat/completions", json={"model": "gpt-4o-mini", "messages": HI}, headers=headers)
+    reply = client.post("/api/chat/completions", json={"model": "gpt-4o-mini", "messages": HI},
+                        headers=headers)
     assert reply.status_code == 200
 
 
@@ -132,4 +134,5 @@ def test_user_info_is_not_forwarded_unless_enabled(make_app, make_backend):
 @pytest.mark.parametrize("configs", ['[]', '{"0": []}', '{"0": {"headers": ["x"]}}', "{nope"])
 def test_a_malformed_connection_config_stops_start_up(data_dir, configs):
     with pytest.raises(ConfigError):
-        create_app({"DATA_DIR": data_dir, "OLLAMA_BASE_URLS": "http://127.0.0.1:9", "OLLAMA_API_CONFIGS": configs})
+        create_app({"DATA_DIR": data_dir, "OLLAMA_BASE_URLS": "http://127.0.0.1:9",
+                    "OLLAMA_API_CONFIGS": configs})

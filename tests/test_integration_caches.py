@@ -79,7 +79,8 @@ def test_a_disabled_preset_is_refused_by_the_other_worker_at_once(two_workers):
     chat = {**CHAT, "model": "cached-helper"}
     assert on_each(server, [first, second], "POST", "/api/chat/completions", admin, chat) == [200, 200]
     with only(server, first):
-        assert call(server.url, "POST", "/api/v1/models/model/toggle?id=cached-helper", admin).status_code == 200
+        toggle = call(server.url, "POST", "/api/v1/models/model/toggle?id=cached-helper", admin)
+        assert toggle.status_code == 200
     assert on_each(server, [second, first], "POST", "/api/chat/completions", admin, chat) == [400, 400]
 
 

@@ -184,7 +184,8 @@ class ChangeStamp(BaseModel):
         table_name = "change_stamp"
 
 
-TABLES = [User, ApiKey, RevokedToken, SigninAttempt, Preset, File, Chunk, Knowledge, KnowledgeFile, ChangeStamp]
+TABLES = [User, ApiKey, RevokedToken, SigninAttempt, Preset, File, Chunk, Knowledge, KnowledgeFile,
+          ChangeStamp]
 
 # What bumps which stamp. Triggers rather than calls in Python: no writer (CLI, another host, a future
 # route) can forget one, and the bump commits or rolls back with the change itself. A user's

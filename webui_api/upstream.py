@@ -74,6 +74,11 @@ def network_error(backend: Backend | None, exc: BaseException) -> UpstreamError:
     return UpstreamError(f"{label} failed: {_reason(exc)}")
 
 
+def _plain(url: str) -> bool:
+    """A URL that needs none of requests' preparation: ASCII, no credentials in it, nothing to quote."""
+    return url.isascii() and "@" not in url and " " not in url
+
+
 def _never_answered(exc: BaseException) -> bool:
     """The request did not get a response at all (refused, reset, connect timeout): safe to send elsewhere.
     A read timeout is not: the backend may still be generating."""
@@ -232,12 +237,13 @@ class Upstream:
         sent.update(headers or {})
         started = time.perf_counter()
         try:
-            options = {"stream": stream, "timeout": self.timeouts(timeout), "proxies": self.proxies_for(backend.url)}
-            if params is None and data is None:
-                response = self.session.send(self._prepared(method, backend.url + path, json, sent),
+            url, proxies = backend.url + path, self.proxies_for(backend.url)
+            options = {"stream": stream, "timeout": self.timeouts(timeout), "proxies": proxies}
+            if params is None and data is None and _plain(url):
+                response = self.session.send(self._prepared(method, url, json, sent),
                                              verify=self.session.verify, cert=None, **options)
             else:
-                response = self.session.request(method, backend.url + path, json=json, params=params, data=data,
+                response = self.session.request(method, url, json=json, params=params, data=data,
                                                 headers=sent, **options)
         except _STREAM_ERRORS as exc:
             telemetry.record_backend(time.perf_counter() - started, backend.label, error=True)
@@ -264,7 +270,8 @@ class Upstream:
         a failing host is skipped for a back-off. Never used for a retry once a stream has begun.
         `user`: whom to name in the forwarded user headers, when those are enabled."""
         if user is not None and self.settings.ENABLE_FORWARD_USER_INFO_HEADERS:
-            kwargs["headers"] = {**forwarded_user_headers(self.settings, user), **(kwargs.get("headers") or {})}
+            kwargs["headers"] = {**forwarded_user_headers(self.settings, user),
+                                 **(kwargs.get("headers") or {})}
         candidates = self.order(hosts, spread)[:2]
         for attempt, backend in enumerate(candidates):
             last = attempt == len(candidates) - 1

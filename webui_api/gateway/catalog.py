@@ -110,8 +110,8 @@ class Catalog:
         try:
             db.bump_stamp("models")  # every other worker and host drops its lists on its next lookup
             self._seen_stamp = self._shared_stamp()
-        except (pw.PeeweeException, sqlite3.Error):  # a read-only or locked database only costs other workers their TTL
-            pass
+        except (pw.PeeweeException, sqlite3.Error):
+            pass  # a read-only or locked database only costs the other workers their TTL
 
     def _notice_other_workers(self) -> None:
         """One indexed read per lookup: another worker's invalidate() bumped the "models" stamp."""
@@ -242,8 +242,9 @@ class Catalog:
         return Resolved(shown, hosts, upstream_name(entry, hosts[0]), row, params)
 
     def hosts_for(self, kind: str, model: Any) -> tuple[list[Backend], str]:
-        """A passthrough's backends of `kind` serving `model` and the name they know. NotFound("Model 'x'
-        was not found"), UpstreamError when no backend sent its list, ServiceUnavailable when `kind` is off."""
+        """A passthrough's backends of `kind` serving `model` and the name they know. NotFound("Model
+        'x' was not found"), UpstreamError when no backend sent its list, ServiceUnavailable when `kind`
+        is off."""
         self.pool(kind)
         if not isinstance(model, str) or not model:
             raise NotFound(f"Model '{model or ''}' was not found")

@@ -46,21 +46,24 @@ def _fetch_one(upstream, job: tuple, timeout: float) -> list[dict]:
     if not isinstance(data, dict):
         raise UpstreamError(f"{backend.label} sent a model list that is not a JSON object")
     items = data.get(_LIST_KEYS[what])
-    return as_configured(backend, [m for m in items if isinstance(m, dict)] if isinstance(items, list) else [])
+    models = [m for m in items if isinstance(m, dict)] if isinstance(items, list) else []
+    return as_configured(backend, models)
 
 
 def as_configured(backend, models: list[dict]) -> list[dict]:
     """A connection's list as its settings shape it: only `model_ids` (when set), every name as
     `<prefix_id>.<name>` (when set), the connection's `tags` on each."""
     keys = ("model", "name") if backend.kind == "ollama" else ("id",)
+    allowed = set(backend.model_ids)
     out = []
     for model in models:
         own = next((model[k] for k in keys if isinstance(model.get(k), str)), "")
-        if backend.model_ids and own not in backend.model_ids and own.removesuffix(":latest") not in backend.model_ids:
+        if allowed and own not in allowed and own.removesuffix(":latest") not in allowed:
             continue
         model = dict(model)
+        names = [k for k in keys if isinstance(model.get(k), str)]
         if backend.prefix_id:
-            model.update({k: f"{backend.prefix_id}.{model[k]}" for k in keys if isinstance(model.get(k), str)})
+            model.update({k: f"{backend.prefix_id}.{model[k]}" for k in names})
         if backend.tags:
             model["tags"] = [{"name": tag} for tag in backend.tags]
         out.append(model)
