@@ -275,8 +275,10 @@ class StampedCache:
         self._values: dict = {}
         self._lock = threading.Lock()
 
-    def get(self, key, load):
-        values = self._current()
+    def get(self, key, load, values: dict | None = None):
+        """The cached value for `key`, else load() it. `values`: a generation from current(), so that
+        several lookups for one request cost one stamp read."""
+        values = self.current() if values is None else values
         try:
             return values[key]
         except KeyError:
@@ -286,7 +288,7 @@ class StampedCache:
             values[key] = value
             return value
 
-    def _current(self) -> dict:
+    def current(self) -> dict:
         stamp = (database.database, read_stamp(self.name))  # the path too: tests rebind the database
         with self._lock:
             if stamp != self._seen:

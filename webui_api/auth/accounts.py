@@ -192,22 +192,23 @@ def authenticate(settings: Settings, token: str) -> Caller:
     claims = security.decode_jwt(settings.WEBUI_SECRET_KEY, token)
     if claims is None:
         raise Unauthorized(INVALID_TOKEN)
-    user = _cached_user(claims["id"])
+    rows = _auth_rows.current()
+    user = _cached_user(claims["id"], rows)
     if user is None or float(claims.get("iat") or 0) < user.tokens_valid_after:
         raise Unauthorized(INVALID_TOKEN)
     jti = claims.get("jti")
     if jti and _auth_rows.get(("revoked", jti), lambda: RevokedToken.select().where(
-            RevokedToken.jti == jti).exists()):
+            RevokedToken.jti == jti).exists(), rows):
         raise Unauthorized(INVALID_TOKEN)
     _touch(user)
     return Caller(user=user, claims=claims)
 
 
 def _authenticate_api_key(settings: Settings, key: str) -> Caller:
-    key_hash = security.hash_api_key(key)
+    key_hash, rows = security.hash_api_key(key), _auth_rows.current()
     user_id = _auth_rows.get(("key", key_hash), lambda: ApiKey.select(ApiKey.user).where(
-        ApiKey.key_hash == key_hash).scalar())
-    user = _cached_user(user_id) if user_id else None
+        ApiKey.key_hash == key_hash).scalar(), rows)
+    user = _cached_user(user_id, rows) if user_id else None
     if user is None:
         raise Unauthorized(INVALID_TOKEN)
     if not settings.ENABLE_API_KEYS:
@@ -216,9 +217,9 @@ def _authenticate_api_key(settings: Settings, key: str) -> Caller:
     return Caller(user=user)
 
 
-def _cached_user(user_id: str) -> User | None:
+def _cached_user(user_id: str, rows: dict) -> User | None:
     """The user row as this worker last read it (shared by threads: never changed without saving)."""
-    return _auth_rows.get(("user", user_id), lambda: User.get_or_none(User.id == user_id))
+    return _auth_rows.get(("user", user_id), lambda: User.get_or_none(User.id == user_id), rows)
 
 
 def _touch(user: User) -> None:

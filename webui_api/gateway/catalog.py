@@ -214,7 +214,8 @@ class Catalog:
     def _resolve(self, user, model_id: str, chain: tuple) -> Resolved:
         if model_id in chain or len(chain) > MAX_PRESET_DEPTH:
             raise BadRequest(MODEL_NOT_FOUND)
-        row = None if model_id in self.snapshot().by_id else presets.lookup(model_id)
+        listed = self.snapshot().by_id.get(model_id)
+        row = None if listed is not None else presets.lookup(model_id)
         if row is not None and row.base_model_id:
             if not row.is_active or not policy.can_read(user, row):
                 raise BadRequest(MODEL_NOT_FOUND)
@@ -222,7 +223,7 @@ class Catalog:
             entry = model_lists.preset_entry(row, inner.entry)
             params = {**inner.params, **(row.params or {})}
             return Resolved(entry, inner.hosts, inner.upstream_model, row, params)
-        entry = self.find(model_id)
+        entry = listed or self.find(model_id)
         if entry is None:
             raise BadRequest(MODEL_NOT_FOUND)
         return self._resolve_base(entry)
