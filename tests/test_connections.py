@@ -47,9 +47,10 @@ def test_an_ollama_that_demands_a_key_gets_it(make_app, make_backend):
     assert guarded.last("/api/chat")["headers"]["Authorization"] == "Bearer ollama-secret"
 
 
-def test_without_the_key_that_ollama_lists_nothing(make_app, make_backend):
+@pytest.mark.parametrize("config", [{}, {"key": "ollama-secret", "auth_type": "none"}])
+def test_without_the_key_that_ollama_lists_nothing(make_app, make_backend, config):
     guarded = make_backend(ollama_key="ollama-secret")
-    client, headers = make_app(OLLAMA_BASE_URLS=guarded.url)
+    client, headers = make_app(OLLAMA_BASE_URLS=guarded.url, OLLAMA_API_CONFIGS={"0": config})
     assert model_ids(client, headers) == []
 
 
@@ -96,10 +97,11 @@ def test_model_allowlists_and_tags(make_app, make_backend):
     assert reply.status_code == 200
 
 
-def test_a_disabled_connection_is_left_out_and_keeps_the_others_indexes(make_app, make_backend):
+@pytest.mark.parametrize("by_url", [False, True])  # older Open WebUI keyed the configs by URL
+def test_a_disabled_connection_is_left_out_and_keeps_the_others_indexes(make_app, make_backend, by_url):
     off, on = make_backend(ollama_models=["off:latest"]), make_backend(ollama_models=["on:latest"])
     client, headers = make_app(OLLAMA_BASE_URLS=f"{off.url};{on.url}",
-                               OLLAMA_API_CONFIGS={"0": {"enable": False}})
+                               OLLAMA_API_CONFIGS={off.url if by_url else "0": {"enable": False}})
     assert model_ids(client, headers) == ["on:latest"]
     assert client.get("/ollama/api/tags/1", headers=headers).status_code == 200
     assert client.get("/ollama/api/tags/0", headers=headers).status_code == 404

@@ -160,6 +160,8 @@ def connections(kind: str, urls: list[str], keys: list[str], configs: dict) -> l
         if not parse_bool(config.get("enable", True)):
             continue
         key = (keys[idx] if idx < len(keys) else "") or str(config.get("key") or "")
+        if config.get("auth_type") == "none":
+            key = ""  # Open WebUI's way to keep a connection's key from being sent
         headers = config.get("headers") or {}
         if not isinstance(headers, dict):
             raise ConfigError(f"{kind.upper()}_API_CONFIGS[{idx}].headers must be a JSON object")
