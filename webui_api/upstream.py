@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
@@ -38,7 +39,7 @@ class Backend:
     tags: tuple = ()             # tag names added to each of its models
     headers: tuple = field(default=(), repr=False)  # extra (name, value) pairs sent with every call
 
-    @property
+    @cached_property  # asked on every call (metrics, errors): parsed once
     def label(self) -> str:
         parts = urlsplit(self.url)
         port = f":{parts.port}" if parts.port else ""
