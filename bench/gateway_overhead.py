@@ -8,12 +8,13 @@ under the same `gunicorn -c gunicorn.conf.py` settings (2 workers), then for Oll
     per request those cost the server (user+system time of gunicorn's master and workers, from /proc).
 The project is called with an API key, as services do. Load, backend and servers share this machine.
 
-    .venv/bin/python bench/gateway_overhead.py [-n 300] [--seconds 4]
+    .venv/bin/python bench/gateway_overhead.py [-n 300] [--seconds 3] [--repeat 3]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,7 +161,8 @@ def stop(proc: subprocess.Popen) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=300, help="sequential requests per latency measurement")
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each throughput run")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds taking the targets in turn")
     args = parser.parse_args()
     data = tempfile.mkdtemp(prefix="bench-gateway-")
     procs = []
@@ -190,30 +192,48 @@ def main() -> None:
             stop(proc)
 
 
+def measure(targets: list[Target], kind: str, args) -> dict:
+    """Every measurement for every target, in `args.repeat` rounds that take the targets in turn, so a
+    change in the machine's load (other processes) falls on all of them alike. CPU: median of the rounds."""
+    found = {t.name: {"plain": [], "ttft": [], "loads": {16: [], 64: []}} for t in targets}
+    for _ in range(args.repeat):
+        for target in targets:
+            into = found[target.name]
+            into["plain"] += sequential(target, kind, False, args.n // args.repeat)
+            into["ttft"] += sequential(target, kind, True, max(20, args.n // args.repeat // 3))
+            for clients in (16, 64):
+                into["loads"][clients].append(closed_loop(target, kind, clients, args.seconds))
+    return found
+
+
 def report(targets: list[Target], args) -> None:
     print(f"2 gunicorn workers each (gunicorn.conf.py defaults); fake backend in its own process; "
-          f"n={args.n} sequential, {args.seconds:g} s per throughput run; {os.cpu_count()} CPUs")
+          f"n={args.n} sequential, {args.repeat} rounds of {args.seconds:g} s per throughput cell "
+          f"(medians); {os.cpu_count()} CPUs")
     head = (f"{'kind':7} {'target':8} {'p50 ms':>7} {'p99 ms':>7} {'+p50':>6} {'+p99':>6} {'TTFT p50':>9} "
             f"{'req/s@16':>9} {'cpu ms@16':>9} {'req/s@64':>9} {'cpu ms@64':>9}")
     print(head)
     print("-" * len(head))
     summary = []
     for kind in MODELS:
-        base, seen = None, {}
+        found, base, seen = measure(targets, kind, args), None, {}
         for target in targets:
-            plain = sequential(target, kind, False, args.n)
-            ttft = sequential(target, kind, True, max(50, args.n // 3))
-            p50, p99 = percentile(plain, 0.5) * 1000, percentile(plain, 0.99) * 1000
+            into = found[target.name]
+            p50, p99 = percentile(into["plain"], 0.5) * 1000, percentile(into["plain"], 0.99) * 1000
             base = base or (p50, p99)
-            loads = [closed_loop(target, kind, clients, args.seconds) for clients in (16, 64)]
-            seen[target.name] = (p50, [cpu for _, cpu, _ in loads])
-            cells = []
-            for rate, cpu, failed in loads:
+            cells, cpus = [], []
+            for clients in (16, 64):
+                runs = into["loads"][clients]
+                rate = statistics.median(r for r, _, _ in runs)
+                cpu = statistics.median(c for _, c, _ in runs) if runs[0][1] is not None else None
+                failed = sum(f for _, _, f in runs)
+                cpus.append(cpu)
                 cells += [f"{rate:9.0f}", f"{cpu:9.2f}" if cpu is not None else f"{'-':>9}"]
                 if failed:
                     cells[-2] += f" ({failed} failed)"
+            seen[target.name] = (p50, cpus)
             print(f"{kind:7} {target.name:8} {p50:7.2f} {p99:7.2f} {p50 - base[0]:6.2f} {p99 - base[1]:6.2f} "
-                  f"{percentile(ttft, 0.5) * 1000:9.2f} " + " ".join(cells), flush=True)
+                  f"{percentile(into['ttft'], 0.5) * 1000:9.2f} " + " ".join(cells), flush=True)
         (floor_p50, floor_cpu), (project_p50, project_cpu) = seen["floor"], seen["project"]
         ratios = " and ".join(f"{p / f:.2f}x" for p, f in zip(project_cpu, floor_cpu))
         summary.append(f"{kind}: CPU per chat {ratios} the floor's at 16 and 64 connections (target <= 1.5x); "
