@@ -117,6 +117,7 @@ def plan_reply(messages: list, tools=None, json_mode=False, limit=None) -> dict:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the default 5 refuses connections when 64 clients arrive at once (benches)
 
     def __init__(self, backend: "FakeBackend"):
         self.backend = backend

@@ -137,8 +137,9 @@ def test_resolve_openai_model_uses_its_connection(catalog, user, second):
 
 
 def test_resolve_spreads_over_hosting_backends(catalog, user):
-    used = {catalog.resolve(owner(user), "llama3.2").backend.idx for _ in range(4)}
-    assert used == {0, 1}
+    hosts = catalog.resolve(owner(user), "llama3.2").hosts
+    assert sorted(host.idx for host in hosts) == [0, 1]
+    assert {catalog.upstream.order(hosts)[0].idx for _ in range(4)} == {0, 1}
 
 
 @pytest.mark.parametrize("model", ["nope", "", None, 42, "llama3.1:7b", "gpt-4o-mini:latest"])
@@ -295,14 +296,14 @@ def test_merged_tags_and_host_lookup(tmp_path, make_backend):
     merged = catalog.ollama_tags()["models"]
     assert [(m["model"], m["urls"]) for m in merged] == [
         ("llama3.2:latest", [0, 1]), ("qwen2.5:0.5b", [0]), ("mistral:7b", [1])]
-    backend, name = catalog.host("ollama", "mistral:7b")
-    assert backend.idx == 1 and name == "mistral:7b"
+    hosts, name = catalog.hosts_for("ollama", "mistral:7b")
+    assert [host.idx for host in hosts] == [1] and name == "mistral:7b"
     with pytest.raises(NotFound):  # only an untagged name means :latest
-        catalog.host("ollama", "mistral")
-    assert catalog.host("ollama", "llama3.2")[1] == "llama3.2:latest"
-    assert {catalog.host("ollama", "llama3.2")[0].idx for _ in range(4)} == {0, 1}  # round-robin
+        catalog.hosts_for("ollama", "mistral")
+    assert catalog.hosts_for("ollama", "llama3.2")[1] == "llama3.2:latest"
+    assert [host.idx for host in catalog.hosts_for("ollama", "llama3.2")[0]] == [0, 1]  # both replicas
     with pytest.raises(NotFound) as info:
-        catalog.host("ollama", "nope")
+        catalog.hosts_for("ollama", "nope")
     assert info.value.detail == "Model 'nope' was not found"
 
 
@@ -312,10 +313,10 @@ def test_lookup_skips_a_hung_backend_and_refetches_new_models(tmp_path, make_bac
     hung.fault = {"kind": "hang"}
     catalog = bare_catalog(make_upstream(tmp_path, [hung.url, good.url]))
     start = time.monotonic()
-    assert catalog.host("ollama", "a")[0].idx == 1
+    assert [host.idx for host in catalog.hosts_for("ollama", "a")[0]] == [1]
     assert time.monotonic() - start < 1.0
     good.ollama_models.append("b:latest")  # pulled after the list was cached
-    assert catalog.host("ollama", "b:latest")[1] == "b:latest"
+    assert catalog.hosts_for("ollama", "b:latest")[1] == "b:latest"
 
 
 def test_lookup_with_every_backend_down_is_502(tmp_path, make_backend):
@@ -323,12 +324,12 @@ def test_lookup_with_every_backend_down_is_502(tmp_path, make_backend):
     dead.stop()
     catalog = bare_catalog(make_upstream(tmp_path, [dead.url]))
     with pytest.raises(UpstreamError):
-        catalog.host("ollama", "llama3.2")
+        catalog.hosts_for("ollama", "llama3.2")
 
 
 def test_openai_host_lookup(tmp_path, fake_backend):
     upstream = make_upstream(tmp_path, [fake_backend.url], [fake_backend.openai_url], [fake_backend.openai_key])
     catalog = bare_catalog(upstream)
-    backend, name = catalog.host("openai", "gpt-4o-mini")
+    (backend, *_), name = catalog.hosts_for("openai", "gpt-4o-mini")
     assert backend is upstream.openai[0] and name == "gpt-4o-mini"
     assert [m["id"] for m in catalog.openai_models()] == fake_backend.openai_models

@@ -143,3 +143,18 @@ def test_fan_out_returns_within_timeout_when_one_hangs(up):
     assert 0.25 < elapsed < 5  # waited for the timeout, not for the hung item (10 s)
     assert out[0] == ("a", "aa")
     assert isinstance(out[1][1], UpstreamTimeout) and isinstance(out[2][1], ValueError)
+
+
+def test_proxy_settings_are_read_once_and_no_proxy_is_honoured(tmp_path, fake_backend, monkeypatch):
+    """HTTP_PROXY is taken at start-up (the fake backend plays the proxy for an unresolvable host);
+    changing the environment later has no effect; NO_PROXY exempts a host."""
+    monkeypatch.setenv("HTTP_PROXY", fake_backend.url)
+    monkeypatch.setenv("NO_PROXY", "direct.invalid")
+    upstream = make_upstream(tmp_path, ["http://via-proxy.invalid:11434", "http://direct.invalid:11434"])
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # read per call, this would break the first
+    proxied, direct = upstream.ollama
+    assert upstream.json(proxied, "GET", "/api/version") == {"version": fake_backend.version}
+    assert fake_backend.last("/api/version") is not None
+    with pytest.raises(UpstreamError):
+        upstream.request(direct, "GET", "/api/version")
+    upstream.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import secrets
@@ -48,6 +49,16 @@ def parse_list(text: Any, sep: str = ";") -> list[str]:
     return [part.strip() for part in str(text).split(sep) if part.strip()]
 
 
+def parse_json_object(text: Any) -> dict:
+    """A JSON object such as OLLAMA_API_CONFIGS (`{"0": {"enable": true, ...}}`); empty means `{}`."""
+    if isinstance(text, dict):
+        return text
+    value = json.loads(text) if str(text).strip() else {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def _opt_float(text: Any) -> float | None:
     return None if str(text).strip() in ("", "none", "None") else float(text)
 
@@ -55,8 +66,8 @@ def _opt_float(text: Any) -> float | None:
 def _setting(env: str | tuple[str, ...], default: Any, parse: Callable[[Any], Any] = str) -> Any:
     names = (env,) if isinstance(env, str) else env
     metadata = {"env": names, "parse": parse}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -91,6 +102,10 @@ class Settings:
     ENABLE_OPENAI_API: bool = _setting("ENABLE_OPENAI_API", True, parse_bool)
     OPENAI_API_BASE_URLS: list[str] = _setting(("OPENAI_API_BASE_URLS", "OPENAI_API_BASE_URL"), [], parse_list)
     OPENAI_API_KEYS: list[str] = _setting(("OPENAI_API_KEYS", "OPENAI_API_KEY"), [], parse_list)
+    # Per connection, keyed by index (or URL): enable, key, prefix_id, model_ids, tags, headers.
+    OLLAMA_API_CONFIGS: dict = _setting("OLLAMA_API_CONFIGS", {}, parse_json_object)
+    OPENAI_API_CONFIGS: dict = _setting("OPENAI_API_CONFIGS", {}, parse_json_object)
+    ENABLE_FORWARD_USER_INFO_HEADERS: bool = _setting("ENABLE_FORWARD_USER_INFO_HEADERS", False, parse_bool)
     UPSTREAM_CONNECT_TIMEOUT: float = _setting("UPSTREAM_CONNECT_TIMEOUT", 5.0, float)
     AIOHTTP_CLIENT_TIMEOUT: float = _setting("AIOHTTP_CLIENT_TIMEOUT", 300.0, float)
     AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST: float = _setting(

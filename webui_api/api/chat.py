@@ -67,7 +67,7 @@ def _reply(result):
 
 @blp.route("/api/chat/completions")
 class ChatCompletions(MethodView):
-    @blp.arguments(ChatCompletionSchema)
+    @blp.arguments(ChatCompletionSchema())  # an instance: webargs would build one per request
     @blp.response(200, CompletionSchema, description=STREAMED)
     @blp.alt_response(200, schema=EVENT_STREAM, content_type="text/event-stream", success=True,
                       description=STREAMED)
@@ -86,7 +86,7 @@ class ChatCompletionsV1(ChatCompletions):
 
 @blp.route("/api/embeddings")
 class Embeddings(MethodView):
-    @blp.arguments(EmbeddingsRequestSchema)
+    @blp.arguments(EmbeddingsRequestSchema())
     @blp.response(200, EmbeddingListSchema)
     def post(self, body):
         """OpenAI-format embeddings for any model of the catalogue."""

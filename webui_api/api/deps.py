@@ -35,7 +35,18 @@ def ext() -> Services:
 
 
 def current_caller() -> accounts.Caller | None:
-    return g.get("caller")
+    """The caller; on a public route resolved only now, when the view asks (a bad token means anonymous)."""
+    if "caller" not in g:
+        g.caller = _optional_caller()
+    return g.caller
+
+
+def _optional_caller() -> accounts.Caller | None:
+    token = bearer_token()
+    try:
+        return accounts.authenticate(ext().settings, token) if token else None
+    except (Unauthorized, Forbidden):
+        return None
 
 
 def current_user() -> User:
@@ -78,18 +89,10 @@ def view_access(view, method: str) -> str:
 def authenticate_request() -> None:
     """before_request hook: resolve the caller and enforce the route's access level."""
     level = route_access()
-    if level is None or request.method == "OPTIONS":
-        return
+    if level is None or level == "public" or request.method == "OPTIONS":
+        return  # public routes never pay for authentication unless the view asks who calls
     token = bearer_token()
-    g.caller = None
-    if token:
-        try:
-            g.caller = accounts.authenticate(ext().settings, token)
-        except (Unauthorized, Forbidden):
-            if level != "public":
-                raise
-    if level == "public":
-        return
+    g.caller = accounts.authenticate(ext().settings, token) if token else None
     if g.caller is None:
         raise Unauthorized(NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     role = g.caller.user.role

@@ -6,6 +6,7 @@ import os
 from typing import Any, Mapping
 
 from flask import Flask, request
+from flask.sessions import SessionInterface
 
 from ..version import __version__
 
@@ -27,6 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flas
         settings.WEBUI_SECRET_KEY = load_secret_key(settings.DATA_DIR)
 
     app = Flask(__name__, static_folder=None)
+    app.session_interface = _NoCookieSession()
     app.config.update(_flask_config(settings))
     app.json.sort_keys = False  # keep Open WebUI's field order
     db.init_database(settings.database_path)
@@ -42,6 +44,16 @@ def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flas
         _enable_cors(app, settings.CORS_ALLOW_ORIGIN)
     _startup(app)
     return app
+
+
+class _NoCookieSession(SessionInterface):
+    """Callers authenticate with Bearer credentials only: no cookie session to sign and open per request."""
+
+    def open_session(self, app, request):
+        return None  # Flask then hands views its null session
+
+    def save_session(self, app, session, response):
+        return None
 
 
 def _flask_config(settings) -> dict:

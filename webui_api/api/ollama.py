@@ -7,7 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from ..gateway import proxy
-from .deps import access, ext
+from .deps import access, current_caller, ext
 from .schemas import JsonSchema, OpenSchema, Relayed, StatusSchema
 
 blp = Blueprint("ollama", __name__, url_prefix="/ollama",
@@ -101,8 +101,15 @@ def json_body() -> dict:
     return proxy.require_json_object(request.get_json(force=True, silent=True))
 
 
+def forwarded_user():
+    """Whom to name to the backend (ENABLE_FORWARD_USER_INFO_HEADERS); looked up only when that is on."""
+    caller = current_caller() if ext().settings.ENABLE_FORWARD_USER_INFO_HEADERS else None
+    return caller.user if caller is not None else None
+
+
 def _call(path: str, method: str, url_idx, **options) -> Response:
-    return respond(proxy.ollama_call(ext().catalog, method, path, json_body(), url_idx=url_idx, **options))
+    return respond(proxy.ollama_call(ext().catalog, method, path, json_body(), url_idx=url_idx,
+                                     user=forwarded_user(), **options))
 
 
 def _route(path: str, name: str, methods: tuple[str, ...], level: str, doc: str, body: type[OpenSchema],

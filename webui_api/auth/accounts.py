@@ -9,7 +9,7 @@ import peewee as pw
 
 from . import security
 from ..config import Settings
-from ..db import ApiKey, RevokedToken, SigninAttempt, User, now, write_transaction
+from ..db import ApiKey, RevokedToken, SigninAttempt, StampedCache, User, now, write_transaction
 from ..errors import (ACCESS_PROHIBITED, INVALID_TOKEN, BadRequest, Conflict, Forbidden, NotFound,
                      RateLimited, Unauthorized)
 
@@ -21,6 +21,9 @@ WRONG_CREDENTIALS = ("The email or password provided is incorrect. Please check 
                      "logging in again.")
 WRONG_PASSWORD = "The password provided is incorrect. Please check for typos and try again."
 LAST_ADMIN = "The last admin account cannot be demoted or deleted; promote another admin first."
+# Users, key hashes and revoked token ids as this worker last read them; any change to those tables
+# bumps the "auth" stamp (db.STAMP_TRIGGERS), so a revoked key or deleted user is refused at once.
+_auth_rows = StampedCache("auth")
 
 
 @dataclass
@@ -185,24 +188,34 @@ def authenticate(settings: Settings, token: str) -> Caller:
     claims = security.decode_jwt(settings.WEBUI_SECRET_KEY, token)
     if claims is None:
         raise Unauthorized(INVALID_TOKEN)
-    user = User.get_or_none(User.id == claims["id"])
+    rows = _auth_rows.current()
+    user = _cached_user(claims["id"], rows)
     if user is None or float(claims.get("iat") or 0) < user.tokens_valid_after:
         raise Unauthorized(INVALID_TOKEN)
-    if claims.get("jti") and RevokedToken.select().where(RevokedToken.jti == claims["jti"]).exists():
+    jti = claims.get("jti")
+    if jti and _auth_rows.get(("revoked", jti), lambda: RevokedToken.select().where(
+            RevokedToken.jti == jti).exists(), rows):
         raise Unauthorized(INVALID_TOKEN)
     _touch(user)
     return Caller(user=user, claims=claims)
 
 
 def _authenticate_api_key(settings: Settings, key: str) -> Caller:
-    row = (ApiKey.select(ApiKey, User).join(User)
-           .where(ApiKey.key_hash == security.hash_api_key(key)).first())
-    if row is None:
+    key_hash, rows = security.hash_api_key(key), _auth_rows.current()
+    user_id = _auth_rows.get(("key", key_hash), lambda: ApiKey.select(ApiKey.user).where(
+        ApiKey.key_hash == key_hash).scalar(), rows)
+    user = _cached_user(user_id, rows) if user_id else None
+    if user is None:
         raise Unauthorized(INVALID_TOKEN)
     if not settings.ENABLE_API_KEYS:
         raise Forbidden("Use of API key is not enabled in the environment.")
-    _touch(row.user)
-    return Caller(user=row.user)
+    _touch(user)
+    return Caller(user=user)
+
+
+def _cached_user(user_id: str, rows: dict) -> User | None:
+    """The user row as this worker last read it (shared by threads: never changed without saving)."""
+    return _auth_rows.get(("user", user_id), lambda: User.get_or_none(User.id == user_id), rows)
 
 
 def _touch(user: User) -> None:

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import itertools
-import os
+import sqlite3
 import threading
-import uuid
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import peewee as pw
+
 from . import model_lists, presets
+from .. import db
 from ..auth import policy
 from ..errors import MODEL_NOT_FOUND, BadRequest, NotFound, ServiceUnavailable, UpstreamError
 from ..upstream import Backend
@@ -36,6 +38,7 @@ class Snapshot:
     openai: list[dict]
     answered: frozenset  # the kinds of which at least one backend sent its list
     fetched_at: float
+    openai_hosts: dict = field(default_factory=dict)  # OpenAI model id -> every connection index listing it
     by_id: dict[str, dict] = field(init=False, repr=False)  # both kinds; the first of an id wins
     _by_kind: dict = field(init=False, repr=False)
 
@@ -54,13 +57,17 @@ class Snapshot:
 
 @dataclass
 class Resolved:
-    """A chat/embedding target: the listed entry, the backend to call and the model name it knows."""
+    """A chat/embedding target: the listed entry, the backends serving it and the model name they know."""
 
     entry: dict
-    backend: Backend
+    hosts: list[Backend]  # every backend listing the model (Upstream.send picks and fails over)
     upstream_model: str
     preset: Any = None                # the outermost db.Preset (preset or override row), if any
     params: dict = field(default_factory=dict)  # stored params along the preset chain, outer wins
+
+    @property
+    def backend(self) -> Backend:
+        return self.hosts[0]
 
     @property
     def kind(self) -> str:
@@ -78,10 +85,8 @@ class Catalog:
         self._changes = itertools.count(1)
         self._last_change = 0       # bumped by invalidate()
         self._snapshot_change = -1  # _last_change when the cached snapshot's fetch began
-        self._round_robin = itertools.count()
-        # Other gunicorn workers learn of a change through this file: replaced on every invalidate().
-        self._marker_path = os.path.join(settings.DATA_DIR, "models.changed")
-        self._seen_marker = self._shared_marker()
+        # Other gunicorn workers and hosts learn of a change through the database's "models" stamp.
+        self._seen_stamp = self._shared_stamp()
 
     # --- the one cache -----------------------------------------------------------------------
 
@@ -102,32 +107,25 @@ class Catalog:
         """The models changed (pulled, created, deleted, a preset edited): ask the backends next time.
         Never waits for a fetch under way; one that began before this call does not count as fresh."""
         self._last_change = next(self._changes)
-        self._publish_change()
+        try:
+            db.bump_stamp("models")  # every other worker and host drops its lists on its next lookup
+            self._seen_stamp = self._shared_stamp()
+        except (pw.PeeweeException, sqlite3.Error):
+            pass  # a read-only or locked database only costs the other workers their TTL
 
     def _notice_other_workers(self) -> None:
-        """One stat() per lookup: another worker's invalidate() replaced the marker file."""
-        marker = self._shared_marker()
-        if marker != self._seen_marker:
-            self._seen_marker = marker
+        """One indexed read per lookup: another worker's invalidate() bumped the "models" stamp."""
+        stamp = self._shared_stamp()
+        if stamp != self._seen_stamp:
+            self._seen_stamp = stamp
             self._last_change = next(self._changes)
 
-    def _shared_marker(self) -> tuple | None:
+    @staticmethod
+    def _shared_stamp() -> tuple | None:
         try:
-            stat = os.stat(self._marker_path)
-        except OSError:
+            return db.database.database, db.read_stamp("models")
+        except (pw.PeeweeException, sqlite3.Error):
             return None
-        return stat.st_ino, stat.st_mtime_ns, stat.st_size
-
-    def _publish_change(self) -> None:
-        """Replace the marker (a new inode each time, so even changes within one clock tick differ)."""
-        temp = f"{self._marker_path}.{uuid.uuid4().hex}"
-        try:
-            with open(temp, "w") as handle:
-                handle.write(uuid.uuid4().hex)
-            os.replace(temp, self._marker_path)
-            self._seen_marker = self._shared_marker()
-        except OSError:  # a read-only data dir only costs other workers their TTL
-            pass
 
     def _stale(self) -> bool:
         ttl = self.settings.MODELS_CACHE_TTL
@@ -140,7 +138,7 @@ class Catalog:
         answered = frozenset(kind for kind, what in (("ollama", "tags"), ("openai", "models"))
                              if model_lists.answered(results, what))
         return Snapshot(model_lists.ollama_entries(results), model_lists.openai_entries(results),
-                        answered, time.monotonic())
+                        answered, time.monotonic(), model_lists.openai_hosts(results))
 
     def find(self, model_id: str, kind: str | None = None) -> dict | None:
         """The base entry for `model_id` (untagged means `:latest`). On a miss the backends are asked
@@ -190,19 +188,19 @@ class Catalog:
         entry = by_id.get(target) or by_id.get(untagged_alias(target) or "")
         if entry is not None or depth >= MAX_PRESET_DEPTH:
             return entry
-        inner = presets.get_row(target)
+        inner = presets.lookup(target)
         if inner is not None and inner.base_model_id and policy.can_read(user, inner):
             return self._base_entry_for(inner, by_id, user, depth + 1)
         return None
 
     def ollama_tags(self) -> dict:
         """Ollama's `/api/tags` body for all backends together: {"models": [... with "urls"]}."""
-        self.backend_at("ollama", 0)  # 503 when the Ollama API is disabled
+        self.pool("ollama")  # 503 when the Ollama API is disabled
         return {"models": [entry["ollama"] for entry in self.snapshot().ollama]}
 
     def openai_models(self) -> list[dict]:
         """Every connection's models in Open WebUI's /openai/models shape (`urlIdx`, raw under `openai`)."""
-        self.backend_at("openai", 0)  # 503 when the OpenAI API is disabled
+        self.pool("openai")  # 503 when the OpenAI API is disabled
         return [model_lists.connection_entry(entry) for entry in self.snapshot().openai]
 
     # --- resolution --------------------------------------------------------------------------
@@ -216,63 +214,75 @@ class Catalog:
     def _resolve(self, user, model_id: str, chain: tuple) -> Resolved:
         if model_id in chain or len(chain) > MAX_PRESET_DEPTH:
             raise BadRequest(MODEL_NOT_FOUND)
-        row = None if model_id in self.snapshot().by_id else presets.get_row(model_id)
+        listed = self.snapshot().by_id.get(model_id)
+        row = None if listed is not None else presets.lookup(model_id)
         if row is not None and row.base_model_id:
             if not row.is_active or not policy.can_read(user, row):
                 raise BadRequest(MODEL_NOT_FOUND)
             inner = self._resolve(user, row.base_model_id, chain + (model_id,))
             entry = model_lists.preset_entry(row, inner.entry)
             params = {**inner.params, **(row.params or {})}
-            return Resolved(entry, inner.backend, inner.upstream_model, row, params)
-        entry = self.find(model_id)
+            return Resolved(entry, inner.hosts, inner.upstream_model, row, params)
+        entry = listed or self.find(model_id)
         if entry is None:
             raise BadRequest(MODEL_NOT_FOUND)
         return self._resolve_base(entry)
 
     def _resolve_base(self, entry: dict) -> Resolved:
-        row = presets.get_row(entry["id"])
+        row = presets.lookup(entry["id"])
         if row is not None and row.base_model_id is None:
             if not row.is_active:
                 raise BadRequest(MODEL_NOT_FOUND)  # disabled override: the base model is switched off
         else:
             row = None
-        backend = self._pick_host(entry)
-        if backend is None:
+        hosts = self.hosts_of(entry)
+        if not hosts:
             raise BadRequest(MODEL_NOT_FOUND)
         shown = model_lists.with_override(entry, row) if row is not None else entry
-        return Resolved(shown, backend, upstream_name(entry), row, dict(row.params or {}) if row else {})
+        params = dict(row.params or {}) if row else {}
+        return Resolved(shown, hosts, upstream_name(entry, hosts[0]), row, params)
 
-    def host(self, kind: str, model: Any) -> tuple[Backend, str]:
-        """A passthrough's backend of `kind` for `model` and the name it knows. NotFound("Model 'x' was
-        not found"), UpstreamError when no backend sent its list, ServiceUnavailable when `kind` is off."""
-        self.backend_at(kind, 0)
+    def hosts_for(self, kind: str, model: Any) -> tuple[list[Backend], str]:
+        """A passthrough's backends of `kind` serving `model` and the name they know. NotFound("Model
+        'x' was not found"), UpstreamError when no backend sent its list, ServiceUnavailable when `kind`
+        is off."""
+        self.pool(kind)
         if not isinstance(model, str) or not model:
             raise NotFound(f"Model '{model or ''}' was not found")
         entry = self.find(model, kind)
-        backend = self._pick_host(entry) if entry is not None else None
-        if backend is not None:
-            return backend, upstream_name(entry)
+        hosts = self.hosts_of(entry) if entry is not None else []
+        if hosts:
+            return hosts, upstream_name(entry, hosts[0])
         if kind not in self.snapshot().answered:
             raise UpstreamError(f"No {_NAMES[kind]} backend answered its model list")
         raise NotFound(f"Model '{model}' was not found")
 
-    def backend_at(self, kind: str, idx: int) -> Backend:
-        """The backend at position `idx` of OLLAMA_BASE_URLS / OPENAI_API_BASE_URLS, else NotFound."""
+    def pool(self, kind: str) -> list[Backend]:
+        """The enabled backends of `kind`; ServiceUnavailable when there is none (the API is off)."""
         pool = self.upstream.ollama if kind == "ollama" else self.upstream.openai
         if not pool:
             raise ServiceUnavailable(OLLAMA_DISABLED if kind == "ollama" else OPENAI_DISABLED)
-        if not 0 <= idx < len(pool):
-            raise NotFound(f"No {_NAMES[kind]} backend with index {idx}")
-        return pool[idx]
+        return pool
 
-    def _pick_host(self, entry: dict) -> Backend | None:
-        """Ollama: round-robin over the backends listing the model (same weights; spreads load).
-        OpenAI: the connection whose list the entry came from (`urlIdx`)."""
+    def backend_at(self, kind: str, idx: int) -> Backend:
+        """The backend at position `idx` of OLLAMA_BASE_URLS / OPENAI_API_BASE_URLS, else NotFound (also
+        when that connection is disabled in its *_API_CONFIGS)."""
+        found = next((backend for backend in self.pool(kind) if backend.idx == idx), None)
+        if found is None:
+            raise NotFound(f"No {_NAMES[kind]} backend with index {idx}")
+        return found
+
+    def hosts_of(self, entry: dict) -> list[Backend]:
+        """Every backend listing the model: Ollama's merged `urls`; for OpenAI, each connection whose list
+        has the id (the entry shows the first one's `urlIdx`). Upstream.send spreads calls over them."""
         if entry.get("owned_by") == "ollama":
-            by_idx = {b.idx: b for b in self.upstream.ollama}
-            hosts = [by_idx[i] for i in entry["ollama"].get("urls", []) if i in by_idx]
-            return hosts[next(self._round_robin) % len(hosts)] if hosts else None
-        return {b.idx: b for b in self.upstream.openai}.get(entry.get("urlIdx"))
+            pool, indexes = self.upstream.ollama, entry["ollama"].get("urls", [])
+        else:
+            pool = self.upstream.openai
+            listed = self._snapshot.openai_hosts if self._snapshot is not None else {}
+            indexes = listed.get(entry["id"]) or [entry.get("urlIdx")]
+        by_idx = {b.idx: b for b in pool}
+        return [by_idx[i] for i in indexes if i in by_idx]
 
     # --- presets: each change drops the cache, so every route sees it at once ------------------
 
@@ -296,8 +306,8 @@ class Catalog:
         return result
 
 
-def upstream_name(entry: dict) -> str:
-    """The name the backend itself knows the model by."""
-    if "ollama" in entry:
-        return entry["ollama"]["model"]
-    return entry["openai"].get("id") or entry["id"]
+def upstream_name(entry: dict, host: Backend | None = None) -> str:
+    """The name the backend itself knows the model by (without the connection's `prefix_id.`)."""
+    name = entry["ollama"]["model"] if "ollama" in entry else entry["openai"].get("id") or entry["id"]
+    prefix = f"{host.prefix_id}." if host is not None and host.prefix_id else ""
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name

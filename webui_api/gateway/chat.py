@@ -54,8 +54,8 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
         messages, sources = _augment(ext, user, messages, items, top_k)
     body["messages"] = messages
     if target.kind == "openai":
-        return _openai_chat(ext.upstream, target, body, params, sources)
-    return _ollama_chat(ext.upstream, target, requested, body, params, sources)
+        return _openai_chat(ext.upstream, user, target, body, params, sources)
+    return _ollama_chat(ext.upstream, user, target, requested, body, params, sources)
 
 
 def check_messages(messages: Any) -> list[dict]:
@@ -180,17 +180,17 @@ def _augment(ext, user, messages, items, top_k):
 
 # --- OpenAI-compatible backends ----------------------------------------------------------------
 
-def _openai_chat(upstream, target, body: dict, params: dict, sources: list) -> dict | Streamed:
+def _openai_chat(upstream, user, target, body: dict, params: dict, sources: list) -> dict | Streamed:
     for key, value in params.items():
         if key not in OLLAMA_ONLY:
             body.setdefault(key, value)  # the request's own top-level fields win
     body["model"] = target.upstream_model
     stream = bool(body.get("stream"))
-    resp = upstream.request(target.backend, "POST", "/chat/completions", json=body, stream=stream)
+    resp = upstream.send(target.hosts, "POST", "/chat/completions", json=body, stream=stream, user=user)
     if resp.status_code >= 400:
-        raise backend_error(resp, target.backend)
+        raise backend_error(resp, resp.backend)
     if not stream:
-        data = _json_body(resp, target.backend)
+        data = _json_body(resp, resp.backend)
         _count_tokens(data)
         return {"sources": sources, **data} if sources else data
     return Streamed(_sse_passthrough(upstream, resp, sources))
@@ -238,7 +238,7 @@ def _inject_sources(buffer: bytes, sources: list) -> tuple[bytes, bytes, bool]:
 
 # --- Ollama backends ---------------------------------------------------------------------------
 
-def _ollama_chat(upstream, target, requested: str, body: dict, params: dict,
+def _ollama_chat(upstream, user, target, requested: str, body: dict, params: dict,
                  sources: list) -> dict | Streamed:
     options = body.pop("options", None)
     if options is not None and not isinstance(options, dict):
@@ -258,13 +258,13 @@ def _ollama_chat(upstream, target, requested: str, body: dict, params: dict,
         payload.setdefault(key, params[key])
     payload["stream"] = stream
     completion_id, created = convert.new_completion_id(), int(time.time())
-    resp = upstream.request(target.backend, "POST", "/api/chat", json=payload, stream=stream)
+    resp = upstream.send(target.hosts, "POST", "/api/chat", json=payload, stream=stream, user=user)
     if resp.status_code >= 400:
-        raise backend_error(resp, target.backend)
+        raise backend_error(resp, resp.backend)
     if not stream:
-        data = _json_body(resp, target.backend)
+        data = _json_body(resp, resp.backend)
         if isinstance(data, dict) and data.get("error"):
-            raise UpstreamError(f"{target.backend.label}: {data['error']}")
+            raise UpstreamError(f"{resp.backend.label}: {data['error']}")
         completion = convert.ollama_to_openai_completion(data, requested, completion_id, created)
         _count_tokens(completion)
         return {"sources": sources, **completion} if sources else completion
@@ -327,21 +327,21 @@ def embeddings(ext, user, body: dict) -> dict:
         _check_input(inputs, tokens_ok=True)
         payload = {k: v for k, v in body.items() if k not in CHAT_OWN_FIELDS}
         payload["model"] = target.upstream_model
-        resp = ext.upstream.request(target.backend, "POST", "/embeddings", json=payload)
+        resp = ext.upstream.send(target.hosts, "POST", "/embeddings", json=payload, user=user)
         if resp.status_code >= 400:
-            raise backend_error(resp, target.backend)
-        data = _json_body(resp, target.backend)
+            raise backend_error(resp, resp.backend)
+        data = _json_body(resp, resp.backend)
         _count_tokens(data)
         return data
     _check_input(inputs, tokens_ok=False)
     payload = {"model": target.upstream_model, "input": inputs}
     payload.update({k: body[k] for k in ("truncate", "options", "keep_alive", "dimensions") if k in body})
-    resp = ext.upstream.request(target.backend, "POST", "/api/embed", json=payload)
+    resp = ext.upstream.send(target.hosts, "POST", "/api/embed", json=payload, user=user)
     if resp.status_code >= 400:
-        raise backend_error(resp, target.backend)
-    data = _json_body(resp, target.backend)
+        raise backend_error(resp, resp.backend)
+    data = _json_body(resp, resp.backend)
     if not isinstance(data, dict) or not isinstance(data.get("embeddings"), list):
-        raise UpstreamError(f"{target.backend.label} returned no embeddings")
+        raise UpstreamError(f"{resp.backend.label} returned no embeddings")
     result = convert.ollama_embed_to_openai(data, requested, body.get("encoding_format"))
     _count_tokens(result)
     return result

@@ -33,6 +33,9 @@ def fetch(upstream, timeout: float) -> list[tuple]:
 
 def _fetch_one(upstream, job: tuple, timeout: float) -> list[dict]:
     backend, what = job
+    if what == "models" and backend.model_ids:  # as Open WebUI: an allowlisted connection is not asked
+        return as_configured(backend, [{"id": mid, "object": "model", "owned_by": "openai"}
+                                       for mid in backend.model_ids])
     resp = upstream.request(backend, "GET", _PATHS[what], timeout=timeout)
     if resp.status_code >= 400:
         raise UpstreamError(f"{backend.label} answered HTTP {resp.status_code}")
@@ -43,7 +46,28 @@ def _fetch_one(upstream, job: tuple, timeout: float) -> list[dict]:
     if not isinstance(data, dict):
         raise UpstreamError(f"{backend.label} sent a model list that is not a JSON object")
     items = data.get(_LIST_KEYS[what])
-    return [m for m in items if isinstance(m, dict)] if isinstance(items, list) else []
+    models = [m for m in items if isinstance(m, dict)] if isinstance(items, list) else []
+    return as_configured(backend, models)
+
+
+def as_configured(backend, models: list[dict]) -> list[dict]:
+    """A connection's list as its settings shape it: only `model_ids` (when set), every name as
+    `<prefix_id>.<name>` (when set), the connection's `tags` on each."""
+    keys = ("model", "name") if backend.kind == "ollama" else ("id",)
+    allowed = set(backend.model_ids)
+    out = []
+    for model in models:
+        own = next((model[k] for k in keys if isinstance(model.get(k), str)), "")
+        if allowed and own not in allowed and own.removesuffix(":latest") not in allowed:
+            continue
+        model = dict(model)
+        names = [k for k in keys if isinstance(model.get(k), str)]
+        if backend.prefix_id:
+            model.update({k: f"{backend.prefix_id}.{model[k]}" for k in names})
+        if backend.tags:
+            model["tags"] = [{"name": tag} for tag in backend.tags]
+        out.append(model)
+    return out
 
 
 def answered(results: list[tuple], what: str) -> bool:
@@ -81,7 +105,7 @@ def ollama_entries(results: list[tuple]) -> list[dict]:
         raw.update(model=name, name=raw.get("name") or name)
         entry = {"id": name, "name": raw["name"], "object": "model", "created": 0, "owned_by": "ollama",
                  "ollama": raw, "loaded": name in loaded, "connection_type": "local",
-                 "tags": [], "actions": [], "filters": []}
+                 "tags": list(raw.get("tags") or []), "actions": [], "filters": []}
         if loaded.get(name) is not None:
             raw["expires_at"] = loaded[name]
         out.append(entry)
@@ -104,8 +128,19 @@ def openai_entries(results: list[tuple]) -> list[dict]:
                         "owned_by": "openai", "connection_type": "external",
                         "name": model.get("name") or model_id,
                         "openai": raw, "provider": "", "urlIdx": backend.idx,
-                        "tags": [], "actions": [], "filters": []})
+                        "tags": list(model.get("tags") or []), "actions": [], "filters": []})
     return out
+
+
+def openai_hosts(results: list[tuple]) -> dict[str, list[int]]:
+    """Each OpenAI model id and every connection that lists it (replicas of one another), in order."""
+    hosts: dict[str, list[int]] = {}
+    for (backend, what), models in results:
+        if what == "models" and not isinstance(models, BaseException):
+            for model in models:
+                if isinstance(model.get("id"), str) and backend.idx not in hosts.setdefault(model["id"], []):
+                    hosts[model["id"]].append(backend.idx)
+    return hosts
 
 
 def connection_entry(entry: dict) -> dict:

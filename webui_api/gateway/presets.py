@@ -27,6 +27,14 @@ def get_row(preset_id: str) -> db.Preset | None:
     return db.Preset.get_or_none(db.Preset.id == preset_id)
 
 
+_cached_rows = db.StampedCache("presets")  # every write to the preset table bumps the stamp
+
+
+def lookup(preset_id: str) -> db.Preset | None:
+    """get_row for the chat path, from this worker's cache: shared between threads, so never change it."""
+    return _cached_rows.get(preset_id, lambda: get_row(preset_id))
+
+
 def usable_presets(user) -> list[db.Preset]:
     """Active presets (rows with a base model) the user may chat with, in creation order."""
     query = db.Preset.select().where(db.Preset.is_active == True,  # noqa: E712 (peewee expression)

@@ -30,21 +30,22 @@ class Reply:
 
 
 def _pick(catalog: Catalog, kind: str, body: dict, model_key: str | None, url_idx: int | None,
-          default_idx: int | None) -> Backend:
-    """The backend for this call; rewrites body[model_key] to the resolved (tagged) name."""
+          default_idx: int | None) -> list[Backend]:
+    """The backends for this call (several when replicas serve the model); rewrites body[model_key] to the
+    resolved (tagged) name."""
     if url_idx is not None:
-        return catalog.backend_at(kind, url_idx)
+        return [catalog.backend_at(kind, url_idx)]
     if model_key:
         if model_key == "model" and body.get("model") is None and body.get("name"):  # Ollama's older field
             model_key = "name"
         model = body.get(model_key)
         if model is not None:
-            backend, resolved = catalog.host(kind, model)
+            hosts, resolved = catalog.hosts_for(kind, model)
             body[model_key] = resolved
-            return backend
+            return hosts
         if default_idx is None:
             raise BadRequest(f"{model_key} is required")
-    return catalog.backend_at(kind, default_idx or 0)
+    return [catalog.backend_at(kind, default_idx) if default_idx else catalog.pool(kind)[0]]
 
 
 def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | None = None
@@ -69,16 +70,17 @@ def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | N
             after()
 
 
-def forward(upstream: Upstream, backend: Backend, method: str, path: str, body: dict | None,
-            after: Callable[[], None] | None = None) -> Reply:
-    """Send the call and turn the answer into a Reply: streamed when the backend streams, else buffered.
-    Backend HTTP errors become ApiError with the backend's status and message."""
-    response = upstream.request(backend, method, path, json=body, stream=True)
+def forward(upstream: Upstream, hosts: list[Backend], method: str, path: str, body: dict | None,
+            after: Callable[[], None] | None = None, user=None) -> Reply:
+    """Send the call (to another host once if the first fails before answering) and turn the answer into
+    a Reply: streamed when the backend streams, else buffered. Backend HTTP errors become ApiError with
+    the backend's status and message."""
+    response = upstream.send(hosts, method, path, json=body, stream=True, user=user)
     if response.status_code >= 400:
         upstream.read_body(response)
         if after:
             after()
-        raise http_error(response, backend)
+        raise http_error(response, response.backend)
     content_type = response.headers.get("Content-Type", "application/json")
     if any(kind in content_type for kind in STREAM_TYPES):
         return Reply(response.status_code, content_type,
@@ -93,15 +95,15 @@ def forward(upstream: Upstream, backend: Backend, method: str, path: str, body: 
 # ----------------------------------------------------------------------------- Ollama
 
 def ollama_call(catalog: Catalog, method: str, path: str, body: dict | None, *, url_idx: int | None = None,
-                model_key: str | None = "model", default_idx: int | None = None, changes_models: bool = False
-                ) -> Reply:
+                model_key: str | None = "model", default_idx: int | None = None, changes_models: bool = False,
+                user=None) -> Reply:
     """Forward one Ollama API call. Without `url_idx` the backend is one that hosts body[model_key] (an
     untagged name matches `:latest` and is rewritten), or `default_idx` for calls without a model.
     `changes_models`: the catalogue is invalidated once the backend has answered."""
     body = dict(body or {})
-    backend = _pick(catalog, "ollama", body, model_key, url_idx, default_idx)
+    hosts = _pick(catalog, "ollama", body, model_key, url_idx, default_idx)
     after = catalog.invalidate if changes_models else None
-    return forward(catalog.upstream, backend, method, path, body if method != "GET" else None, after)
+    return forward(catalog.upstream, hosts, method, path, body if method != "GET" else None, after, user)
 
 
 def require_json_object(body: Any) -> dict:
@@ -132,7 +134,7 @@ def _pool(catalog: Catalog, url_idx: int | None) -> list[Backend]:
     """The backend at `url_idx`, else every Ollama backend (503 when there is none)."""
     if url_idx is not None:
         return [catalog.backend_at("ollama", url_idx)]
-    return [catalog.backend_at("ollama", 0)] + catalog.upstream.ollama[1:]
+    return catalog.pool("ollama")
 
 
 def ollama_version(catalog: Catalog, url_idx: int | None = None) -> dict:
@@ -173,11 +175,11 @@ def openai_body(body: dict) -> dict:
     return out
 
 
-def openai_call(catalog: Catalog, path: str, body: dict, url_idx: int | None = None) -> Reply:
+def openai_call(catalog: Catalog, path: str, body: dict, url_idx: int | None = None, user=None) -> Reply:
     """Forward a model call (chat/completions, embeddings, ...) to the connection serving body["model"]."""
     body = openai_body(require_json_object(body))
-    backend = _pick(catalog, "openai", body, "model", url_idx, None)
-    return forward(catalog.upstream, backend, "POST", path, body)
+    hosts = _pick(catalog, "openai", body, "model", url_idx, None)
+    return forward(catalog.upstream, hosts, "POST", path, body, user=user)
 
 
 def openai_models(catalog: Catalog, url_idx: int | None = None) -> dict:

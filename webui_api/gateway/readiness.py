@@ -89,7 +89,8 @@ def check_data_dir(path: str) -> dict:
 
 
 def check_backends(upstream) -> list[dict]:
-    """Probe every configured backend concurrently, within the model-list timeout."""
+    """Probe every configured backend concurrently, within the model-list timeout. `circuit` is this
+    worker's breaker for the host (closed: in use; open: skipped after failures; half-open: tried next)."""
     backends = list(upstream.ollama) + list(upstream.openai)
     if not backends:
         return []
@@ -99,6 +100,7 @@ def check_backends(upstream) -> list[dict]:
     for backend, result in results:
         entry = {"name": backend.label, "kind": backend.kind}
         entry.update(result if isinstance(result, dict) else {"ok": False, "error": _describe(result)})
+        entry["circuit"] = upstream.health.describe(backend)
         out.append(entry)
     return out
 

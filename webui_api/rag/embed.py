@@ -1,6 +1,7 @@
 """Embeddings for RAG from an Ollama (`/api/embed`) or OpenAI-compatible (`/embeddings`) backend."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Sequence
 
@@ -34,8 +35,9 @@ class Embedder:
         """What chunk metadata records about how its vector was made."""
         return {"engine": self.engine, "model": self.model}
 
-    def backend(self):
-        """The embedding backend: the RAG_* URL when set, else the gateway's first backend of that kind."""
+    def hosts(self) -> list:
+        """The embedding backends: the RAG_* URL when set, else the gateway's backends of that kind (the
+        first healthy one serves; the others stand in when it fails)."""
         from ..upstream import Backend
 
         settings, engine = self.settings, self.engine
@@ -45,38 +47,38 @@ class Embedder:
         own_url = settings.RAG_OLLAMA_BASE_URL if engine == "ollama" else settings.RAG_OPENAI_API_BASE_URL
         own_key = settings.RAG_OLLAMA_API_KEY if engine == "ollama" else settings.RAG_OPENAI_API_KEY
         if own_url:
-            return Backend(engine, 0, own_url.rstrip("/"), own_key or "")
+            return [Backend(engine, 0, own_url.rstrip("/"), own_key or "")]
         pool = self.upstream.ollama if engine == "ollama" else self.upstream.openai
         if not pool:
             hint = "RAG_OLLAMA_BASE_URL or OLLAMA_BASE_URLS" if engine == "ollama" else \
                 "RAG_OPENAI_API_BASE_URL or OPENAI_API_BASE_URLS"
             raise ServiceUnavailable(f"No {engine} backend is configured for embeddings: set {hint}.")
-        first = pool[0]
-        return Backend(engine, first.idx, first.url, own_key or first.key)
+        return [dataclasses.replace(backend, key=own_key or backend.key) for backend in pool]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32, rows L2-normalised. Backend down → 502; bad answers → 502 too."""
         texts = [(text or " ").replace("\n", " ") for text in texts]
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        backend = self.backend()
+        hosts = self.hosts()
         size = max(1, int(self.settings.RAG_EMBEDDING_BATCH_SIZE or 1))
-        parts = [self._batch(backend, texts[i:i + size]) for i in range(0, len(texts), size)]
+        parts = [self._batch(hosts, texts[i:i + size]) for i in range(0, len(texts), size)]
         dims = {part.shape[1] for part in parts}
         if len(dims) != 1:
-            raise UpstreamError(f"{backend.label} returned embeddings of different sizes {sorted(dims)} "
+            raise UpstreamError(f"{hosts[0].label} returned embeddings of different sizes {sorted(dims)} "
                                 f"for model {self.model!r}.")
         return _normalise(np.vstack(parts))
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
 
-    def _batch(self, backend, texts: list[str]) -> np.ndarray:
-        if backend.kind == "ollama":
+    def _batch(self, hosts: list, texts: list[str]) -> np.ndarray:
+        if hosts[0].kind == "ollama":
             body, path = {"model": self.model, "input": texts, "truncate": True}, "/api/embed"
         else:
             body, path = {"model": self.model, "input": texts}, "/embeddings"
-        response = self.upstream.request(backend, "POST", path, json=body)
+        response = self.upstream.send(hosts, "POST", path, json=body, spread=False)
+        backend = response.backend
         if response.status_code >= 400:
             raise UpstreamError(f"{backend.label} could not embed with model {self.model!r} "
                                 f"(HTTP {response.status_code}): {_message(response)}")
