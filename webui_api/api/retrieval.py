@@ -20,6 +20,14 @@ class QueryDocSchema(ma.Schema):
                                        metadata={"description": "`file-<id>` or a knowledge id"})
     query = ma.fields.String(required=True)
     k = ma.fields.Integer(load_default=None, allow_none=True)
+    k_reranker = ma.fields.Integer(load_default=None, allow_none=True,
+                                   metadata={"description": "Results kept after reranking (hybrid)"})
+    r = ma.fields.Float(load_default=None, allow_none=True,
+                        metadata={"description": "Relevance threshold in [0, 1] on the reported score"})
+    hybrid = ma.fields.Boolean(load_default=None, allow_none=True,
+                               metadata={"description": "Fuse vector and BM25 search"})
+    hybrid_bm25_weight = ma.fields.Float(load_default=None, allow_none=True,
+                                         metadata={"description": "BM25's share in [0, 1] of the fused score"})
 
 
 class QueryCollectionSchema(ma.Schema):
@@ -29,6 +37,14 @@ class QueryCollectionSchema(ma.Schema):
     collection_names = ma.fields.List(ma.fields.String(), required=True, validate=ma.validate.Length(min=1))
     query = ma.fields.String(required=True)
     k = ma.fields.Integer(load_default=None, allow_none=True)
+    k_reranker = ma.fields.Integer(load_default=None, allow_none=True,
+                                   metadata={"description": "Results kept after reranking (hybrid)"})
+    r = ma.fields.Float(load_default=None, allow_none=True,
+                        metadata={"description": "Relevance threshold in [0, 1] on the reported score"})
+    hybrid = ma.fields.Boolean(load_default=None, allow_none=True,
+                               metadata={"description": "Fuse vector and BM25 search"})
+    hybrid_bm25_weight = ma.fields.Float(load_default=None, allow_none=True,
+                                         metadata={"description": "BM25's share in [0, 1] of the fused score"})
 
 
 class ProcessFileSchema(ma.Schema):
@@ -53,6 +69,10 @@ class ProcessTextSchema(ma.Schema):
     collection_name = ma.fields.String(load_default=None, allow_none=True)
 
 
+def _ranking(body: dict) -> dict:
+    return {name: body[name] for name in ("hybrid", "hybrid_bm25_weight", "k_reranker", "r")}
+
+
 @blp.route("/query/doc")
 class QueryDoc(MethodView):
     @blp.arguments(QueryDocSchema)
@@ -60,7 +80,7 @@ class QueryDoc(MethodView):
     def post(self, body):
         """Top `k` chunks of one collection: `{ids, documents, metadatas, distances}` (lists of lists)."""
         return retrieve.query_collections(ext(), current_user(), [body["collection_name"]], body["query"],
-                                          body["k"])
+                                          body["k"], **_ranking(body))
 
 
 @blp.route("/query/collection")
@@ -70,7 +90,7 @@ class QueryCollection(MethodView):
     def post(self, body):
         """Top `k` chunks over several collections, merged and ranked by similarity."""
         return retrieve.query_collections(ext(), current_user(), body["collection_names"], body["query"],
-                                          body["k"])
+                                          body["k"], **_ranking(body))
 
 
 @blp.route("/process/file")
