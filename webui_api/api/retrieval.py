@@ -12,7 +12,20 @@ from .deps import current_user, ext
 blp = Blueprint("retrieval", __name__, url_prefix="/api/v1/retrieval", description="Retrieval and processing")
 
 
-class QueryDocSchema(ma.Schema):
+class RankingSchema(ma.Schema):
+    """Open WebUI's per-request ranking options (defaults: the RAG_* settings)."""
+
+    k_reranker = ma.fields.Integer(load_default=None, allow_none=True,
+                                   metadata={"description": "Results kept after reranking (hybrid)"})
+    r = ma.fields.Float(load_default=None, allow_none=True,
+                        metadata={"description": "Relevance threshold in [0, 1] on the reported score"})
+    hybrid = ma.fields.Boolean(load_default=None, allow_none=True,
+                               metadata={"description": "Fuse vector and BM25 search"})
+    hybrid_bm25_weight = ma.fields.Float(load_default=None, allow_none=True,
+                                         metadata={"description": "BM25's share in [0, 1] of the fused score"})
+
+
+class QueryDocSchema(RankingSchema):
     class Meta:
         unknown = ma.EXCLUDE
 
@@ -20,31 +33,15 @@ class QueryDocSchema(ma.Schema):
                                        metadata={"description": "`file-<id>` or a knowledge id"})
     query = ma.fields.String(required=True)
     k = ma.fields.Integer(load_default=None, allow_none=True)
-    k_reranker = ma.fields.Integer(load_default=None, allow_none=True,
-                                   metadata={"description": "Results kept after reranking (hybrid)"})
-    r = ma.fields.Float(load_default=None, allow_none=True,
-                        metadata={"description": "Relevance threshold in [0, 1] on the reported score"})
-    hybrid = ma.fields.Boolean(load_default=None, allow_none=True,
-                               metadata={"description": "Fuse vector and BM25 search"})
-    hybrid_bm25_weight = ma.fields.Float(load_default=None, allow_none=True,
-                                         metadata={"description": "BM25's share in [0, 1] of the fused score"})
 
 
-class QueryCollectionSchema(ma.Schema):
+class QueryCollectionSchema(RankingSchema):
     class Meta:
         unknown = ma.EXCLUDE
 
     collection_names = ma.fields.List(ma.fields.String(), required=True, validate=ma.validate.Length(min=1))
     query = ma.fields.String(required=True)
     k = ma.fields.Integer(load_default=None, allow_none=True)
-    k_reranker = ma.fields.Integer(load_default=None, allow_none=True,
-                                   metadata={"description": "Results kept after reranking (hybrid)"})
-    r = ma.fields.Float(load_default=None, allow_none=True,
-                        metadata={"description": "Relevance threshold in [0, 1] on the reported score"})
-    hybrid = ma.fields.Boolean(load_default=None, allow_none=True,
-                               metadata={"description": "Fuse vector and BM25 search"})
-    hybrid_bm25_weight = ma.fields.Float(load_default=None, allow_none=True,
-                                         metadata={"description": "BM25's share in [0, 1] of the fused score"})
 
 
 class ProcessFileSchema(ma.Schema):
@@ -69,8 +66,11 @@ class ProcessTextSchema(ma.Schema):
     collection_name = ma.fields.String(load_default=None, allow_none=True)
 
 
+_RANKING_FIELDS = tuple(RankingSchema().fields)
+
+
 def _ranking(body: dict) -> dict:
-    return {name: body[name] for name in ("hybrid", "hybrid_bm25_weight", "k_reranker", "r")}
+    return {name: body[name] for name in _RANKING_FIELDS}
 
 
 @blp.route("/query/doc")
