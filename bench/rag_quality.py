@@ -95,7 +95,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(args, data_dir: str) -> tuple[subprocess.Popen, str]:
+def start_app(args, data_dir: str, rerank: bool = False) -> tuple[subprocess.Popen, str]:
+    """One gunicorn worker on `data_dir`; `rerank`: with the reranker (it then reranks every hybrid query)."""
     port = free_port()
     env = dict(os.environ, DATA_DIR=data_dir, HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1",
                GUNICORN_THREADS="8", ENABLE_OLLAMA_API="false", OPENAI_API_BASE_URLS="",
@@ -104,7 +105,7 @@ def start_app(args, data_dir: str) -> tuple[subprocess.Popen, str]:
                RAG_HYBRID_FUSION=args.fusion, PYTHONPATH=str(ROOT))
     if args.chunk_size:
         env.update(CHUNK_SIZE=str(args.chunk_size))
-    if args.reranker_url:
+    if rerank:
         env.update(RAG_RERANKING_ENGINE="external", RAG_EXTERNAL_RERANKER_URL=args.reranker_url,
                    RAG_RERANKING_MODEL=args.reranker_model, RAG_EXTERNAL_RERANKER_API_KEY=args.reranker_key)
     gunicorn = Path(sys.executable).with_name("gunicorn")
@@ -190,9 +191,6 @@ def main() -> None:
                         help="rerank with tests/fake_backend.py's term-overlap /v1/rerank (not a model: it only "
                              "exercises the path and its cost)")
     args = parser.parse_args()
-    data = Path(args.data)
-    docs, texts, gains = documents(data / "cran.all.1400"), queries(data / "queries-dev.tsv"), \
-        judgements(data / "qrels-dev.tsv")
     fake = None
     if args.fake_reranker:
         sys.path.insert(0, str(ROOT))
@@ -201,34 +199,44 @@ def main() -> None:
         args.reranker_url, args.reranker_key = fake.openai_url + "/rerank", fake.openai_key
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="rag-quality-")
     os.makedirs(data_dir, exist_ok=True)
-    proc, url = start_app(args, data_dir)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the app below on a kill too
+    apps = [start_app(args, data_dir)]
     try:
-        session = requests.Session()
-        session.headers.update(sign_in(url))
-        kb = load_collection(session, url, docs, data_dir)
-        run(session, url, kb, dict(list(texts.items())[:5]), args.k, {"hybrid": True})  # warm up
-        print(f"\n{len(texts)} development queries, {len(docs)} documents, k={args.k} chunks, "
-              f"fusion={args.fusion}, CHUNK_SIZE={args.chunk_size or 'default'}, DATA_DIR={data_dir}\n")
-        print(f"| {'mode':<28} | recall@10 | nDCG@10 | MRR@10 | p50 (ms)  mean (ms) |")
-        print(f"|{'-' * 30}|-----------|---------|--------|--------------------|")
-        vector, vector_times = run(session, url, kb, texts, args.k, {"hybrid": False})
-        report("vector", vector, gains, vector_times)
-        bm25, bm25_times = run(session, url, kb, texts, args.k, {"hybrid": True, "hybrid_bm25_weight": 1.0})
-        report("BM25 (FTS5, porter)", bm25, gains, bm25_times)
-        report("RRF k=60 of the two (client)", {q: rrf(vector[q], bm25[q]) for q in texts}, gains, None)
-        for weight in (float(w) for w in args.weights.split(",")):
-            ranked, times = run(session, url, kb, texts, args.k, {"hybrid": True, "hybrid_bm25_weight": weight})
-            report(f"hybrid {args.fusion} w={weight:g}", ranked, gains, times)
-            if args.reranker_url:
-                ranked, times = run(session, url, kb, texts, args.k,
-                                    {"hybrid": True, "hybrid_bm25_weight": weight, "k_reranker": CUTOFF})
-                report(f"hybrid {args.fusion} w={weight:g} + rerank", ranked, gains, times)
+        if args.reranker_url:
+            apps.append(start_app(args, data_dir, rerank=True))
+        measure(args, data_dir, apps[0][1], apps[-1][1] if args.reranker_url else None)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        for proc, _ in apps:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
         if fake is not None:
             fake.stop()
 
+
+def measure(args, data_dir: str, url: str, rerank_url: str | None) -> None:
+    data = Path(args.data)
+    docs, texts, gains = documents(data / "cran.all.1400"), queries(data / "queries-dev.tsv"), \
+        judgements(data / "qrels-dev.tsv")
+    session = requests.Session()
+    session.headers.update(sign_in(url))
+    kb = load_collection(session, url, docs, data_dir)
+    run(session, url, kb, dict(list(texts.items())[:5]), args.k, {"hybrid": True})  # warm up
+    print(f"\n{len(texts)} development queries, {len(docs)} documents, k={args.k} chunks, "
+          f"fusion={args.fusion}, CHUNK_SIZE={args.chunk_size or 'default'}, DATA_DIR={data_dir}\n")
+    print(f"| {'mode':<28} | recall@10 | nDCG@10 | MRR@10 | p50 (ms)  mean (ms) |")
+    print(f"|{'-' * 30}|-----------|---------|--------|--------------------|")
+    vector, vector_times = run(session, url, kb, texts, args.k, {"hybrid": False})
+    report("vector", vector, gains, vector_times)
+    bm25, bm25_times = run(session, url, kb, texts, args.k, {"hybrid": True, "hybrid_bm25_weight": 1.0})
+    report("BM25 (FTS5, porter)", bm25, gains, bm25_times)
+    report("RRF k=60 of the two (client)", {q: rrf(vector[q], bm25[q]) for q in texts}, gains, None)
+    for weight in (float(w) for w in args.weights.split(",")):
+        ranked, times = run(session, url, kb, texts, args.k, {"hybrid": True, "hybrid_bm25_weight": weight})
+        report(f"hybrid {args.fusion} w={weight:g}", ranked, gains, times)
+        if rerank_url:
+            ranked, times = run(session, rerank_url, kb, texts, args.k,
+                                {"hybrid": True, "hybrid_bm25_weight": weight, "k_reranker": CUTOFF})
+            report(f"hybrid {args.fusion} w={weight:g} + rerank", ranked, gains, times)
 
 if __name__ == "__main__":
     main()

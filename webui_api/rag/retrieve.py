@@ -144,8 +144,9 @@ def search(ext, sources: list[Source], query: str, k: int, opts: hybrid.Options 
     reranking = opts.hybrid and rerank.enabled(ext.settings)
     vector = ext.embedder.embed([query])[0]
     by_collection = {s.collection: s for s in searchable}
-    raw = ext.vectors.search(list(by_collection), vector, hybrid.depth(k + _SEARCH_MARGIN, opts))
-    raw = hybrid.fuse(query, vector, raw, {c: s.file_ids for c, s in by_collection.items()}, opts)
+    depth = hybrid.depth(k + _SEARCH_MARGIN, opts)
+    raw = hybrid.fuse(query, vector, lambda v: ext.vectors.search(list(by_collection), v, depth),
+                      {c: s.file_ids for c, s in by_collection.items()}, opts)
     fields = (Chunk.id, Chunk.file, Chunk.seq, Chunk.text, Chunk.start, Chunk.end, Chunk.model, File)
     rows = {c.id: c for c in Chunk.select(*fields).join(File).where(Chunk.id.in_([h[0] for h in raw]))}
     threshold = 0.0 if reranking else opts.threshold  # a reranker's scores are the ones `r` judges
