@@ -9,9 +9,10 @@ Starts one gunicorn worker of the app (its embeddings from the embed server), up
 documents (title + abstract) into one knowledge collection through the API (a reused --data-dir skips this),
 then sends every development query to POST /api/v1/retrieval/query/collection in each mode: vector
 (`hybrid: false`), BM25 (`hybrid: true, hybrid_bm25_weight: 1`), hybrid at each weight, hybrid + rerank when
---reranker-url (or --fake-reranker) is given. "RRF (client)" is plain reciprocal-rank fusion (k = 60) of the vector and BM25 runs
-above, computed here: the baseline the hybrid mode has to beat. Chunks map to their document; a document
-counts once, at its best chunk. Time per query is the HTTP round trip (query embedding included).
+--reranker-url (or --fake-reranker) is given. "RRF (client)" is plain reciprocal-rank fusion (k = 60) of the
+vector and BM25 runs above, computed here: the baseline the hybrid mode has to beat. Chunks map to their
+document; a document counts once, at its best chunk. Time per query is the HTTP round trip (query embedding
+included); the modes take turns query by query, so a busy machine slows them alike.
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-CRANFIELD = next((p for p in (ROOT.parent / "shared/data/cranfield", Path("/work/shared/data/cranfield")) if p.is_dir()),
-                 ROOT.parent / "shared/data/cranfield")
+_PLACES = (ROOT.parent / "shared/data/cranfield", Path("/work/shared/data/cranfield"))  # beside main or a worktree
+CRANFIELD = next((p for p in _PLACES if p.is_dir()), _PLACES[0])
 ADMIN = ("bench@example.com", "correct horse battery staple")
 CUTOFF = 10
 
@@ -152,18 +153,27 @@ def load_collection(session, url: str, docs: dict[str, str], data_dir: str) -> s
     return kb
 
 
-def run(session, url: str, kb: str, texts: dict[str, str], k: int, params: dict) -> tuple[dict, list[float]]:
-    """query id → ranked doc ids (best chunk first), and the time of each query."""
-    ranked, times = {}, []
+def ask(session, url: str, kb: str, text: str, k: int, params: dict) -> tuple[list[str], float]:
+    """Ranked doc ids (a document once, at its best chunk) for one query, and the round-trip time."""
+    started = time.perf_counter()
+    response = session.post(url + "/api/v1/retrieval/query/collection",
+                            json={"collection_names": [kb], "query": text, "k": k, **params}, timeout=120)
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    names = [meta["name"] for meta in response.json()["metadatas"][0]]
+    return list(dict.fromkeys(re.sub(r"^cran-|\.txt$", "", name) for name in names)), elapsed
+
+
+def run_all(session, kb: str, texts: dict[str, str], k: int, modes: list[tuple[str, str, dict]]) -> dict:
+    """label → (query id → ranked doc ids, times). Modes take turns query by query, so a busy machine
+    slows them alike and the time ratios stay fair."""
+    out = {label: ({}, []) for label, _, _ in modes}
     for qid, text in texts.items():
-        started = time.perf_counter()
-        response = session.post(url + "/api/v1/retrieval/query/collection",
-                                json={"collection_names": [kb], "query": text, "k": k, **params}, timeout=120)
-        times.append(time.perf_counter() - started)
-        response.raise_for_status()
-        names = [meta["name"] for meta in response.json()["metadatas"][0]]
-        ranked[qid] = list(dict.fromkeys(re.sub(r"^cran-|\.txt$", "", name) for name in names))
-    return ranked, times
+        for label, url, params in modes:
+            ranked, elapsed = ask(session, url, kb, text, k, params)
+            out[label][0][qid] = ranked
+            out[label][1].append(elapsed)
+    return out
 
 
 def report(label: str, ranked: dict, gains: dict, times: list[float] | None) -> None:
@@ -220,23 +230,24 @@ def measure(args, data_dir: str, url: str, rerank_url: str | None) -> None:
     session = requests.Session()
     session.headers.update(sign_in(url))
     kb = load_collection(session, url, docs, data_dir)
-    run(session, url, kb, dict(list(texts.items())[:5]), args.k, {"hybrid": True})  # warm up
+    modes = [("vector", url, {"hybrid": False}),
+             ("BM25 (FTS5, porter)", url, {"hybrid": True, "hybrid_bm25_weight": 1.0})]
+    for weight in (float(w) for w in args.weights.split(",")):
+        modes.append((f"hybrid {args.fusion} w={weight:g}", url, {"hybrid": True, "hybrid_bm25_weight": weight}))
+        if rerank_url:
+            modes.append((f"hybrid {args.fusion} w={weight:g} + rerank", rerank_url,
+                          {"hybrid": True, "hybrid_bm25_weight": weight, "k_reranker": CUTOFF}))
+    run_all(session, kb, dict(list(texts.items())[:5]), args.k, modes)  # warm up
     print(f"\n{len(texts)} development queries, {len(docs)} documents, k={args.k} chunks, "
           f"fusion={args.fusion}, CHUNK_SIZE={args.chunk_size or 'default'}, DATA_DIR={data_dir}\n")
     print(f"| {'mode':<28} | recall@10 | nDCG@10 | MRR@10 | p50 (ms)  mean (ms) |")
     print(f"|{'-' * 30}|-----------|---------|--------|--------------------|")
-    vector, vector_times = run(session, url, kb, texts, args.k, {"hybrid": False})
-    report("vector", vector, gains, vector_times)
-    bm25, bm25_times = run(session, url, kb, texts, args.k, {"hybrid": True, "hybrid_bm25_weight": 1.0})
-    report("BM25 (FTS5, porter)", bm25, gains, bm25_times)
+    results = run_all(session, kb, texts, args.k, modes)
+    for label, (ranked, times) in results.items():
+        report(label, ranked, gains, times)
+    vector, bm25 = results["vector"][0], results["BM25 (FTS5, porter)"][0]
     report("RRF k=60 of the two (client)", {q: rrf(vector[q], bm25[q]) for q in texts}, gains, None)
-    for weight in (float(w) for w in args.weights.split(",")):
-        ranked, times = run(session, url, kb, texts, args.k, {"hybrid": True, "hybrid_bm25_weight": weight})
-        report(f"hybrid {args.fusion} w={weight:g}", ranked, gains, times)
-        if rerank_url:
-            ranked, times = run(session, rerank_url, kb, texts, args.k,
-                                {"hybrid": True, "hybrid_bm25_weight": weight, "k_reranker": CUTOFF})
-            report(f"hybrid {args.fusion} w={weight:g} + rerank", ranked, gains, times)
+
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ from . import lexical
 FUSIONS = ("score", "rrf")
 RRF_K = 60          # the usual reciprocal-rank constant
 CANDIDATES = 50     # hits taken from each side before fusing: fusion needs more than the k it returns
+LEXICAL_POOL = 1000  # BM25 scores looked up for dense hits; below this rank a score is close to 0 anyway
 # Pseudo-relevance feedback on the query vector, measured on Cranfield's development split (chunked and whole
 # documents alike): +0.005 to +0.012 nDCG@10 for one more FAISS search.
 FEEDBACK_CHUNKS = 5
@@ -40,7 +41,8 @@ def options(settings, hybrid=None, hybrid_bm25_weight=None, k_reranker=None, r=N
         fusion=(settings.RAG_HYBRID_FUSION or "score").strip().lower())
     if not 0.0 <= opts.bm25_weight <= 1.0:
         raise BadRequest("`hybrid_bm25_weight` must be between 0 and 1.")
-    if isinstance(opts.k_reranker, bool) or not isinstance(opts.k_reranker, int) or not 1 <= opts.k_reranker <= 1000:
+    k_reranker = opts.k_reranker
+    if isinstance(k_reranker, bool) or not isinstance(k_reranker, int) or not 1 <= k_reranker <= 1000:
         raise BadRequest("`k_reranker` must be an integer between 1 and 1000.")
     if not 0.0 <= opts.threshold <= 1.0:
         raise BadRequest("`r` must be between 0 and 1.")
@@ -66,20 +68,21 @@ def fuse(query: str, vector: np.ndarray, dense_search: Callable[[np.ndarray], li
     for collection, file_ids in scope.items():
         for file_id in file_ids:
             owner.setdefault(file_id, collection)
-    found = lexical.search(query, owner, CANDIDATES)
-    first = _fused(query, vector, dense_search(vector), found, owner, opts)
+    found = lexical.search(query, owner, LEXICAL_POOL)
+    pool = {chunk_id: score for chunk_id, _, score in found}  # a dense hit missing here scores (about) 0
+    first = _fused(vector, dense_search(vector), found[:CANDIDATES], pool, owner, opts)
     refined = _feedback(vector, [chunk_id for chunk_id, *_ in first[:FEEDBACK_CHUNKS]])
-    return _fused(query, refined, dense_search(refined), found, owner, opts)
+    return _fused(refined, dense_search(refined), found[:CANDIDATES], pool, owner, opts)
 
 
-def _fused(query, vector, dense, found, owner, opts: Options) -> list[tuple[int, float, str, dict]]:
+def _fused(vector, dense, lexical_top, pool, owner, opts: Options) -> list[tuple[int, float, str, dict]]:
     """Every candidate gets its exact cosine and BM25, whichever side found it; then one fused score."""
     cosine = {chunk_id: score for chunk_id, score, _ in dense}
     where = {chunk_id: collection for chunk_id, _, collection in dense}
-    bm25 = {chunk_id: score for chunk_id, _, score in found}
-    where.update({chunk_id: owner[file_id] for chunk_id, file_id, _ in found if chunk_id not in where})
-    bm25.update(lexical.scores(query, [c for c in cosine if c not in bm25]))
-    cosine.update(_cosines(vector, [c for c in bm25 if c not in cosine]))
+    for chunk_id, file_id, _ in lexical_top:
+        where.setdefault(chunk_id, owner[file_id])
+    bm25 = {chunk_id: pool[chunk_id] for chunk_id in where if chunk_id in pool}
+    cosine.update(_cosines(vector, [chunk_id for chunk_id in where if chunk_id not in cosine]))
     fused = (_weighted if opts.fusion == "score" else _reciprocal_rank)(cosine, bm25, opts.bm25_weight)
     ranked = sorted(fused, key=lambda chunk_id: -fused[chunk_id])
     return [(c, fused[c], where[c], {"vector_score": cosine.get(c, 0.0), "bm25_score": bm25.get(c, 0.0)})

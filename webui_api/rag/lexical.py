@@ -26,24 +26,15 @@ def match_expression(query: str) -> str | None:
 
 
 def search(query: str, file_ids, limit: int) -> list[tuple[int, str, float]]:
-    """Best `limit` (chunk id, file id, BM25 score) among the chunks of `file_ids`; higher scores are better."""
+    """Best `limit` (chunk id, file id, BM25 score) among the chunks of `file_ids`; higher scores are better.
+    BM25 is computed once per match before the join: asking FTS5 for given rowids re-runs the query per row."""
     expression = match_expression(query)
     if expression is None or limit < 1:
         return []
-    sql = (f"SELECT c.id, c.file_id, -bm25({db.CHUNK_FTS}) FROM {db.CHUNK_FTS} JOIN chunk c "
-           f"ON c.id = {db.CHUNK_FTS}.rowid WHERE {db.CHUNK_FTS} MATCH ? "
-           f"AND c.file_id IN (SELECT value FROM json_each(?)) ORDER BY bm25({db.CHUNK_FTS}) LIMIT ?")
+    sql = (f"WITH m AS MATERIALIZED (SELECT rowid AS id, bm25({db.CHUNK_FTS}) AS rank FROM {db.CHUNK_FTS} "
+           f"WHERE {db.CHUNK_FTS} MATCH ?) SELECT m.id, c.file_id, -m.rank FROM m JOIN chunk c ON c.id = m.id "
+           "WHERE c.file_id IN (SELECT value FROM json_each(?)) ORDER BY m.rank LIMIT ?")
     return [tuple(row) for row in db.database.execute_sql(sql, (expression, json.dumps(list(file_ids)), limit))]
-
-
-def scores(query: str, chunk_ids) -> dict[int, float]:
-    """BM25 scores of the given chunks for `query` (absent: no query term occurs in the chunk)."""
-    expression = match_expression(query)
-    if expression is None or not chunk_ids:
-        return {}
-    sql = (f"SELECT rowid, -bm25({db.CHUNK_FTS}) FROM {db.CHUNK_FTS} WHERE {db.CHUNK_FTS} MATCH ? "
-           f"AND rowid IN (SELECT value FROM json_each(?))")
-    return dict(db.database.execute_sql(sql, (expression, json.dumps(list(chunk_ids)))).fetchall())
 
 
 def tokenizer() -> str | None:
