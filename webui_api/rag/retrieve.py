@@ -59,7 +59,7 @@ class Hit:
     chunk: Chunk
     file: File
     score: float
-    scores: dict = field(default_factory=dict)  # hybrid: vector_score, bm25_score (and rerank_score)
+    scores: dict = field(default_factory=dict)  # hybrid: vector_score, bm25_score (+ rerank_score); see hybrid.fuse
 
 
 # ---------------------------------------------------------------- resolving what the caller named
