@@ -13,6 +13,8 @@ Behaviour tests can rely on:
   tool's JSON schema (strings get the user text, numbers 1, booleans true).
 * Embeddings: hashed bag of words, L2-normalised, 64 dims (per model: `embed_dims`); shared words give a
   higher cosine similarity. OpenAI `encoding_format: "base64"` (the SDK default) is honoured.
+* Rerank (OpenAI side, `POST /v1/rerank`, Jina/Cohere shape): relevance = share of the query's distinct words
+  found in the document (`overlap_score`), best first (ties by index), `top_n` kept.
 * Faults (`.fault = {"kind": ..., "path": prefix, "model": name?, "delay": s, "after": n, "status": code,
   "message": text}`): "http500" (error status + JSON error body), "slow" (sleep `delay`, default 2 s, before
   answering), "hang" (never answer until `.stop()`), "drop" (send `after` lines, default 2, then cut the
@@ -61,6 +63,12 @@ def embed_text(text: str, dim: int = 64) -> list[float]:
         vec[0] = 1.0
         return vec
     return [v / norm for v in vec]
+
+
+def overlap_score(query: str, document: str) -> float:
+    """The fake reranker's relevance: the share of the query's distinct words found in the document."""
+    words = set(re.findall(r"\w+", query.lower()))
+    return len(words & set(re.findall(r"\w+", document.lower()))) / len(words) if words else 0.0
 
 
 def text_of(content) -> str:
@@ -368,7 +376,8 @@ class FakeBackend:
                                                    "type": "invalid_request_error", "param": None,
                                                    "code": "invalid_api_key"}})
             route = {("GET", "/v1/models"): self._oa_models, ("POST", "/v1/chat/completions"): self._oa_chat,
-                     ("POST", "/v1/embeddings"): self._oa_embeddings}.get((method, path))
+                     ("POST", "/v1/embeddings"): self._oa_embeddings,
+                     ("POST", "/v1/rerank"): self._oa_rerank}.get((method, path))
         else:
             if self.ollama_key and h.headers.get("Authorization") != f"Bearer {self.ollama_key}":
                 return h.send_json(401, {"error": "unauthorized"})
@@ -614,6 +623,15 @@ class FakeBackend:
         tokens = _word_count([{"content": str(t)} for t in texts])
         h.send_json(200, {"object": "list", "data": data, "model": model,
                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    def _oa_rerank(self, h, body):
+        query, documents, top_n = body.get("query"), body.get("documents"), body.get("top_n")
+        if not isinstance(query, str) or not isinstance(documents, list):
+            return h.send_json(422, {"error": {"message": "`query` (string) and `documents` (list) are required"}})
+        scores = [overlap_score(query, str(doc)) for doc in documents]
+        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[:top_n or len(documents)]
+        h.send_json(200, {"model": body.get("model"), "usage": {"total_tokens": 0},
+                          "results": [{"index": i, "relevance_score": scores[i]} for i in order]})
 
 
 # ----------------------------------------------------------------------------- fixtures

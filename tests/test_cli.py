@@ -138,6 +138,18 @@ def test_reindex_and_check_find_and_repair_drift(run, client, admin, corpus, dat
     assert "alpaca" in query(client, admin["headers"], kb.id, "alpaca plateau")[0]
 
 
+def test_check_sees_a_drifted_bm25_index_and_reindex_rebuilds_it(run, client, admin, corpus):
+    from webui_api import db
+
+    assert run("ingest", str(corpus / "alpha.md"), "--knowledge", "K").returncode == 0
+    db.database.execute_sql(f"INSERT INTO {db.CHUNK_FTS}({db.CHUNK_FTS}) VALUES ('delete-all')")
+    drift = run("check")
+    assert drift.returncode == 3 and "drift: BM25 index: does not match the chunk rows" in drift.stdout
+    fixed = run("reindex")
+    assert fixed.returncode == 0 and "BM25 index rebuilt" in fixed.stdout
+    assert run("check").returncode == 0
+
+
 def test_check_sees_orphaned_vectors_and_reindex_of_one_collection(run, app, admin, corpus):
     assert run("ingest", str(corpus / "alpha.md"), "--knowledge", "K").returncode == 0
     kb = Knowledge.get(Knowledge.name == "K")

@@ -325,7 +325,7 @@ def resume_abandoned(ext, owner, digest: str) -> None:
 
 
 def cmd_reindex(args) -> int:
-    from .rag import index_sync
+    from .rag import index_sync, lexical
 
     ext = open_services()
     wanted = index_sync.expected_ids()
@@ -339,8 +339,11 @@ def cmd_reindex(args) -> int:
     progress = Progress(len(names), "reindex")
     total, removed = index_sync.repair(ext.vectors, names, progress=lambda name: progress.step(name),
                                        sweep=not args.collection)  # strays only go with a full reindex
+    if not args.collection:
+        lexical.rebuild()
     print(f"rebuilt {len(names)} collection(s), {total} vectors"
-          + (f"; removed {len(removed)} stray file(s)" if removed else ""))
+          + (f"; removed {len(removed)} stray file(s)" if removed else "")
+          + ("" if args.collection else "; BM25 index rebuilt"))
     return EXIT_OK
 
 

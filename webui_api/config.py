@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
+DEFAULT_BM25_TOKENIZER = "porter unicode61 remove_diacritics 2"  # FTS5: Porter stemming for English
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
@@ -124,6 +125,18 @@ class Settings:
     CHUNK_OVERLAP: int = _setting("CHUNK_OVERLAP", 100, int)
     RAG_TOP_K: int = _setting("RAG_TOP_K", 3, int)
     RAG_RELEVANCE_THRESHOLD: float = _setting("RAG_RELEVANCE_THRESHOLD", 0.0, float)
+    ENABLE_RAG_HYBRID_SEARCH: bool = _setting("ENABLE_RAG_HYBRID_SEARCH", False, parse_bool)
+    # Weight and fusion chosen on Cranfield's development split with all-MiniLM-L6-v2 (bench/rag_quality.py):
+    # weighted score fusion at 0.2 beat reciprocal rank (Open WebUI's default weight is 0.5).
+    RAG_HYBRID_BM25_WEIGHT: float = _setting("RAG_HYBRID_BM25_WEIGHT", 0.2, float)
+    RAG_HYBRID_FUSION: str = _setting("RAG_HYBRID_FUSION", "score")  # "score" (weighted) | "rrf"
+    RAG_BM25_TOKENIZER: str = _setting("RAG_BM25_TOKENIZER", DEFAULT_BM25_TOKENIZER)
+    RAG_TOP_K_RERANKER: int = _setting("RAG_TOP_K_RERANKER", 3, int)
+    RAG_RERANKING_ENGINE: str = _setting("RAG_RERANKING_ENGINE", "")
+    RAG_RERANKING_MODEL: str = _setting("RAG_RERANKING_MODEL", "")
+    RAG_EXTERNAL_RERANKER_URL: str = _setting("RAG_EXTERNAL_RERANKER_URL", "")
+    RAG_EXTERNAL_RERANKER_API_KEY: str = _setting("RAG_EXTERNAL_RERANKER_API_KEY", "")
+    RAG_EXTERNAL_RERANKER_TIMEOUT: float = _setting("RAG_EXTERNAL_RERANKER_TIMEOUT", 60.0, float)
     RAG_TEMPLATE: str = _setting("RAG_TEMPLATE", "")
     RAG_SYSTEM_CONTEXT: bool = _setting("RAG_SYSTEM_CONTEXT", False, parse_bool)
     RAG_FILE_MAX_SIZE: float | None = _setting("RAG_FILE_MAX_SIZE", 100.0, _opt_float)

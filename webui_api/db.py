@@ -10,10 +10,12 @@ import uuid
 import peewee as pw
 from playhouse.sqlite_ext import AutoIncrementField
 
+from .config import DEFAULT_BM25_TOKENIZER
+
 # Bound by create_app (or a test) through `init_database`; peewee keeps one connection per thread.
 database = pw.SqliteDatabase(None)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _PRAGMAS = {
     "journal_mode": "wal",      # readers never block the writer; safe across gunicorn workers
@@ -219,6 +221,31 @@ def _add_change_stamps(db: pw.SqliteDatabase) -> None:
 
 # Migrations: MIGRATIONS[n] upgrades a database at version n-1 to version n. Version 1 is the tables above.
 MIGRATIONS: dict[int, callable] = {2: _add_change_stamps}
+
+# The lexical (BM25) index of chunk text. External content: the text lives only in `chunk`; triggers keep the
+# index in the transaction that writes the rows (cascaded deletes included), so it can always be rebuilt.
+CHUNK_FTS = "chunk_fts"
+
+
+def create_chunk_fts(database, tokenizer: str = DEFAULT_BM25_TOKENIZER) -> None:
+    """(Re)create the FTS5 table over chunk.text with `tokenizer` and index every existing chunk."""
+    quoted = tokenizer.replace("'", "''")
+    for statement in (
+            f"DROP TABLE IF EXISTS {CHUNK_FTS}",
+            f"CREATE VIRTUAL TABLE {CHUNK_FTS} USING fts5(text, content='chunk', content_rowid='id', "
+            f"tokenize='{quoted}')",
+            f"CREATE TRIGGER IF NOT EXISTS {CHUNK_FTS}_insert AFTER INSERT ON chunk BEGIN "
+            f"INSERT INTO {CHUNK_FTS}(rowid, text) VALUES (new.id, new.text); END",
+            f"CREATE TRIGGER IF NOT EXISTS {CHUNK_FTS}_delete AFTER DELETE ON chunk BEGIN "
+            f"INSERT INTO {CHUNK_FTS}({CHUNK_FTS}, rowid, text) VALUES ('delete', old.id, old.text); END",
+            f"CREATE TRIGGER IF NOT EXISTS {CHUNK_FTS}_update AFTER UPDATE OF text ON chunk BEGIN "
+            f"INSERT INTO {CHUNK_FTS}({CHUNK_FTS}, rowid, text) VALUES ('delete', old.id, old.text); "
+            f"INSERT INTO {CHUNK_FTS}(rowid, text) VALUES (new.id, new.text); END",
+            f"INSERT INTO {CHUNK_FTS}({CHUNK_FTS}) VALUES ('rebuild')"):
+        database.execute_sql(statement)
+
+
+MIGRATIONS[3] = create_chunk_fts
 
 
 def init_database(path: str) -> pw.SqliteDatabase:

@@ -29,7 +29,7 @@ _STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPE
 class Backend:
     """One configured backend. `key` and `headers` never appear in repr, labels or error details."""
 
-    kind: str  # "ollama" | "openai"
+    kind: str  # "ollama" | "openai" | "reranker"
     idx: int   # position in OLLAMA_BASE_URLS / OPENAI_API_BASE_URLS
     url: str   # base URL without trailing slash (OpenAI ones include /v1 as configured)
     key: str = field(default="", repr=False)
@@ -44,6 +44,8 @@ class Backend:
         parts = urlsplit(self.url)
         port = f":{parts.port}" if parts.port else ""
         shown = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"  # userinfo dropped
+        if self.kind == "reranker":
+            return f"reranker ({shown})"
         return f"{'Ollama' if self.kind == 'ollama' else 'OpenAI'} backend {self.idx} ({shown})"
 
 

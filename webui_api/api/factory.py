@@ -111,7 +111,7 @@ def _enable_cors(app: Flask, origins: list[str]) -> None:
 def _startup(app: Flask) -> None:
     """One-time work per process: the headless admin, and files a crashed worker left half-done."""
     from ..auth import accounts
-    from ..rag import index_sync
+    from ..rag import index_sync, lexical
     from ..rag.jobs import recover_interrupted
 
     ext = app.extensions["webui_api"]
@@ -123,3 +123,5 @@ def _startup(app: Flask) -> None:
         log.info("start-up repair: %d vectors re-indexed from SQLite, %d stale index files removed",
                  rebuilt, len(removed))
     recover_interrupted(ext)
+    if lexical.use_tokenizer(ext.settings.RAG_BM25_TOKENIZER):
+        log.info("BM25 index rebuilt with tokenizer %r", ext.settings.RAG_BM25_TOKENIZER)

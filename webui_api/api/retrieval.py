@@ -13,14 +13,27 @@ from .schemas import Schema
 blp = Blueprint("retrieval", __name__, url_prefix="/api/v1/retrieval", description="Retrieval and processing")
 
 
-class QueryDocSchema(Schema):
+class RankingSchema(Schema):
+    """Open WebUI's per-request ranking options (defaults: the RAG_* settings)."""
+
+    k_reranker = ma.fields.Integer(load_default=None, allow_none=True,
+                                   metadata={"description": "Results kept after reranking (hybrid)"})
+    r = ma.fields.Float(load_default=None, allow_none=True,
+                        metadata={"description": "Relevance threshold in [0, 1] on the reported score"})
+    hybrid = ma.fields.Boolean(load_default=None, allow_none=True,
+                               metadata={"description": "Fuse vector and BM25 search"})
+    hybrid_bm25_weight = ma.fields.Float(load_default=None, allow_none=True,
+                                         metadata={"description": "BM25's share in [0, 1] of the fused score"})
+
+
+class QueryDocSchema(RankingSchema):
     collection_name = ma.fields.String(required=True,
                                        metadata={"description": "`file-<id>` or a knowledge id"})
     query = ma.fields.String(required=True)
     k = ma.fields.Integer(load_default=None, allow_none=True)
 
 
-class QueryCollectionSchema(Schema):
+class QueryCollectionSchema(RankingSchema):
     collection_names = ma.fields.List(ma.fields.String(), required=True, validate=ma.validate.Length(min=1))
     query = ma.fields.String(required=True)
     k = ma.fields.Integer(load_default=None, allow_none=True)
@@ -68,6 +81,13 @@ class ProcessedTextSchema(Schema):
     content = ma.fields.String(attribute="file.content", allow_none=True)
 
 
+_RANKING_FIELDS = tuple(RankingSchema().fields)
+
+
+def _ranking(body: dict) -> dict:
+    return {name: body[name] for name in _RANKING_FIELDS}
+
+
 @blp.route("/query/doc")
 class QueryDoc(MethodView):
     @blp.arguments(QueryDocSchema)
@@ -75,7 +95,7 @@ class QueryDoc(MethodView):
     def post(self, body):
         """Top `k` chunks of one collection: `{ids, documents, metadatas, distances}` (lists of lists)."""
         return retrieve.query_collections(ext(), current_user(), [body["collection_name"]], body["query"],
-                                          body["k"])
+                                          body["k"], **_ranking(body))
 
 
 @blp.route("/query/collection")
@@ -85,7 +105,7 @@ class QueryCollection(MethodView):
     def post(self, body):
         """Top `k` chunks over several collections, merged and ranked by similarity."""
         return retrieve.query_collections(ext(), current_user(), body["collection_names"], body["query"],
-                                          body["k"])
+                                          body["k"], **_ranking(body))
 
 
 @blp.route("/process/file")

@@ -1,14 +1,20 @@
-"""Database <-> vector index consistency report: index drift, plus files nobody will ever finish."""
+"""Database <-> index consistency report: vector and BM25 index drift, plus files nobody will ever finish."""
 from __future__ import annotations
 
 from ..db import File
+from . import lexical
 from .index_sync import Drift, index_drift
 from .pipeline import UNSETTLED, file_lock
 
 
 def find_drift(ext, progress=None) -> list[Drift]:
     """Every disagreement between SQLite and the index directory, plus files nobody will ever finish."""
-    return index_drift(ext.vectors, progress) + abandoned_files(ext)
+    return index_drift(ext.vectors, progress) + lexical_drift() + abandoned_files(ext)
+
+
+def lexical_drift() -> list[Drift]:
+    """The BM25 index against the chunk rows it is built from."""
+    return [] if lexical.is_consistent() else [Drift("BM25 index", "does not match the chunk rows")]
 
 
 def abandoned_files(ext) -> list[Drift]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from ..auth import policy
 from ..db import Chunk, File
 from ..errors import FILE_NOT_PROCESSED, BadRequest, Conflict, NotFound
-from . import collection_rows, pipeline
+from . import collection_rows, hybrid, pipeline, rerank
 from .extract import Extracted
 
 log = logging.getLogger("webui_api.rag")
@@ -59,6 +59,7 @@ class Hit:
     chunk: Chunk
     file: File
     score: float
+    scores: dict = field(default_factory=dict)  # hybrid: vector_score, bm25_score (+ rerank_score); see hybrid.fuse
 
 
 # ---------------------------------------------------------------- resolving what the caller named
@@ -133,19 +134,24 @@ def collection_sources(ext, user, names: list) -> list[Source]:
 
 # ---------------------------------------------------------------- searching
 
-def search(ext, sources: list[Source], query: str, k: int) -> list[Hit]:
-    """Top k chunks over all sources, best first, deduplicated by chunk and by identical text."""
+def search(ext, sources: list[Source], query: str, k: int, opts: hybrid.Options | None = None) -> list[Hit]:
+    """Top k chunks over all sources, best first, deduplicated by chunk and by identical text; hybrid
+    search and reranking as `opts` (default: the settings) say."""
     searchable = [s for s in sources if not s.full]
     if not searchable or k < 1:
         return []
+    opts = opts or hybrid.options(ext.settings)
+    reranking = opts.hybrid and rerank.enabled(ext.settings)
     vector = ext.embedder.embed([query])[0]
     by_collection = {s.collection: s for s in searchable}
-    raw = ext.vectors.search(list(by_collection), vector, k + _SEARCH_MARGIN)
+    depth = hybrid.depth(k + _SEARCH_MARGIN, opts)
+    raw = hybrid.fuse(query, vector, lambda v: ext.vectors.search(list(by_collection), v, depth),
+                      {c: s.file_ids for c, s in by_collection.items()}, opts)
     fields = (Chunk.id, Chunk.file, Chunk.seq, Chunk.text, Chunk.start, Chunk.end, Chunk.model, File)
     rows = {c.id: c for c in Chunk.select(*fields).join(File).where(Chunk.id.in_([h[0] for h in raw]))}
-    threshold = float(ext.settings.RAG_RELEVANCE_THRESHOLD or 0.0)
+    threshold = 0.0 if reranking else opts.threshold  # a reranker's scores are the ones `r` judges
     hits, texts = [], set()
-    for chunk_id, score, collection in raw:
+    for chunk_id, score, collection, scores in raw:
         chunk = rows.get(chunk_id)
         source = by_collection[collection]
         if chunk is None or chunk.file_id not in source.file_ids or (threshold > 0 and score < threshold):
@@ -154,9 +160,11 @@ def search(ext, sources: list[Source], query: str, k: int) -> list[Hit]:
         if digest in texts:
             continue
         texts.add(digest)
-        hits.append(Hit(source, chunk, chunk.file, score))
+        hits.append(Hit(source, chunk, chunk.file, score, scores))
         if len(hits) == k:
             break
+    if reranking:
+        hits = [h for h in rerank.rerank_hits(ext, query, hits, opts.k_reranker) if h.score >= opts.threshold]
     return hits
 
 
@@ -176,7 +184,8 @@ def full_documents(sources: list[Source]) -> list[Hit]:
 def metadata(hit: Hit, embedding: dict | None = None) -> dict:
     file, chunk = hit.file, hit.chunk
     out = {"file_id": file.id, "name": file.filename, "source": file.filename, "start_index": chunk.start,
-           "end_index": chunk.end, "score": round(hit.score, 6), "chunk_id": chunk.id,
+           "end_index": chunk.end, "score": round(hit.score, 6),
+           **{name: round(value, 6) for name, value in hit.scores.items()}, "chunk_id": chunk.id,
            "collection_name": hit.source.collection, "created_by": file.user_id,
            "content_type": file.content_type, "size": file.size, "file_hash": file.file_hash,
            "hash": file.text_hash,
@@ -207,11 +216,13 @@ def group_by_source(hits: list[Hit], sources: list[Source], embedding: dict | No
 
 # ---------------------------------------------------------------- the /api/v1/retrieval query routes
 
-def query_collections(ext, user, names: list, query: str, k: int | None) -> dict:
+def query_collections(ext, user, names: list, query: str, k: int | None, **ranking) -> dict:
+    """`ranking`: Open WebUI's per-request `hybrid`, `hybrid_bm25_weight`, `k_reranker` and `r`."""
     if not isinstance(query, str) or not query.strip():
         raise BadRequest("`query` must be a non-empty string.")
     k = _k(k if k is not None else ext.settings.RAG_TOP_K)
-    hits = search(ext, collection_sources(ext, user, names), query, k)
+    opts = hybrid.options(ext.settings, **ranking)
+    hits = search(ext, collection_sources(ext, user, names), query, k, opts)
     metas = [metadata(h, ext.embedder.config) for h in hits]
     return {"ids": [[h.chunk.id for h in hits]], "distances": [[round(h.score, 6) for h in hits]],
             "documents": [[h.chunk.text for h in hits]], "metadatas": [metas]}

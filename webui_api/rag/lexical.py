@@ -1,0 +1,75 @@
+"""The lexical (BM25) index of chunk text: SQLite FTS5 beside the vectors, written by the chunk triggers."""
+from __future__ import annotations
+
+import json
+import re
+
+import peewee
+
+from .. import db
+from ..errors import ConfigError
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Words that match nearly every passage: they cost time and add noise to the ranking, never recall.
+STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had has have having he
+her here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now
+of off on once only or other our ours ourselves out over own same she should so some such than that the their
+theirs them themselves then there these they this those through to too under until up very was we were what when
+where which while who whom why will with would you your yours yourself yourselves""".split())
+
+
+def match_expression(query: str) -> str | None:
+    """The user's words as an FTS5 OR-query of quoted terms (no operators of theirs get through)."""
+    words = [w for w in dict.fromkeys(_WORD.findall(query.lower())) if w not in STOPWORDS]
+    return " OR ".join(f'"{w}"' for w in words) or None
+
+
+def search(query: str, file_ids, limit: int) -> list[tuple[int, str, float]]:
+    """Best `limit` (chunk id, file id, BM25 score) among the chunks of `file_ids`; higher scores are better.
+    BM25 is computed once per match before the join: asking FTS5 for given rowids re-runs the query per row."""
+    expression = match_expression(query)
+    if expression is None or limit < 1:
+        return []
+    sql = (f"WITH m AS MATERIALIZED (SELECT rowid AS id, bm25({db.CHUNK_FTS}) AS rank FROM {db.CHUNK_FTS} "
+           f"WHERE {db.CHUNK_FTS} MATCH ?) SELECT m.id, c.file_id, -m.rank FROM m JOIN chunk c ON c.id = m.id "
+           "WHERE c.file_id IN (SELECT value FROM json_each(?)) ORDER BY m.rank LIMIT ?")
+    return [tuple(row) for row in db.database.execute_sql(sql, (expression, json.dumps(list(file_ids)), limit))]
+
+
+def tokenizer() -> str | None:
+    """The tokenizer the index was built with (None: no index)."""
+    row = db.database.execute_sql("SELECT sql FROM sqlite_master WHERE name = ?", (db.CHUNK_FTS,)).fetchone()
+    found = re.search(r"tokenize='((?:[^']|'')*)'", row[0]) if row else None
+    return found.group(1).replace("''", "'") if found else None
+
+
+def use_tokenizer(wanted: str) -> bool:
+    """Rebuild the index when RAG_BM25_TOKENIZER changed since it was built; True if it was rebuilt."""
+    if tokenizer() == wanted:
+        return False
+    try:
+        with db.write_transaction():
+            if tokenizer() == wanted:  # another worker did it while we waited for the lock
+                return False
+            db.create_chunk_fts(db.database, wanted)
+    except peewee.OperationalError as exc:  # rolled back: the old index stays
+        raise ConfigError(f"RAG_BM25_TOKENIZER={wanted!r} is not an FTS5 tokenizer: {exc}") from None
+    return True
+
+
+def rebuild() -> None:
+    """Re-index every chunk row from the `chunk` table (the truth)."""
+    with db.write_transaction():
+        db.database.execute_sql(f"INSERT INTO {db.CHUNK_FTS}({db.CHUNK_FTS}) VALUES ('rebuild')")
+
+
+def is_consistent() -> bool:
+    """Whether the index matches the chunk rows exactly (FTS5's integrity check against its content)."""
+    try:
+        db.database.execute_sql(f"INSERT INTO {db.CHUNK_FTS}({db.CHUNK_FTS}, rank) VALUES ('integrity-check', 1)")
+    except Exception as exc:  # SQLite reports a mismatch as a corrupt-database error
+        if "malformed" in str(exc) or "corrupt" in str(exc):
+            return False
+        raise
+    return True
