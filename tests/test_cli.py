@@ -1,4 +1,5 @@
 """The `webui-api` console script, run as a real process against the same DATA_DIR as the app."""
+import glob
 import os
 import shutil
 import subprocess
@@ -120,10 +121,11 @@ def test_reindex_and_check_find_and_repair_drift(run, client, admin, corpus, dat
     ok = run("check")
     assert ok.returncode == 0 and "ok: 3 collection(s)" in ok.stdout
 
-    os.unlink(os.path.join(index_dir, f"{kb.id}.faiss"))
-    shutil.copy(os.path.join(index_dir, f"file-{file_id}.faiss"), os.path.join(index_dir, "file-gone.faiss"))
-    with open(os.path.join(index_dir, f"file-{file_id}.faiss"), "r+b") as handle:
-        handle.truncate(40)  # a half-written index
+    shutil.rmtree(os.path.join(index_dir, kb.id))
+    shutil.copytree(os.path.join(index_dir, f"file-{file_id}"), os.path.join(index_dir, "file-gone"))
+    for segment in glob.glob(os.path.join(index_dir, f"file-{file_id}", "seg-*")):
+        with open(segment, "r+b") as handle:
+            handle.truncate(40)  # a half-written segment
     drift = run("check")
     assert drift.returncode == 3
     assert f"drift: {kb.id}: index file missing" in drift.stdout

@@ -12,7 +12,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 # Bound by create_app (or a test) through `init_database`; peewee keeps one connection per thread.
 database = pw.SqliteDatabase(None)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _PRAGMAS = {
     "journal_mode": "wal",      # readers never block the writer; safe across gunicorn workers
@@ -146,7 +146,8 @@ class Chunk(BaseModel):
 
     class Meta:
         table_name = "chunk"
-        indexes = ((("file", "seq"), True),)
+        # (file, dim) covers the start-up check's per-collection counts: no page holding a blob is read
+        indexes = ((("file", "seq"), True), (("file", "dim"), False))
 
 
 class Knowledge(BaseModel):
@@ -176,7 +177,10 @@ class KnowledgeFile(BaseModel):
 TABLES = [User, ApiKey, RevokedToken, SigninAttempt, Preset, File, Chunk, Knowledge, KnowledgeFile]
 
 # Migrations: MIGRATIONS[n] upgrades a database at version n-1 to version n. Version 1 is the tables above.
-MIGRATIONS: dict[int, callable] = {}
+MIGRATIONS: dict[int, callable] = {
+    2: lambda database: database.execute_sql(
+        'CREATE INDEX IF NOT EXISTS "chunk_file_id_dim" ON "chunk" ("file_id", "dim")'),
+}
 
 
 def init_database(path: str) -> pw.SqliteDatabase:

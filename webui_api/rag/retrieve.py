@@ -92,7 +92,7 @@ def _resolve_one(ext, user, item) -> Source | None:
         kb = knowledge.find(ident)
         if kb is None or not policy.can_read(user, kb):
             raise NotFound(f"Knowledge collection {ident} was not found.")
-        members = [f.id for f in knowledge.member_files(kb.id)]
+        members = collection_rows.member_file_ids(kb.id)
         return Source("collection", kb.id, kb.name, kb.id, full, members)
     file = files.find(ident)
     if file is None or not policy.can_read(user, file):
