@@ -151,3 +151,18 @@ def test_check_sees_orphaned_vectors_and_reindex_of_one_collection(run, app, adm
     assert 999_999 not in vectors.ids(kb.id)
     assert run("check").returncode == 0
     one_line_error(run("reindex", "--collection", "no-such"), "no collection 'no-such'")
+
+
+def test_check_repair_and_compact(run, app, admin, corpus, data_dir):
+    assert run("ingest", str(corpus / "alpha.md"), str(corpus / "sub"), "--knowledge", "K").returncode == 0
+    kb = Knowledge.get(Knowledge.name == "K")
+    vectors = app.extensions["webui_api"].vectors
+    before = vectors.ids(kb.id)
+    shutil.rmtree(os.path.join(data_dir, "vector_db", kb.id))
+    repaired = run("check", "--repair")
+    assert repaired.returncode == 0 and "repaired:" in repaired.stdout and run("check").returncode == 0
+    vectors.remove(kb.id, sorted(before)[:1])  # a tombstone on top of the rebuilt segment
+    assert vectors.segment_counts(kb.id) == (1, 1)
+    compacted = run("compact")
+    assert compacted.returncode == 0 and "compacted 1 collection(s)" in compacted.stdout
+    assert vectors.segment_counts(kb.id) == (1, 0) and vectors.ids(kb.id) == before - {min(before)}

@@ -191,3 +191,15 @@ def test_a_kill_mid_write_or_mid_merge_leaves_the_last_committed_state(store, in
     assert not layout.temps and not layout.leftovers
     assert fresh.ids("kb") == expected | {7} and (leftovers or point != "segment before rename")
     assert fresh.compact("kb") and fresh.ids("kb") == expected | {7}
+
+
+@pytest.mark.parametrize("rows_total", [3_000, 60_000])
+def test_many_deletions_are_skipped_inside_faiss_for_flat_and_ivf(store, monkeypatch, rows_total):
+    monkeypatch.setattr(vector_module, "IVF_MIN_ROWS", 50_000)
+    rows = unit_rows(rows_total, dim=16, seed=2)
+    store.add("kb", range(rows_total), rows)
+    gone = list(range(0, rows_total, 2))  # far more than the over-fetch margin
+    store.remove("kb", gone)
+    for i in (1, 7, 501):
+        hits = store.search(["kb"], rows[i], 10)
+        assert len(hits) == 10 and not {h[0] for h in hits} & set(gone) and hits[0][0] == i

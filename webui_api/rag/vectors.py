@@ -620,11 +620,28 @@ def _search_view(view: View, query: np.ndarray, k: int) -> list[tuple[int, float
         ntotal = segment.index.ntotal
         if not ntotal:
             continue
-        scores, ids = segment.index.search(query, min(k + len(hidden), ntotal))
+        if len(hidden) > _FILTER_AFTER:  # many deletions since the last merge: FAISS skips them itself
+            scores, ids = segment.index.search(query, min(k, ntotal), params=_skipping(segment, hidden))
+        else:
+            scores, ids = segment.index.search(query, min(k + len(hidden), ntotal))
         for chunk_id, score in zip(ids[0].tolist(), scores[0].tolist()):
             if chunk_id >= 0 and not (len(hidden) and _in_sorted(hidden, chunk_id)):
                 found[chunk_id] = max(score, found.get(chunk_id, score))
     return sorted(found.items(), key=lambda hit: -hit[1])[:k]
+
+
+_FILTER_AFTER = 256  # hidden ids per segment past which over-fetching and dropping costs more than a selector
+
+
+def _skipping(segment: Segment, hidden: np.ndarray) -> faiss.SearchParameters:
+    selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(hidden))
+    inner = faiss.downcast_index(segment.index.index)
+    if isinstance(inner, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    params.keep_alive = selector  # the SWIG object must outlive the search
+    return params
 
 
 def _in_sorted(sorted_ids: np.ndarray, value: int) -> bool:
