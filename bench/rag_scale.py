@@ -8,7 +8,7 @@ default), adding a 1,000-chunk file (store path; at 100k also through POST /know
 removing one, gunicorn restart to the first successful query, PSS per worker and of the whole tree, index
 bytes on disk and recall@10 against exact search. Prints a table and writes a PNG plot.
 
-    .venv/bin/python bench/rag_scale.py [--sizes 10000,100000,1000000] [--data DIR] [--plot bench/rag_scale.png]
+    .venv/bin/python bench/rag_scale.py [--sizes 10000,100000,1000000] [--data DIR] [--plot PNG]
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from tests.servers import BIN, free_port  # noqa: E402
 DIM, PER_FILE, WORDS_PER_CHUNK, TOPICS = 384, 1000, 24, 400
 MODEL = "nomic-embed-text"
 ADMIN = {"email": "bench@example.com", "password": "bench-password"}
-SYLLABLES = "ka lo mi ne ru sa te vo zu pe ri go ba di fu ha ji ko lu ma no pi qu re si to vu wa xe yo".split()
+SYLLABLES = ("ka lo mi ne ru sa te vo zu pe ri go ba di fu ha ji ko lu ma no pi qu re si to vu wa xe "
+             "yo").split()
 
 
 # ---------------------------------------------------------------- a corpus the fake backend would embed
@@ -128,8 +129,8 @@ def build(data_dir: str, chunks: int) -> str:
     import faiss
     faiss.omp_set_num_threads(2)  # building is offline: use both cores
     index_sync.rebuild_all(services.vectors)
-    print(f"built {chunks} chunks: rows {inserted:.0f} s, indexes {time.perf_counter() - started - inserted:.0f} s",
-          flush=True)
+    indexed = time.perf_counter() - started - inserted
+    print(f"built {chunks} chunks: rows {inserted:.0f} s, indexes {indexed:.0f} s", flush=True)
     return kb.id
 
 
@@ -145,7 +146,8 @@ class Server:
     def __init__(self, data_dir: str, backend_url: str, kb_id: str):
         self.data_dir, self.kb_id, self.port = data_dir, kb_id, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **server_env(data_dir, backend_url), "HOST": "127.0.0.1", "PORT": str(self.port)}
+        self.env = {**os.environ, **server_env(data_dir, backend_url), "HOST": "127.0.0.1",
+                    "PORT": str(self.port)}
         self.proc = None
         self.headers = None
         self.session = requests.Session()
@@ -153,13 +155,15 @@ class Server:
     def start(self) -> float:
         """Seconds from exec to the first successful collection query."""
         started = time.perf_counter()
-        self.proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], cwd=ROOT, env=self.env,
-                                     stdout=open(os.path.join(self.data_dir, "gunicorn.log"), "ab"),
+        log = open(os.path.join(self.data_dir, "gunicorn.log"), "ab")
+        self.proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], cwd=ROOT,
+                                     env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         while True:
             try:
                 if self.headers is None:
-                    token = requests.post(self.url + "/api/v1/auths/signin", json=ADMIN, timeout=30).json()["token"]
+                    signin = requests.post(self.url + "/api/v1/auths/signin", json=ADMIN, timeout=30)
+                    token = signin.json()["token"]
                     self.headers = {"Authorization": f"Bearer {token}"}
                 if self.query("first query").status_code == 200:
                     return time.perf_counter() - started
@@ -170,8 +174,8 @@ class Server:
             time.sleep(0.02)
 
     def query(self, text: str) -> requests.Response:
-        return self.session.post(self.url + "/api/v1/retrieval/query/collection", headers=self.headers, timeout=60,
-                                 json={"collection_names": [self.kb_id], "query": text, "k": 10})
+        return self.session.post(self.url + "/api/v1/retrieval/query/collection", headers=self.headers,
+                                 timeout=60, json={"collection_names": [self.kb_id], "query": text, "k": 10})
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -242,7 +246,8 @@ def add_and_remove(data_dir: str, kb_id: str, seed: int) -> tuple[float, float]:
     started = time.perf_counter()
     chunk_ids = [row[0] for row in Chunk.select(Chunk.id).where(Chunk.file == file_id).tuples()]
     with db.write_transaction():
-        KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb_id, KnowledgeFile.file == file_id).execute()
+        KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb_id,
+                                     KnowledgeFile.file == file_id).execute()
     index_sync.unlink(services.vectors, kb_id, chunk_ids)
     return added, time.perf_counter() - started
 
@@ -250,11 +255,11 @@ def add_and_remove(data_dir: str, kb_id: str, seed: int) -> tuple[float, float]:
 def add_through_http(server: Server, seed: int) -> float:
     from webui_api.db import User
     bind(server.data_dir)
-    file_id = insert_file(User.get(User.email == ADMIN["email"]).id, np.random.default_rng(seed), seed % TOPICS,
-                          f"http-{seed}.txt")
+    owner = User.get(User.email == ADMIN["email"])
+    file_id = insert_file(owner.id, np.random.default_rng(seed), seed % TOPICS, f"http-{seed}.txt")
     started = time.perf_counter()
-    response = server.session.post(f"{server.url}/api/v1/knowledge/{server.kb_id}/file/add", headers=server.headers,
-                                   json={"file_id": file_id}, timeout=120)
+    response = server.session.post(f"{server.url}/api/v1/knowledge/{server.kb_id}/file/add",
+                                   headers=server.headers, json={"file_id": file_id}, timeout=120)
     response.raise_for_status()
     return time.perf_counter() - started
 
@@ -283,7 +288,8 @@ def plot(rows: dict, path: str) -> None:
     x_lo, x_hi = np.log10(min(sizes)) - 0.2, np.log10(max(sizes)) + 0.2
     y_lo, y_hi = -1.0, 4.0
     to_x = lambda v: pad + (np.log10(v) - x_lo) / (x_hi - x_lo) * (width - 2 * pad)  # noqa: E731
-    to_y = lambda v: height - pad - (np.log10(max(v, 0.1)) - y_lo) / (y_hi - y_lo) * (height - 2 * pad)  # noqa: E731
+    to_y = lambda v: (height - pad  # noqa: E731
+                      - (np.log10(max(v, 0.1)) - y_lo) / (y_hi - y_lo) * (height - 2 * pad))
     for exp in range(int(y_lo), int(y_hi) + 1):
         y = to_y(10 ** exp)
         draw.line([(pad, y), (width - pad, y)], fill=(225, 225, 225))
@@ -341,7 +347,8 @@ def main() -> None:
                 res["remove"].append(removed)
                 if n == 100_000:
                     res["http_add"].append(add_through_http(server, seed=20_000 + round_))
-                print(f"round {round_ + 1} size {n}: query p50 {statistics.median(res['query']):.1f} ms", flush=True)
+                so_far = statistics.median(res["query"])
+                print(f"round {round_ + 1} size {n}: query p50 so far {so_far:.1f} ms", flush=True)
         for n in sizes:
             results[n]["recall"] = recall_at_10(dirs[n], kbs[n], queries(100, seed=5))
             results[n]["bytes"] = disk_bytes(os.path.join(dirs[n], "vector_db", kbs[n]))
@@ -358,14 +365,15 @@ def main() -> None:
 
 def print_table(results: dict, args) -> None:
     sizes = sorted(results)
-    med = lambda key, scale=1.0, fmt="{:.1f}": [fmt.format(statistics.median(results[n][key]) * scale)  # noqa: E731
-                                                if results[n][key] else "-" for n in sizes]
+    def med(key, scale=1.0, fmt="{:.1f}"):
+        return [fmt.format(statistics.median(results[n][key]) * scale) if results[n][key] else "-"
+                for n in sizes]
     lines = [
         ("query p50 / p99 via API, ms", [f"{statistics.median(results[n]['query']):.1f} / "
                                          f"{percentile(results[n]['query'], 0.99):.1f}" for n in sizes]),
-        ("FAISS alone p50, 1 thread / OpenMP default, ms", [f"{statistics.median(results[n]['faiss_1']):.2f} / "
-                                                          f"{statistics.median(results[n]['faiss_omp']):.2f}"
-                                                          for n in sizes]),
+        ("FAISS alone p50, 1 thread / OpenMP default, ms",
+         [f"{statistics.median(results[n]['faiss_1']):.2f} / {statistics.median(results[n]['faiss_omp']):.2f}"
+          for n in sizes]),
         ("add a 1,000-chunk file (store), ms", med("add", 1000, "{:.0f}")),
         ("add a 1,000-chunk file (HTTP file/add), ms", med("http_add", 1000, "{:.0f}")),
         ("remove that file (store), ms", med("remove", 1000, "{:.0f}")),

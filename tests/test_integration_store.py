@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from webui_api import db
-from webui_api.db import Chunk, File, Knowledge, KnowledgeFile, User
+from webui_api.db import File, Knowledge, KnowledgeFile, User
 from webui_api.rag import index_sync
 from webui_api.rag.vectors import VectorStore
 
@@ -38,7 +38,8 @@ def fill_collection(data_dir: str) -> str:
     """A knowledge collection of ROWS chunks written through the project's store modules."""
     db.init_database(os.path.join(data_dir, "webui.db"))
     admin = User.get(User.email == "admin@example.com")
-    file = File.create(user=admin.id, filename="big.txt", storage_name="big", file_hash="h", status="completed")
+    file = File.create(user=admin.id, filename="big.txt", storage_name="big", file_hash="h",
+                       status="completed")
     rows = np.random.default_rng(0).normal(size=(ROWS, DIM)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     with db.write_transaction():
@@ -87,7 +88,7 @@ def test_two_workers_share_one_copy_of_the_vectors(env):
         size_kb = ROWS * DIM * 4 // 1024
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(
-                segment_mapping(pid, kb_id)[0] >= 0.9 * size_kb for pid in workers):  # each worker searched it all
+                segment_mapping(pid, kb_id)[0] >= 0.9 * size_kb for pid in workers):  # each searched it all
             query(server, headers, kb_id)  # a fresh connection each time: the workers take turns
         mapped = [segment_mapping(pid, kb_id) for pid in workers]
         assert all(rss >= 0.9 * size_kb for rss, _pss in mapped), mapped

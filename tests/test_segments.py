@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from webui_api.rag import vectors as vector_module
-from webui_api.rag.vectors import VectorStore, build_index
+from webui_api.rag import index_types
+from webui_api.rag.index_types import build_index
+from webui_api.rag.vectors import VectorStore
 
 
 def unit_rows(count: int, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -134,13 +136,14 @@ def test_another_worker_picks_up_only_what_is_new(index_dir):
 
 
 def test_ivf_above_the_threshold_keeps_recall_against_exact_search(monkeypatch):
-    monkeypatch.setattr(vector_module, "IVF_MIN_ROWS", 2_000)
+    monkeypatch.setattr(index_types, "IVF_MIN_ROWS", 2_000)
     rng = np.random.default_rng(3)
     centres = unit_rows(50, 32, seed=4)
     rows = centres[rng.integers(0, 50, 6_000)] + rng.normal(scale=0.15, size=(6_000, 32)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     index = build_index(np.arange(6_000, dtype=np.int64), rows)
-    assert vector_module.faiss.extract_index_ivf(index).nprobe < vector_module.faiss.extract_index_ivf(index).nlist
+    ivf = index_types.faiss.extract_index_ivf(index)
+    assert ivf.nprobe < ivf.nlist
     queries = rows[rng.choice(6_000, 200, replace=False)] + rng.normal(scale=0.05, size=(200, 32))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     exact = np.argsort(-(queries @ rows.T), axis=1)[:, :10]
@@ -195,7 +198,7 @@ def test_a_kill_mid_write_or_mid_merge_leaves_the_last_committed_state(store, in
 
 @pytest.mark.parametrize("rows_total", [3_000, 60_000])
 def test_many_deletions_are_skipped_inside_faiss_for_flat_and_ivf(store, monkeypatch, rows_total):
-    monkeypatch.setattr(vector_module, "IVF_MIN_ROWS", 50_000)  # 60k: IVF-SQ8 re-ranked exactly
+    monkeypatch.setattr(index_types, "IVF_MIN_ROWS", 50_000)  # 60k: IVF-SQ8 re-ranked exactly
     rows = unit_rows(rows_total, dim=16, seed=2)
     store.add("kb", range(rows_total), rows)
     gone = list(range(0, rows_total, 2))  # far more than the over-fetch margin

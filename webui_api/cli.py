@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.set_defaults(handler=cmd_reindex)
 
     cmd = sub.add_parser("check", help="verify database <-> vector index consistency; exit 3 on drift")
-    cmd.add_argument("--repair", action="store_true", help="rebuild the drifted collections from the database")
+    cmd.add_argument("--repair", action="store_true",
+                     help="rebuild the drifted collections from the database")
     cmd.set_defaults(handler=cmd_check)
 
     cmd = sub.add_parser("compact", help="merge each collection's index segments and drop deleted vectors")
@@ -360,10 +361,12 @@ def cmd_check(args) -> int:
         print(f"drift: {problem}")
     if problems and args.repair:
         total, removed = index_sync.repair(ext.vectors)
-        print(f"repaired: {total} vectors rebuilt" + (f", {len(removed)} stray file(s) removed" if removed else ""))
+        print(f"repaired: {total} vectors rebuilt"
+              + (f", {len(removed)} stray file(s) removed" if removed else ""))
         return EXIT_OK
     if problems:
-        print(f"{len(problems)} problem(s) in {count} collection(s); repair with `webui-api check --repair` (files "
+        print(f"{len(problems)} problem(s) in {count} collection(s); repair with "
+              "`webui-api check --repair` (files "
               "left pending: restart the server or POST /api/v1/retrieval/process/file)", file=sys.stderr)
         return EXIT_DRIFT
     print(f"ok: {count} collection(s) match the database")

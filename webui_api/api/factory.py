@@ -110,5 +110,6 @@ def _startup(app: Flask) -> None:
     # (file names against covering indexes) finds those, and the first worker to look rebuilds them.
     rebuilt, drifted = index_sync.repair_on_drift(ext.vectors)
     if drifted:
-        log.info("start-up repair: %d vectors re-indexed from SQLite in %d collection(s)", rebuilt, len(drifted))
+        log.info("start-up repair: %d vectors re-indexed from SQLite in %d collection(s)", rebuilt,
+                 len(drifted))
     recover_interrupted(ext)

@@ -54,8 +54,8 @@ class Source:
 
 
 # What metadata() reads of a hit's file: never its extracted text (megabytes per file).
-_HIT_FILE_FIELDS = (File.id, File.filename, File.user, File.content_type, File.size, File.file_hash, File.text_hash,
-                    File.meta)
+_HIT_FILE_FIELDS = (File.id, File.filename, File.user, File.content_type, File.size, File.file_hash,
+                    File.text_hash, File.meta)
 
 
 @dataclass
@@ -146,7 +146,8 @@ def search(ext, sources: list[Source], query: str, k: int) -> list[Hit]:
     vector = ext.embedder.embed([query])[0]
     by_collection = {s.collection: s for s in searchable}
     raw = ext.vectors.search(list(by_collection), vector, k + _SEARCH_MARGIN)
-    fields = (Chunk.id, Chunk.file, Chunk.seq, Chunk.text, Chunk.start, Chunk.end, Chunk.model, *_HIT_FILE_FIELDS)
+    fields = (Chunk.id, Chunk.file, Chunk.seq, Chunk.text, Chunk.start, Chunk.end, Chunk.model,
+              *_HIT_FILE_FIELDS)
     rows = {c.id: c for c in Chunk.select(*fields).join(File).where(Chunk.id.in_([h[0] for h in raw]))}
     threshold = float(ext.settings.RAG_RELEVANCE_THRESHOLD or 0.0)
     hits, texts = [], set()

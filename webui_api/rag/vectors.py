@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import BadRequest, Conflict
 from .collection_rows import collection_vectors
+from .index_types import build_index, index_rows, search_segment
 
 log = logging.getLogger("webui_api.rag")
 
@@ -33,13 +34,10 @@ STALE_TEMP_SECONDS = 3600.0
 # Measured in bench/rag_scale.py on 2 shared cores: OpenMP's default thread team stalls a single query up
 # to 40x when the other core is busy (80 ms vs 1.1 ms at 10k), and gunicorn already runs queries in parallel.
 FAISS_THREADS = 1
-# Segments at least this large are IVF-SQ8 (measured: flat at 100k costs ~40 ms per query on one thread).
-IVF_MIN_ROWS = 50_000
 # Past this many live segments a write schedules a merge in the background.
 MAX_SEGMENTS = 8
-REFINE_FACTOR = 4  # IVF-SQ8 candidates per wanted hit that are re-ranked exactly
-RECALL_TARGET = 0.97  # IVF nprobe is raised until the segment's own sample queries reach this recall@10
-_READ_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY  # flat codes and IVF lists stay in the page cache
+# Memory-mapped, not copied: flat codes and IVF lists stay in the page cache, one copy for every worker.
+_READ_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 
 # loader(name) -> (ids, vectors) read from SQLite, the source of truth; vectors is an (n, dim) float32 array.
 Loader = Callable[[str], "tuple[np.ndarray, np.ndarray]"]
@@ -187,7 +185,7 @@ class VectorStore:
             raise ValueError("ids and vectors differ in length")
         with self._locked(name):
             view = self._view_for_write(name, rebuild=False)
-            if view is None:  # nothing readable on disk: one segment of the stored rows with this write applied
+            if view is None:  # nothing readable on disk: one segment of the stored rows, this write applied
                 self._replace_all(name, build_index(*self._stored_with(name, ids, vectors, replacing)))
             else:
                 if view.dim is not None and view.dim != vectors.shape[1]:
@@ -380,8 +378,8 @@ class VectorStore:
         if len(stored_ids) and stored.shape[1] != vectors.shape[1]:
             raise dimension_conflict(name, stored.shape[1], vectors.shape[1])
         keep = ~np.isin(stored_ids, np.union1d(ids, replacing)) if len(stored_ids) else slice(0, 0)
-        return np.concatenate([stored_ids[keep], ids]), np.concatenate([stored[keep].reshape(-1, vectors.shape[1]),
-                                                                         vectors])
+        kept = stored[keep].reshape(-1, vectors.shape[1])
+        return np.concatenate([stored_ids[keep], ids]), np.concatenate([kept, vectors])
 
     def _view_for_write(self, name: str, rebuild: bool = True) -> View | None:
         """Under the lock: the collection as it is on disk, rebuilt from SQLite when missing or unreadable
@@ -552,7 +550,7 @@ def _merged_index(view: View, chosen: list[SegmentFile], drop_hidden: bool) -> f
     for seg, (segment, hidden) in zip(view.layout.segments, view.parts):
         if seg.file not in wanted or not segment.index.ntotal:
             continue
-        ids, vectors = _segment_rows(segment)
+        ids, vectors = index_rows(segment.index, segment.path)
         keep = ~np.isin(ids, hidden) if drop_hidden else np.ones(len(ids), bool)
         all_ids.append(ids[keep])
         all_vectors.append(vectors[keep])
@@ -561,111 +559,12 @@ def _merged_index(view: View, chosen: list[SegmentFile], drop_hidden: bool) -> f
     return build_index(np.concatenate(all_ids), np.concatenate(all_vectors))
 
 
-def _segment_rows(segment: Segment) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) stored in a segment; IVF lists are read from a private copy (readers share the
-    cached one, and reconstructing needs a direct map)."""
-    index = segment.index
-    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-    inner = faiss.downcast_index(index.index)
-    if isinstance(inner, faiss.IndexIVF):
-        inner = faiss.downcast_index(faiss.read_index(segment.path).index)
-        inner.make_direct_map()
-    return ids, inner.reconstruct_n(0, inner.ntotal)
-
-
-# ---- index types
-
-def build_index(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
-    """Exact inner-product search below IVF_MIN_ROWS, IVF above it with nprobe tuned to RECALL_TARGET."""
-    dim = vectors.shape[1]
-    if len(ids) < IVF_MIN_ROWS:
-        index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
-    else:  # candidates from IVF-SQ8, re-ranked on the exact vectors (which merges also read back)
-        refine = faiss.IndexRefineFlat(_trained_ivf(vectors))
-        refine.k_factor = REFINE_FACTOR
-        index = faiss.IndexIDMap(refine)
-    if len(ids):
-        index.add_with_ids(vectors, ids)
-    if len(ids) >= IVF_MIN_ROWS:
-        _tune_nprobe(index, ids, vectors)
-    return index
-
-
-def _trained_ivf(vectors: np.ndarray) -> faiss.Index:
-    nlist = int(np.sqrt(len(vectors)))  # ~1,000 lists at 1M: k-means on 40k samples trains in seconds
-    # 8-bit scalar quantisation: a quarter of the bytes to scan and to keep in the page cache; at 1M chunks
-    # it halved query time against IVF-Flat at the same nprobe for 0.01 of recall (bench/rag_scale.py).
-    ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], nlist,
-                                        faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), nlist * 40), replace=False)
-    ivf.cp.max_points_per_centroid = 40
-    ivf.train(vectors[np.sort(sample)])
-    return ivf
-
-
-def _tune_nprobe(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, queries: int = 100, k: int = 10) -> None:
-    """Raise nprobe until recall@k against exact search reaches RECALL_TARGET on stored vectors with as much
-    noise as signal: short queries sit that far from the chunks they find (measured in bench/rag_scale.py,
-    where closer stand-ins under-tuned nprobe 4x). A hit counts when its score reaches the k-th exact score,
-    so ties (common with bag-of-words vectors) are not misses."""
-    rng = np.random.default_rng(1)
-    sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
-    sample = sample + rng.normal(scale=1.0 / np.sqrt(vectors.shape[1]), size=sample.shape).astype(np.float32)
-    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
-    kth = -np.partition(-(sample @ vectors.T), k - 1, axis=1)[:, k - 1]
-    order = np.argsort(ids)
-    ivf = faiss.extract_index_ivf(index)
-    nprobe = 1
-    while nprobe < ivf.nlist:
-        ivf.nprobe = nprobe
-        _, found = index.search(sample, k)
-        rows = order[np.searchsorted(ids, found.clip(min=ids.min()), sorter=order)]
-        exact = np.einsum("qd,qkd->qk", sample, vectors[rows])
-        if np.mean((exact >= kth[:, None] - 1e-5) & (found >= 0)) >= RECALL_TARGET:
-            break
-        nprobe *= 2
-    ivf.nprobe = min(nprobe, ivf.nlist)
-
-
 def _search_view(view: View, query: np.ndarray, k: int) -> list[tuple[int, float]]:
     found: dict[int, float] = {}
     for segment, hidden in view.parts:
-        ntotal = segment.index.ntotal
-        if not ntotal:
-            continue
-        if len(hidden) > _FILTER_AFTER:  # many deletions since the last merge: FAISS skips them itself
-            scores, ids = segment.index.search(query, min(k, ntotal), params=_skipping(segment, hidden))
-        else:
-            scores, ids = segment.index.search(query, min(k + len(hidden), ntotal))
-        for chunk_id, score in zip(ids[0].tolist(), scores[0].tolist()):
-            if chunk_id >= 0 and not (len(hidden) and _in_sorted(hidden, chunk_id)):
-                found[chunk_id] = max(score, found.get(chunk_id, score))
+        for chunk_id, score in search_segment(segment.index, query, k, hidden, segment.positions):
+            found[chunk_id] = max(score, found.get(chunk_id, score))
     return sorted(found.items(), key=lambda hit: -hit[1])[:k]
-
-
-_FILTER_AFTER = 256  # hidden ids per segment past which over-fetching and dropping costs more than a selector
-
-
-def _skipping(segment: Segment, hidden: np.ndarray) -> faiss.SearchParameters:
-    inner = faiss.downcast_index(segment.index.index)
-    if isinstance(inner, faiss.IndexRefine):  # IndexIDMap does not translate nested selectors: use positions
-        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(segment.positions(hidden)))
-        base = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.extract_index_ivf(inner).nprobe)
-        params = faiss.IndexRefineSearchParameters(base_index_params=base, k_factor=inner.k_factor)
-        params.keep_alive = (selector, base)
-        return params
-    selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(hidden))
-    if isinstance(inner, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
-    else:
-        params = faiss.SearchParameters(sel=selector)
-    params.keep_alive = selector  # the SWIG object must outlive the search
-    return params
-
-
-def _in_sorted(sorted_ids: np.ndarray, value: int) -> bool:
-    where = int(np.searchsorted(sorted_ids, value))
-    return where < len(sorted_ids) and int(sorted_ids[where]) == value
 
 
 def _tag() -> str:
