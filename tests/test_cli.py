@@ -1,4 +1,5 @@
 """The `webui-api` console script, run as a real process against the same DATA_DIR as the app."""
+import glob
 import os
 import shutil
 import subprocess
@@ -120,10 +121,11 @@ def test_reindex_and_check_find_and_repair_drift(run, client, admin, corpus, dat
     ok = run("check")
     assert ok.returncode == 0 and "ok: 3 collection(s)" in ok.stdout
 
-    os.unlink(os.path.join(index_dir, f"{kb.id}.faiss"))
-    shutil.copy(os.path.join(index_dir, f"file-{file_id}.faiss"), os.path.join(index_dir, "file-gone.faiss"))
-    with open(os.path.join(index_dir, f"file-{file_id}.faiss"), "r+b") as handle:
-        handle.truncate(40)  # a half-written index
+    shutil.rmtree(os.path.join(index_dir, kb.id))
+    shutil.copytree(os.path.join(index_dir, f"file-{file_id}"), os.path.join(index_dir, "file-gone"))
+    for segment in glob.glob(os.path.join(index_dir, f"file-{file_id}", "seg-*")):
+        with open(segment, "r+b") as handle:
+            handle.truncate(40)  # a half-written segment
     drift = run("check")
     assert drift.returncode == 3
     assert f"drift: {kb.id}: index file missing" in drift.stdout
@@ -161,3 +163,18 @@ def test_check_sees_orphaned_vectors_and_reindex_of_one_collection(run, app, adm
     assert 999_999 not in vectors.ids(kb.id)
     assert run("check").returncode == 0
     one_line_error(run("reindex", "--collection", "no-such"), "no collection 'no-such'")
+
+
+def test_check_repair_and_compact(run, app, admin, corpus, data_dir):
+    assert run("ingest", str(corpus / "alpha.md"), str(corpus / "sub"), "--knowledge", "K").returncode == 0
+    kb = Knowledge.get(Knowledge.name == "K")
+    vectors = app.extensions["webui_api"].vectors
+    before = vectors.ids(kb.id)
+    shutil.rmtree(os.path.join(data_dir, "vector_db", kb.id))
+    repaired = run("check", "--repair")
+    assert repaired.returncode == 0 and "repaired:" in repaired.stdout and run("check").returncode == 0
+    vectors.remove(kb.id, sorted(before)[:1])  # a tombstone on top of the rebuilt segment
+    assert vectors.segment_counts(kb.id) == (1, 1)
+    compacted = run("compact")
+    assert compacted.returncode == 0 and "compacted 1 collection(s)" in compacted.stdout
+    assert vectors.segment_counts(kb.id) == (1, 0) and vectors.ids(kb.id) == before - {min(before)}

@@ -108,7 +108,7 @@ def consistent(env) -> None:
                            env={**os.environ, "DATA_DIR": env["DATA_DIR"]})
     assert check.returncode == 0, check.stdout + check.stderr
     index_dir = os.path.join(env["DATA_DIR"], "vector_db")
-    assert not [n for n in os.listdir(index_dir) if ".tmp-" in n]
+    assert not [n for _dir, _subdirs, names in os.walk(index_dir) for n in names if ".tmp-" in n]
 
 
 def test_kill_9_of_a_worker_mid_ingest_is_recovered(backend, env):

@@ -1,8 +1,10 @@
 """The on-disk FAISS store: add/remove/search, idempotence, rebuilds from the source of truth, processes."""
 from __future__ import annotations
 
+import glob
 import multiprocessing
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -88,7 +90,7 @@ def test_deleted_index_file_is_rebuilt_from_loader(tmp_path):
     loader = rows_loader({"kb": ([4, 5], vectors)})
     store = VectorStore(str(tmp_path), loader=loader)
     store.rebuild("kb", [4, 5], vectors)
-    os.unlink(store.path("kb"))
+    shutil.rmtree(store.path("kb"))
     fresh = VectorStore(str(tmp_path), loader=loader)
     assert [h[0] for h in fresh.search(["kb"], unit([0, 1, 0])[0], 1)] == [5]
     assert loader.calls == ["kb"] and os.path.exists(store.path("kb"))
@@ -100,8 +102,9 @@ def test_corrupt_index_file_is_rebuilt(tmp_path):
     vectors = unit([1, 0, 0])
     store = VectorStore(str(tmp_path), loader=rows_loader({"kb": ([4], vectors)}))
     store.rebuild("kb", [4], vectors)
-    with open(store.path("kb"), "wb") as handle:
-        handle.write(b"not a faiss index at all")
+    for segment in glob.glob(os.path.join(store.path("kb"), "seg-*")):
+        with open(segment, "wb") as handle:
+            handle.write(b"not a faiss index at all")
     other = VectorStore(str(tmp_path), loader=rows_loader({"kb": ([4], vectors)}))
     assert other.ids("kb") == {4}
 

@@ -82,7 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.set_defaults(handler=cmd_reindex)
 
     cmd = sub.add_parser("check", help="verify database <-> vector index consistency; exit 3 on drift")
+    cmd.add_argument("--repair", action="store_true",
+                     help="rebuild the drifted collections from the database")
     cmd.set_defaults(handler=cmd_check)
+
+    cmd = sub.add_parser("compact", help="merge each collection's index segments and drop deleted vectors")
+    cmd.add_argument("--collection", metavar="NAME", help="only this collection: a knowledge id or file-<id>")
+    cmd.set_defaults(handler=cmd_compact)
     return parser
 
 
@@ -356,11 +362,26 @@ def cmd_check(args) -> int:
     problems = consistency.find_drift(ext, progress=lambda name: progress.step(name))
     for problem in problems:
         print(f"drift: {problem}")
+    if problems and args.repair:
+        total, removed = index_sync.repair(ext.vectors)
+        print(f"repaired: {total} vectors rebuilt"
+              + (f", {len(removed)} stray file(s) removed" if removed else ""))
+        return EXIT_OK
     if problems:
-        print(f"{len(problems)} problem(s) in {count} collection(s); repair with `webui-api reindex` (files "
+        print(f"{len(problems)} problem(s) in {count} collection(s); repair with "
+              "`webui-api check --repair` (files "
               "left pending: restart the server or POST /api/v1/retrieval/process/file)", file=sys.stderr)
         return EXIT_DRIFT
     print(f"ok: {count} collection(s) match the database")
+    return EXIT_OK
+
+
+def cmd_compact(args) -> int:
+    from .rag import index_sync
+
+    ext = open_services()
+    merged = index_sync.compact(ext.vectors, [args.collection] if args.collection else None)
+    print(f"compacted {len(merged)} collection(s)")
     return EXIT_OK
 
 

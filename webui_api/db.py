@@ -15,7 +15,7 @@ from .config import DEFAULT_BM25_TOKENIZER
 # Bound by create_app (or a test) through `init_database`; peewee keeps one connection per thread.
 database = pw.SqliteDatabase(None)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _PRAGMAS = {
     "journal_mode": "wal",      # readers never block the writer; safe across gunicorn workers
@@ -149,7 +149,8 @@ class Chunk(BaseModel):
 
     class Meta:
         table_name = "chunk"
-        indexes = ((("file", "seq"), True),)
+        # (file, dim) covers the start-up check's per-collection counts: no page holding a blob is read
+        indexes = ((("file", "seq"), True), (("file", "dim"), False))
 
 
 class Knowledge(BaseModel):
@@ -220,7 +221,12 @@ def _add_change_stamps(db: pw.SqliteDatabase) -> None:
 
 
 # Migrations: MIGRATIONS[n] upgrades a database at version n-1 to version n. Version 1 is the tables above.
-MIGRATIONS: dict[int, callable] = {2: _add_change_stamps}
+MIGRATIONS: dict[int, callable] = {
+    2: _add_change_stamps,
+    # chunk (file_id, dim): start-up counts each collection's vectors without reading a blob
+    4: lambda database: database.execute_sql(
+        'CREATE INDEX IF NOT EXISTS "chunk_file_id_dim" ON "chunk" ("file_id", "dim")'),
+}
 
 # The lexical (BM25) index of chunk text. External content: the text lives only in `chunk`; triggers keep the
 # index in the transaction that writes the rows (cascaded deletes included), so it can always be rebuilt.

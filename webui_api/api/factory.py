@@ -117,11 +117,12 @@ def _startup(app: Flask) -> None:
     ext = app.extensions["webui_api"]
     if accounts.ensure_initial_admin(ext.settings):
         log.info("created the initial admin %s", ext.settings.WEBUI_ADMIN_EMAIL)
-    # A kill between a committed row and its index write leaves an index behind SQLite: rebuild those.
-    rebuilt, removed = index_sync.repair(ext.vectors)
-    if rebuilt or removed:
-        log.info("start-up repair: %d vectors re-indexed from SQLite, %d stale index files removed",
-                 rebuilt, len(removed))
+    # A kill between a committed row and its index write leaves an index behind SQLite: a cheap count check
+    # (file names against covering indexes) finds those, and the first worker to look rebuilds them.
+    rebuilt, drifted = index_sync.repair_on_drift(ext.vectors)
+    if drifted:
+        log.info("start-up repair: %d vectors re-indexed from SQLite in %d collection(s)", rebuilt,
+                 len(drifted))
     recover_interrupted(ext)
     if lexical.use_tokenizer(ext.settings.RAG_BM25_TOKENIZER):
         log.info("BM25 index rebuilt with tokenizer %r", ext.settings.RAG_BM25_TOKENIZER)

@@ -24,6 +24,12 @@ def linked_knowledge(file_id: str) -> list[str]:
             .where(KnowledgeFile.file == file_id)]
 
 
+def member_file_ids(knowledge_id: str) -> list[str]:
+    """A collection's files as ids only, from the (knowledge_id, file_id) index: no file row is read."""
+    return [row[0] for row in KnowledgeFile.select(KnowledgeFile.file)
+            .where(KnowledgeFile.knowledge == knowledge_id).tuples()]
+
+
 def link_row(knowledge_id: str, file_id: str) -> None:
     """Membership only; the file's vectors join the collection's index through index_sync."""
     with db.write_transaction():

@@ -1,13 +1,20 @@
 """The one owner of "SQLite is the truth, FAISS follows": every write of a collection's vector index."""
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
+
+from peewee import fn
 
 from ..db import Chunk, File, Knowledge, KnowledgeFile
 from .collection_rows import (chunk_ids, collection_name, collection_vectors, linked_knowledge, majority_dim,
                           stored_vectors)
 from .vectors import VectorStore, dimension_conflict
+
+log = logging.getLogger("webui_api.rag")
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,8 @@ def check_dimension(store: VectorStore, knowledge_id: str, dim: int | None) -> N
 def link(store: VectorStore, knowledge_id: str, file_id: str, ids=None, vectors=None) -> None:
     """Put a file's vectors (given, else read from its chunk rows) into a collection's index. Writes nothing
     when they are all there already (e.g. the pipeline indexed a file uploaded into the collection)."""
-    wanted = set(chunk_ids(file_id) if ids is None else (int(i) for i in ids))
-    if wanted <= store.ids(knowledge_id):
+    wanted = chunk_ids(file_id) if ids is None else [int(i) for i in ids]
+    if store.contains_all(knowledge_id, wanted):
         return
     if ids is None:
         ids, vectors = stored_vectors([file_id])
@@ -85,6 +92,55 @@ def rebuild_all(store: VectorStore) -> int:
     return count
 
 
+def compact(store: VectorStore, names=None) -> list[str]:
+    """Merge each collection's segments into one and drop deleted vectors (`webui-api compact`)."""
+    indexes, _ = store.index_files()
+    return [name for name in (indexes if names is None else names) if store.compact(name)]
+
+
+# ---------------------------------------------------------------- the cheap check at start-up
+
+def expected_rows() -> dict[str, int]:
+    """Collection -> how many vectors its index must hold, like expected_ids but read from covering indexes
+    only (chunk(file_id, dim), knowledge_file(knowledge_id, file_id)): no vector or text is read."""
+    by_file: dict[str, Counter] = {}
+    for file_id, dim, count in (Chunk.select(Chunk.file, Chunk.dim, fn.COUNT(Chunk.id))
+                                .group_by(Chunk.file, Chunk.dim).tuples()):
+        by_file.setdefault(file_id, Counter())[dim] += count
+    wanted = {collection_name(f): max(dims.values()) for f, dims in by_file.items()}
+    members: dict[str, Counter] = {k: Counter() for (k,) in Knowledge.select(Knowledge.id).tuples()}
+    for knowledge_id, file_id in KnowledgeFile.select(KnowledgeFile.knowledge, KnowledgeFile.file).tuples():
+        members[knowledge_id].update(by_file.get(file_id, Counter()))
+    wanted.update({k: max(dims.values()) if dims else 0 for k, dims in members.items()})
+    return wanted
+
+
+def quick_drift(store: VectorStore) -> list[str]:
+    """Collections whose vector count on disk (from file names) differs from the database's."""
+    wanted, have = expected_rows(), store.rows_on_disk()
+    return sorted(n for n in set(wanted) | set(have) if wanted.get(n, 0) != have.get(n, 0))
+
+
+def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
+    """Start-up: the cheap check, and a repair of what it finds; workers take turns under a lock, so the
+    first one repairs and the others find nothing to do."""
+    os.makedirs(store.index_dir, exist_ok=True)
+    fd = os.open(os.path.join(store.index_dir, ".startup.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        drifted = quick_drift(store)
+        if not drifted:
+            return 0, []
+        log.warning("vector indexes out of step with the database: %s", ", ".join(drifted[:20]))
+        total = sum(rebuild(store, name) for name in drifted)
+        _, leftovers = store.index_files()
+        for path in leftovers:
+            _silent_unlink(path)
+        return total, drifted
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------- drift and repair
 
 def expected_ids() -> dict[str, set[int]]:
@@ -119,7 +175,7 @@ def index_drift(store: VectorStore, progress=None) -> list[Drift]:
             progress(name)
     found += [Drift(name, "index file for a collection that does not exist")
               for name in indexes if name not in wanted]
-    found += [Drift(os.path.basename(p), "temp file of an interrupted index write") for p in temps]
+    found += [Drift(os.path.basename(p), "leftover of an interrupted index write") for p in temps]
     return found
 
 
@@ -152,10 +208,17 @@ def repair(store: VectorStore, names=None, progress=None, sweep: bool = True) ->
         total += rebuild(store, name)
         if progress:
             progress(name)
-    removed = [p for n, p in indexes.items() if n not in wanted] + temps if sweep else []
-    for path in removed:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    return total, removed
+    if not sweep:
+        return total, []
+    for name in [n for n in indexes if n not in wanted]:
+        store.drop(name)
+    for path in temps:
+        _silent_unlink(path)
+    return total, [p for n, p in indexes.items() if n not in wanted] + temps
+
+
+def _silent_unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

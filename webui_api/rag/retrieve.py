@@ -53,6 +53,11 @@ class Source:
         return {"type": self.type, "id": self.id, "name": self.name}
 
 
+# What metadata() reads of a hit's file: never its extracted text (megabytes per file).
+_HIT_FILE_FIELDS = (File.id, File.filename, File.user, File.content_type, File.size, File.file_hash,
+                    File.text_hash, File.meta)
+
+
 @dataclass
 class Hit:
     source: Source
@@ -93,7 +98,7 @@ def _resolve_one(ext, user, item) -> Source | None:
         kb = knowledge.find(ident)
         if kb is None or not policy.can_read(user, kb):
             raise NotFound(f"Knowledge collection {ident} was not found.")
-        members = [f.id for f in knowledge.member_files(kb.id)]
+        members = collection_rows.member_file_ids(kb.id)
         return Source("collection", kb.id, kb.name, kb.id, full, members)
     file = files.find(ident)
     if file is None or not policy.can_read(user, file):
@@ -147,7 +152,8 @@ def search(ext, sources: list[Source], query: str, k: int, opts: hybrid.Options 
     depth = hybrid.depth(k + _SEARCH_MARGIN, opts)
     raw = hybrid.fuse(query, vector, lambda v: ext.vectors.search(list(by_collection), v, depth),
                       {c: s.file_ids for c, s in by_collection.items()}, opts)
-    fields = (Chunk.id, Chunk.file, Chunk.seq, Chunk.text, Chunk.start, Chunk.end, Chunk.model, File)
+    fields = (Chunk.id, Chunk.file, Chunk.seq, Chunk.text, Chunk.start, Chunk.end, Chunk.model,
+              *_HIT_FILE_FIELDS)
     rows = {c.id: c for c in Chunk.select(*fields).join(File).where(Chunk.id.in_([h[0] for h in raw]))}
     threshold = 0.0 if reranking else opts.threshold  # a reranker's scores are the ones `r` judges
     hits, texts = [], set()
