@@ -9,6 +9,7 @@ from .config import Settings
 
 if TYPE_CHECKING:  # the real imports happen in build_services, when the app is built
     from .gateway.catalog import Catalog
+    from .gateway.readiness import ReportCache
     from .rag.embed import Embedder
     from .rag.jobs import Jobs
     from .rag.vectors import VectorStore
@@ -23,6 +24,7 @@ class Services:
     vectors: VectorStore
     embedder: Embedder
     jobs: Jobs
+    readiness: ReportCache
 
     def close(self) -> None:
         self.jobs.close()
@@ -35,6 +37,7 @@ def build_services(settings: Settings, **given: Any) -> Services:
     from .rag.jobs import Jobs
     from .rag.vectors import VectorStore
     from .gateway.catalog import Catalog
+    from .gateway.readiness import ReportCache
     from .upstream import Upstream
 
     upstream = given.get("upstream") or Upstream(settings)
@@ -45,4 +48,5 @@ def build_services(settings: Settings, **given: Any) -> Services:
         vectors=given.get("vectors") or VectorStore(os.path.join(settings.DATA_DIR, "vector_db")),
         embedder=given.get("embedder") or Embedder(settings, upstream),
         jobs=given.get("jobs") or Jobs(),
+        readiness=ReportCache(),
     )

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from ..rag import knowledge
 from ..rag import retrieve
 from .deps import current_user, ext
-from .schemas import Schema
+from .schemas import Schema, derived
 
 blp = Blueprint("retrieval", __name__, url_prefix="/api/v1/retrieval", description="Retrieval and processing")
 
@@ -55,13 +55,18 @@ class ProcessTextSchema(Schema):
     collection_name = ma.fields.String(load_default=None, allow_none=True)
 
 
-class QueryResultSchema(Schema):
-    """Chroma's query shape: one inner list, best match first."""
+def _one_query(field: ma.fields.Field, of_hit) -> ma.fields.Field:
+    """A Chroma column: one inner list (one query), a value per hit, best first."""
+    return derived(ma.fields.List(ma.fields.List(field)), lambda ranked: [[of_hit(h) for h in ranked.hits]])
 
-    ids = ma.fields.List(ma.fields.List(ma.fields.String()))
-    distances = ma.fields.List(ma.fields.List(ma.fields.Float()))
-    documents = ma.fields.List(ma.fields.List(ma.fields.String()))
-    metadatas = ma.fields.List(ma.fields.List(ma.fields.Dict()))
+
+class QueryResultSchema(Schema):
+    """Chroma's query shape: one inner list, best match first; ids are strings, as Chroma returns them."""
+
+    ids = _one_query(ma.fields.String(), lambda hit: hit.chunk.id)
+    distances = _one_query(ma.fields.Float(), lambda hit: round(hit.score, 6))
+    documents = _one_query(ma.fields.String(), lambda hit: hit.chunk.text)
+    metadatas = derived(ma.fields.List(ma.fields.List(ma.fields.Dict())), lambda ranked: [ranked.metadatas])
 
 
 class ProcessedSchema(Schema):

@@ -8,7 +8,6 @@ import sqlite3
 import tempfile
 import threading
 import time
-import weakref
 from typing import Any, Callable
 
 from .. import db
@@ -19,23 +18,30 @@ CACHE_SECONDS = 2.0  # an anonymous caller must not be able to turn probes into 
 # Cheap, key-checking endpoints: Ollama's version, OpenAI's model list (a wrong key answers 401 there).
 PROBE_PATHS = {"ollama": "/api/version", "openai": "/models"}
 
-_cache: dict[int, tuple[float, dict, weakref.ref]] = {}
-_cache_lock = threading.Lock()
+class ReportCache:
+    """The last readiness report, reused for CACHE_SECONDS (one per app, held by its services)."""
+
+    def __init__(self, seconds: float = CACHE_SECONDS):
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._last: tuple[float, dict] | None = None
+
+    def get(self, evaluate: Callable[[], dict]) -> dict:
+        with self._lock:
+            last = self._last
+        if last is not None and time.monotonic() - last[0] < self.seconds:
+            return last[1]
+        result = evaluate()
+        with self._lock:
+            self._last = (time.monotonic(), result)
+        return result
 
 
 def report(ext, detailed: bool = True) -> dict:
-    """{"status": bool, "checks": {...}}, cached per process for CACHE_SECONDS. Not ready when the database or
-    the data dir fails, or when backends are configured and none answers; one backend down is reported
-    (`ok: false`) but the service stays ready, as the gateway skips it."""
-    key = id(ext)
-    with _cache_lock:
-        hit = _cache.get(key)
-    if hit and hit[2]() is ext and time.monotonic() - hit[0] < CACHE_SECONDS:
-        result = hit[1]
-    else:
-        result = _evaluate(ext)
-        with _cache_lock:
-            _cache[key] = (time.monotonic(), result, weakref.ref(ext))
+    """{"status": bool, "checks": {...}}, cached for CACHE_SECONDS. Not ready when the database or the data
+    dir fails, or when backends are configured and none answers; one backend down is reported (`ok: false`)
+    but the service stays ready, as the gateway skips it."""
+    result = ext.readiness.get(lambda: _evaluate(ext))
     return result if detailed else redacted(result)
 
 

@@ -222,16 +222,22 @@ def group_by_source(hits: list[Hit], sources: list[Source], embedding: dict | No
 
 # ---------------------------------------------------------------- the /api/v1/retrieval query routes
 
-def query_collections(ext, user, names: list, query: str, k: int | None, **ranking) -> dict:
+@dataclass
+class Ranked:
+    """One query's hits, best first, each with the metadata it reports."""
+
+    hits: list[Hit]
+    metadatas: list[dict]
+
+
+def query_collections(ext, user, names: list, query: str, k: int | None, **ranking) -> Ranked:
     """`ranking`: Open WebUI's per-request `hybrid`, `hybrid_bm25_weight`, `k_reranker` and `r`."""
     if not isinstance(query, str) or not query.strip():
         raise BadRequest("`query` must be a non-empty string.")
     k = _k(k if k is not None else ext.settings.RAG_TOP_K)
     opts = hybrid.options(ext.settings, **ranking)
     hits = search(ext, collection_sources(ext, user, names), query, k, opts)
-    metas = [metadata(h, ext.embedder.config) for h in hits]
-    return {"ids": [[h.chunk.id for h in hits]], "distances": [[round(h.score, 6) for h in hits]],
-            "documents": [[h.chunk.text for h in hits]], "metadatas": [metas]}
+    return Ranked(hits, [metadata(h, ext.embedder.config) for h in hits])
 
 
 def _k(value) -> int:
