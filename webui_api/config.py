@@ -101,7 +101,8 @@ class Settings:
     OLLAMA_BASE_URLS: list[str] = _setting(("OLLAMA_BASE_URLS", "OLLAMA_BASE_URL"),
                                            ["http://localhost:11434"], parse_list)
     ENABLE_OPENAI_API: bool = _setting("ENABLE_OPENAI_API", True, parse_bool)
-    OPENAI_API_BASE_URLS: list[str] = _setting(("OPENAI_API_BASE_URLS", "OPENAI_API_BASE_URL"), [], parse_list)
+    OPENAI_API_BASE_URLS: list[str] = _setting(("OPENAI_API_BASE_URLS", "OPENAI_API_BASE_URL"),
+                                               [], parse_list)
     OPENAI_API_KEYS: list[str] = _setting(("OPENAI_API_KEYS", "OPENAI_API_KEY"), [], parse_list)
     # Per connection, keyed by index (or URL): enable, key, prefix_id, model_ids, tags, headers.
     OLLAMA_API_CONFIGS: dict = _setting("OLLAMA_API_CONFIGS", {}, parse_json_object)
@@ -116,7 +117,8 @@ class Settings:
     # --- RAG
     RAG_EMBEDDING_ENGINE: str = _setting("RAG_EMBEDDING_ENGINE", "ollama")
     RAG_EMBEDDING_MODEL: str = _setting("RAG_EMBEDDING_MODEL", "nomic-embed-text")
-    RAG_EMBEDDING_BATCH_SIZE: int = _setting(("RAG_EMBEDDING_BATCH_SIZE", "RAG_EMBEDDING_OPENAI_BATCH_SIZE"), 64, int)
+    RAG_EMBEDDING_BATCH_SIZE: int = _setting(("RAG_EMBEDDING_BATCH_SIZE", "RAG_EMBEDDING_OPENAI_BATCH_SIZE"),
+                                             64, int)
     RAG_OLLAMA_BASE_URL: str = _setting("RAG_OLLAMA_BASE_URL", "")
     RAG_OLLAMA_API_KEY: str = _setting("RAG_OLLAMA_API_KEY", "")
     RAG_OPENAI_API_BASE_URL: str = _setting("RAG_OPENAI_API_BASE_URL", "")
@@ -150,8 +152,9 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> "Settings":
-        """Build settings from `env` (default: os.environ), then `overrides` (env names, already typed or text)."""
+    def from_env(cls, env: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> "Settings":
+        """Build settings from `env` (default: os.environ), then `overrides` (env names, typed or text)."""
         source = dict(os.environ if env is None else env)
         source.update(overrides or {})
         values, known = {}, set()

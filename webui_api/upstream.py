@@ -255,7 +255,8 @@ class Upstream:
             error = network_error(backend, exc)
             error.never_answered = _never_answered(exc)
             raise error from None
-        telemetry.record_backend(time.perf_counter() - started, backend.label, error=response.status_code >= 500)
+        telemetry.record_backend(time.perf_counter() - started, backend.label,
+                                 error=response.status_code >= 500)
         response.backend = backend
         return response
 
@@ -344,7 +345,8 @@ class Upstream:
         waited, failed = 0.0, False
         try:
             chunks = (raw.stream(None, decode_content=True) if raw.chunked and raw.supports_chunked_reads()
-                      else iter(lambda: raw.read1(65536, decode_content=True), b""))  # read1: whatever is there
+                      # read1: whatever is there
+                      else iter(lambda: raw.read1(65536, decode_content=True), b""))
             while True:
                 started = time.perf_counter()
                 chunk = next(chunks, None)
@@ -395,7 +397,8 @@ class Upstream:
                 done.notify_all()
 
         for i, item in enumerate(items):
-            threading.Thread(target=telemetry.bind(run), args=(i, item), daemon=True, name="upstream-fan-out").start()
+            threading.Thread(target=telemetry.bind(run), args=(i, item), daemon=True,
+                             name="upstream-fan-out").start()
         deadline = time.monotonic() + timeout
         with done:
             while len(results) < len(items) and (left := deadline - time.monotonic()) > 0:

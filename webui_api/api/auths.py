@@ -61,7 +61,8 @@ class Signup(MethodView):
     def post(self, body):
         """Create an account; the first one becomes admin. Answers with a session."""
         settings = ext().settings
-        user = accounts.signup(settings, body["name"], body["email"], body["password"], body["profile_image_url"])
+        user = accounts.signup(settings, body["name"], body["email"], body["password"],
+                               body["profile_image_url"])
         return accounts.issue_session(settings, user)
 
 

@@ -79,7 +79,8 @@ def view_access(view, method: str) -> str:
     view_class = getattr(view, "view_class", None)
     method = method.lower()
     if view_class is not None:
-        handler = getattr(view_class, method, None) or (getattr(view_class, "get", None) if method == "head" else None)
+        handler = getattr(view_class, method, None) or (getattr(view_class, "get", None)
+                                                        if method == "head" else None)
         level = getattr(handler, "_access", None) or getattr(view_class, "_access", None)
     else:
         level = getattr(view, "_access", None)

@@ -22,8 +22,9 @@ class RankingSchema(Schema):
                         metadata={"description": "Relevance threshold in [0, 1] on the reported score"})
     hybrid = ma.fields.Boolean(load_default=None, allow_none=True,
                                metadata={"description": "Fuse vector and BM25 search"})
-    hybrid_bm25_weight = ma.fields.Float(load_default=None, allow_none=True,
-                                         metadata={"description": "BM25's share in [0, 1] of the fused score"})
+    hybrid_bm25_weight = ma.fields.Float(
+        load_default=None, allow_none=True,
+        metadata={"description": "BM25's share in [0, 1] of the fused score"})
 
 
 class QueryDocSchema(RankingSchema):

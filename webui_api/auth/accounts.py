@@ -93,7 +93,8 @@ def awaiting_first_account() -> bool:
     return not User.select().exists()
 
 
-def signup(settings: Settings, name: str, email: str, password: str, profile_image_url: str | None = None) -> User:
+def signup(settings: Settings, name: str, email: str, password: str,
+           profile_image_url: str | None = None) -> User:
     email = normalise_email(email)
     password_hash = security.hash_password(password, settings.PASSWORD_HASH_COST)
     with write_transaction():  # the first-user check and the insert must not interleave across workers
@@ -134,7 +135,8 @@ def _check_rate_limit(settings: Settings, email: str) -> None:
     SigninAttempt.delete().where(SigninAttempt.at < cutoff).execute()
     recent = SigninAttempt.select().where(SigninAttempt.email == email, SigninAttempt.at >= cutoff).count()
     if recent >= settings.SIGNIN_RATE_LIMIT:
-        raise RateLimited("API rate limit exceeded", headers={"Retry-After": str(int(settings.SIGNIN_RATE_WINDOW))})
+        raise RateLimited("API rate limit exceeded",
+                          headers={"Retry-After": str(int(settings.SIGNIN_RATE_WINDOW))})
 
 
 class _DummyHash:

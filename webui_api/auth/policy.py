@@ -37,7 +37,7 @@ def can_read(user: User, resource: File | Knowledge | Preset) -> bool:
 
 
 def readable_or_404(user: User, resource):
-    """The row if the caller may read it; a missing or unreadable row is 404 alike (existence not revealed)."""
+    """The row if the caller may read it; missing and unreadable rows are both 404 (existence hidden)."""
     if resource is None or not can_read(user, resource):
         raise NotFound()
     return resource

@@ -1,4 +1,4 @@
-"""The model catalogue: every backend's models (one cache), presets from SQLite, and which backend serves what."""
+"""The model catalogue: every backend's models (one cache), SQLite presets, and which backend serves what."""
 from __future__ import annotations
 
 import itertools

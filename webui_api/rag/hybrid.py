@@ -1,4 +1,4 @@
-"""Hybrid search: dense hits fused with BM25 hits (weighted scores or reciprocal rank), per-request options."""
+"""Hybrid search: dense and BM25 hits fused (weighted scores or reciprocal rank), per-request options."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +35,8 @@ def options(settings, hybrid=None, hybrid_bm25_weight=None, k_reranker=None, r=N
     """Per-request values over the settings' defaults; out-of-range values are a 400."""
     opts = Options(
         hybrid=bool(settings.ENABLE_RAG_HYBRID_SEARCH if hybrid is None else hybrid),
-        bm25_weight=float(settings.RAG_HYBRID_BM25_WEIGHT if hybrid_bm25_weight is None else hybrid_bm25_weight),
+        bm25_weight=float(settings.RAG_HYBRID_BM25_WEIGHT if hybrid_bm25_weight is None
+                          else hybrid_bm25_weight),
         k_reranker=settings.RAG_TOP_K_RERANKER if k_reranker is None else k_reranker,
         threshold=float((settings.RAG_RELEVANCE_THRESHOLD or 0.0) if r is None else r),
         fusion=(settings.RAG_HYBRID_FUSION or "score").strip().lower())

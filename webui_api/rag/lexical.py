@@ -11,12 +11,13 @@ from ..errors import ConfigError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Words that match nearly every passage: they cost time and add noise to the ranking, never recall.
-STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further had has have having he
-her here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now
-of off on once only or other our ours ourselves out over own same she should so some such than that the their
-theirs them themselves then there these they this those through to too under until up very was we were what when
-where which while who whom why will with would you your yours yourself yourselves""".split())
+STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before
+being below between both but by can could did do does doing down during each few for from further had has
+have having he her here hers herself him himself his how i if in into is it its itself just me more most my
+myself no nor not now of off on once only or other our ours ourselves out over own same she should so some
+such than that the their theirs them themselves then there these they this those through to too under until
+up very was we were what when where which while who whom why will with would you your yours yourself
+yourselves""".split())
 
 
 def match_expression(query: str) -> str | None:
@@ -27,14 +28,17 @@ def match_expression(query: str) -> str | None:
 
 def search(query: str, file_ids, limit: int) -> list[tuple[int, str, float]]:
     """Best `limit` (chunk id, file id, BM25 score) among the chunks of `file_ids`; higher scores are better.
-    BM25 is computed once per match before the join: asking FTS5 for given rowids re-runs the query per row."""
+    BM25 is computed once per match before the join: asking FTS5 for given rowids re-runs the query
+    per row."""
     expression = match_expression(query)
     if expression is None or limit < 1:
         return []
     sql = (f"WITH m AS MATERIALIZED (SELECT rowid AS id, bm25({db.CHUNK_FTS}) AS rank FROM {db.CHUNK_FTS} "
-           f"WHERE {db.CHUNK_FTS} MATCH ?) SELECT m.id, c.file_id, -m.rank FROM m JOIN chunk c ON c.id = m.id "
+           f"WHERE {db.CHUNK_FTS} MATCH ?) "
+           "SELECT m.id, c.file_id, -m.rank FROM m JOIN chunk c ON c.id = m.id "
            "WHERE c.file_id IN (SELECT value FROM json_each(?)) ORDER BY m.rank LIMIT ?")
-    return [tuple(row) for row in db.database.execute_sql(sql, (expression, json.dumps(list(file_ids)), limit))]
+    return [tuple(row)
+            for row in db.database.execute_sql(sql, (expression, json.dumps(list(file_ids)), limit))]
 
 
 def tokenizer() -> str | None:
@@ -67,7 +71,8 @@ def rebuild() -> None:
 def is_consistent() -> bool:
     """Whether the index matches the chunk rows exactly (FTS5's integrity check against its content)."""
     try:
-        db.database.execute_sql(f"INSERT INTO {db.CHUNK_FTS}({db.CHUNK_FTS}, rank) VALUES ('integrity-check', 1)")
+        db.database.execute_sql(f"INSERT INTO {db.CHUNK_FTS}({db.CHUNK_FTS}, rank) "
+                                "VALUES ('integrity-check', 1)")
     except Exception as exc:  # SQLite reports a mismatch as a corrupt-database error
         if "malformed" in str(exc) or "corrupt" in str(exc):
             return False

@@ -27,7 +27,8 @@ def relevance(ext, query: str, documents: list[str], top_n: int) -> list[tuple[i
                       settings.RAG_EXTERNAL_RERANKER_API_KEY or "")
     body = {"model": settings.RAG_RERANKING_MODEL, "query": query, "documents": documents, "top_n": top_n}
     response = ext.upstream.request(backend, "POST", "", json=body,
-                                    timeout=(ext.upstream.connect_timeout, settings.RAG_EXTERNAL_RERANKER_TIMEOUT))
+                                    timeout=(ext.upstream.connect_timeout,
+                                             settings.RAG_EXTERNAL_RERANKER_TIMEOUT))
     if response.status_code >= 400:
         raise UpstreamError(f"{backend.label} failed (HTTP {response.status_code}): "
                             f"{error_message(response)}")
@@ -36,7 +37,8 @@ def relevance(ext, query: str, documents: list[str], top_n: int) -> list[tuple[i
 
 def _results(response, backend, count: int, top_n: int) -> list[tuple[int, float]]:
     try:
-        results = [(int(item["index"]), float(item["relevance_score"])) for item in response.json()["results"]]
+        results = [(int(item["index"]), float(item["relevance_score"]))
+                   for item in response.json()["results"]]
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UpstreamError(f"{backend.label} returned an unreadable answer.") from None
     if any(not 0 <= index < count for index, _ in results):

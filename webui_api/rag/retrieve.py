@@ -64,7 +64,8 @@ class Hit:
     chunk: Chunk
     file: File
     score: float
-    scores: dict = field(default_factory=dict)  # hybrid: vector_score, bm25_score (+ rerank_score); see hybrid.fuse
+    # hybrid: vector_score, bm25_score (+ rerank_score); see hybrid.fuse
+    scores: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- resolving what the caller named
