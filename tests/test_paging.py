@@ -114,6 +114,19 @@ def test_a_page_costs_the_same_queries_however_many_rows_it_holds(client, user, 
     assert counts[0] == counts[1]
 
 
+def test_the_collection_list_counts_files_in_one_query(client, make_user, queries):
+    counts = []
+    for n in (1, 6):
+        owner = make_user("user")
+        for _ in range(n):
+            seed(owner["id"], 2)
+        del queries[:]
+        listing = get(client, owner["headers"], "/api/v1/knowledge/?page=1")
+        assert listing["total"] == n and {item["file_count"] for item in listing["items"]} == {2}
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
+
+
 def test_another_users_collection_stays_hidden(client, user, make_user):
     kid = seed(user["id"], 3)
     other = make_user("user")
