@@ -105,7 +105,9 @@ class KnowledgeSchema(Schema):
     access_grants = derived(ma.fields.List(ma.fields.Nested(AccessGrantSchema)), rendered_grants)
     created_at = ma.fields.Integer()
     updated_at = ma.fields.Integer()
-    files = ma.fields.List(ma.fields.Nested(MemberFileSchema), allow_none=True, dump_default=None)
+    files = ma.fields.List(ma.fields.Nested(MemberFileSchema), allow_none=True, dump_default=None, metadata={
+        "description": f"One page ({knowledge.MEMBER_PAGE_SIZE}) of the files, the newest added first; "
+                       "all of them: `/{id}/files`"})
 
     @ma.post_dump(pass_original=True)
     def _members_in_collection(self, data, collection, **kwargs):
