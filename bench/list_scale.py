@@ -75,6 +75,7 @@ def start(data_dir: str) -> tuple[subprocess.Popen, str, dict]:
 def routes(kid: str, count: int) -> list[tuple[str, str, str]]:
     last_member, last_file = -(-count // 30), -(-count // 50)
     return [
+        ("GET", "/api/v1/knowledge/", "GET /knowledge/"),
         ("GET", f"/api/v1/knowledge/{kid}", "GET /knowledge/{id}"),
         ("GET", f"/api/v1/knowledge/{kid}/files", "GET /knowledge/{id}/files"),
         ("GET", f"/api/v1/knowledge/{kid}/files?page={last_member}", f"  … ?page={last_member} (last)"),
