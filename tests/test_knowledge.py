@@ -74,6 +74,16 @@ def test_file_add_is_idempotent_and_reuses_stored_vectors(client, user, fake_bac
     assert KnowledgeFile.select().count() == 1
 
 
+def test_file_add_answers_with_the_newest_page_of_files(client, user):
+    kb = create(client, user["headers"])
+    added = [upload_ok(client, user["headers"], f"n{n}.txt", f"note number {n}".encode()) for n in range(32)]
+    for file in added:
+        body = add(client, user["headers"], kb["id"], file["id"]).get_json()
+    assert [f["id"] for f in body["files"]] == [f["id"] for f in reversed(added)][:30]
+    listed = client.get(f"/api/v1/knowledge/{kb['id']}/files?page=2", headers=user["headers"]).get_json()
+    assert listed["total"] == 32 and [f["id"] for f in listed["items"]] == [added[1]["id"], added[0]["id"]]
+
+
 def test_adding_a_file_still_processing_waits_for_it(client, user, fake_backend, vectors):
     kb = create(client, user["headers"])
     fake_backend.fault = {"kind": "slow", "path": "/api/embed", "delay": 0.5}

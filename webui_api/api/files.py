@@ -34,8 +34,8 @@ class UploadArgs(Schema):
 
 
 class ListArgs(Schema):
-    page = page_number(load_default=None)
-    content = ma.fields.Boolean(load_default=True)
+    page = page_number(load_default=1)
+    content = ma.fields.Boolean(load_default=False, metadata={"description": "Add each file's extracted text"})
 
 
 class ContentArgs(Schema):
@@ -106,7 +106,7 @@ class UploadSchema(FileSchema):
 
 
 class FilePageSchema(Schema):
-    """`content=false` leaves out each file's extracted text."""
+    """Without `content=true` each file's extracted text is left out."""
 
     items = ma.fields.List(ma.fields.Nested(FileSchema))
     total = ma.fields.Integer()
@@ -159,9 +159,8 @@ class Files(MethodView):
     @blp.arguments(ListArgs, location="query")
     @blp.response(200, FilePageSchema)
     def get(self, args):
-        """Your files, newest first (admins: everyone's); `page` gives 50 at a time, `content=false` leaves
-        out the extracted text."""
-        items, total = files.list_files(current_user(), args["page"])
+        """Your files, newest first (admins: everyone's), 50 a page; `content=true` adds the extracted text."""
+        items, total = files.list_files(current_user(), args["page"], args["content"])
         return {"items": items, "total": total, "content": args["content"]}
 
 

@@ -18,6 +18,26 @@ class PageArgs(Schema):
     page = page_number(load_default=None)
 
 
+class CollectionArgs(Schema):
+    page = page_number(load_default=1, metadata={
+        "description": f"Which {knowledge.MEMBER_PAGE_SIZE} of the files `files` lists"})
+
+
+class MemberArgs(Schema):
+    """Open WebUI's `/{id}/files` parameters (there are no directories here)."""
+
+    query = ma.fields.String(load_default=None, metadata={"description": "Part of the file name"})
+    view_option = ma.fields.String(load_default=None, validate=ma.validate.OneOf(["created", "shared"]),
+                                   metadata={"description": "Files you uploaded, or others uploaded"})
+    order_by = ma.fields.String(load_default=None, validate=ma.validate.OneOf(list(knowledge.SORTABLE)),
+                                metadata={"description": "Default: the newest added first"})
+    direction = ma.fields.String(load_default="desc", validate=ma.validate.OneOf(["asc", "desc"]))
+    page = page_number(load_default=1)
+    limit = ma.fields.Integer(load_default=knowledge.MEMBER_PAGE_SIZE,
+                              validate=ma.validate.Range(min=1, max=knowledge.MAX_MEMBER_PAGE))
+    include_content = ma.fields.Boolean(load_default=False, metadata={"description": "Add `data.content`"})
+
+
 class GrantSchema(Schema):
     principal_type = ma.fields.String(required=True)
     principal_id = ma.fields.String(required=True)
@@ -85,7 +105,9 @@ class KnowledgeSchema(Schema):
     access_grants = derived(ma.fields.List(ma.fields.Nested(AccessGrantSchema)), rendered_grants)
     created_at = ma.fields.Integer()
     updated_at = ma.fields.Integer()
-    files = ma.fields.List(ma.fields.Nested(MemberFileSchema), allow_none=True, dump_default=None)
+    files = ma.fields.List(ma.fields.Nested(MemberFileSchema), allow_none=True, dump_default=None, metadata={
+        "description": f"One page ({knowledge.MEMBER_PAGE_SIZE}) of the files, the newest added first; "
+                       "all of them: `/{id}/files`"})
 
     @ma.post_dump(pass_original=True)
     def _members_in_collection(self, data, collection, **kwargs):
@@ -119,8 +141,18 @@ class KnowledgePageSchema(Schema):
     total = ma.fields.Integer()
 
 
+class EntryDataSchema(MemberStatusSchema):
+    content = ma.fields.String(metadata={"description": "The extracted text (`include_content=true`)"})
+
+    @ma.post_dump
+    def _text_when_asked(self, data, **kwargs):
+        if data.get("content") is None:
+            data.pop("content", None)
+        return data
+
+
 class FileEntrySchema(FileSchema):
-    data = Whole(MemberStatusSchema)
+    data = Whole(EntryDataSchema)
     directory_id = ma.fields.Constant(None, metadata={"type": "string", "nullable": True})
     directory_path = ma.fields.Constant("", metadata={"type": "string"})
     has_original = ma.fields.Constant(True, metadata={"type": "boolean"})
@@ -133,7 +165,7 @@ class FileEntryPageSchema(Schema):
     items = ma.fields.List(ma.fields.Nested(FileEntrySchema), attribute="files")
     directories = ma.fields.Constant([], metadata={"type": "array", "items": {}})
     breadcrumbs = ma.fields.Constant([], metadata={"type": "array", "items": {}})
-    total = ma.fields.Function(lambda collection: len(collection.files), metadata={"type": "integer"})
+    total = ma.fields.Integer(attribute="file_count")
 
     @ma.post_dump(pass_original=True)
     def _members_in_collection(self, data, collection, **kwargs):
@@ -163,18 +195,22 @@ class KnowledgeCreate(MethodView):
 
 @blp.route("/<string:knowledge_id>")
 class KnowledgeItem(MethodView):
+    @blp.arguments(CollectionArgs, location="query")
     @blp.response(200, KnowledgeFilesSchema)
-    def get(self, knowledge_id):
-        """One collection with its files and whether you may change it."""
-        return knowledge.get(current_user(), knowledge_id)
+    def get(self, args, knowledge_id):
+        """One collection with a page of its files (the newest added first; all of them: `/{id}/files`)
+        and whether you may change it."""
+        return knowledge.get(current_user(), knowledge_id, args["page"])
 
 
 @blp.route("/<string:knowledge_id>/files")
 class KnowledgeFiles(MethodView):
+    @blp.arguments(MemberArgs, location="query")
     @blp.response(200, FileEntryPageSchema)
-    def get(self, knowledge_id):
-        """The collection's files (Open WebUI's page shape, without directories)."""
-        return knowledge.get(current_user(), knowledge_id)
+    def get(self, args, knowledge_id):
+        """A page of the collection's files, `total` counting all that match (Open WebUI's page shape,
+        without directories)."""
+        return knowledge.files_of(current_user(), knowledge_id, knowledge.MemberQuery(**args))
 
 
 @blp.route("/<string:knowledge_id>/update")

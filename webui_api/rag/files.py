@@ -22,6 +22,12 @@ log = logging.getLogger("webui_api.files")
 PAGE_SIZE = 50
 
 
+def listed_columns(content: bool = False) -> list:
+    """The columns a listed file renders: the extracted text only when asked for (it can be megabytes)."""
+    return [f for f in File._meta.sorted_fields
+            if f is not File.storage_name and (content or f is not File.content)]
+
+
 # ---------------------------------------------------------------- access
 
 def find(file_id) -> File | None:
@@ -146,14 +152,13 @@ def _run(ext, file: File, background: bool, new: bool) -> File:
 
 # ---------------------------------------------------------------- reading
 
-def list_files(user: User, page: int | None = None) -> tuple[list[File], int]:
-    """Newest first, with the total count: your own files (admins see everyone's)."""
-    query = policy.writable_rows(user, File.select())
-    total = query.count()
+def list_files(user: User, page: int = 1, content: bool = False) -> tuple[list[File], int]:
+    """One page, newest first, with the total count: your own files (admins see everyone's). The extracted
+    text is read only when asked for."""
+    total = policy.writable_rows(user, File.select()).count()
+    query = policy.writable_rows(user, File.select(*listed_columns(content)))
     query = query.order_by(File.updated_at.desc(), File.created_at.desc(), File.id)
-    if page:
-        query = query.paginate(page, PAGE_SIZE)
-    return list(query), total
+    return list(query.paginate(page, PAGE_SIZE)), total
 
 
 def original(ext, user: User, file_id: str) -> tuple[str, File]:

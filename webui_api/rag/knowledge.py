@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from peewee import fn
+
 from .. import db
 from ..auth import policy
 from . import files
@@ -16,6 +18,8 @@ from . import collection_rows, extract, index_sync, pipeline
 log = logging.getLogger("webui_api.knowledge")
 
 PAGE_SIZE = 30
+MEMBER_PAGE_SIZE = 30
+MAX_MEMBER_PAGE = 1000
 
 
 # ---------------------------------------------------------------- access
@@ -38,7 +42,7 @@ def writable(user: User, knowledge_id: str) -> Knowledge:
 @dataclass
 class Collection:
     """A collection as one caller sees it: the row's columns, whether they may change it, and (when the
-    answer lists them) its files or their count."""
+    answer lists them) a page of its files, their count, or both."""
 
     kb: Knowledge
     write_access: bool
@@ -51,13 +55,54 @@ class Collection:
         return getattr(self.kb, name)
 
 
-def seen_by(user: User, kb: Knowledge) -> Collection:
-    return Collection(kb, policy.can_write(user, kb), member_files(kb.id))
+@dataclass
+class MemberQuery:
+    """Which page of a collection's files, in which order (Open WebUI's `/{id}/files` parameters)."""
+
+    page: int = 1
+    limit: int = MEMBER_PAGE_SIZE
+    query: str | None = None
+    view_option: str | None = None
+    order_by: str | None = None
+    direction: str | None = None
+    include_content: bool = False
 
 
-def member_files(knowledge_id: str) -> list[File]:
-    return list(File.select().join(KnowledgeFile).where(KnowledgeFile.knowledge == knowledge_id)
-                .order_by(KnowledgeFile.created_at, File.id))
+def seen_by(user: User, kb: Knowledge, page: int = 1) -> Collection:
+    """The collection with one page of its files (every answer that carries `files` pages them)."""
+    return Collection(kb, policy.can_write(user, kb), member_page(user, kb.id, MemberQuery(page=page))[0])
+
+
+SORTABLE = {"name": File.filename, "created_at": File.created_at, "updated_at": File.updated_at}
+
+
+def member_page(user: User, knowledge_id: str, ask: MemberQuery) -> tuple[list[File], int]:
+    """One page of a collection's files with their uploaders (one joined query) and the filtered total
+    (one count): newest link first unless `order_by` says otherwise."""
+    rows = (File.select(*files.listed_columns(ask.include_content), User.id, User.name, User.role)
+            .join(KnowledgeFile, on=(KnowledgeFile.file == File.id))
+            .switch(File).join(User, on=(File.user == User.id)))
+    rows = _member_filter(user, rows.where(KnowledgeFile.knowledge == knowledge_id), ask)
+    total = _member_filter(user, KnowledgeFile.select().join(File).where(
+        KnowledgeFile.knowledge == knowledge_id), ask).count()
+    return list(rows.order_by(*_member_order(ask)).paginate(ask.page, ask.limit)), total
+
+
+def _member_filter(user: User, query, ask: MemberQuery):
+    if ask.query:
+        query = query.where(File.filename.contains(ask.query))
+    if ask.view_option == "created":
+        query = query.where(File.user == user.id)
+    elif ask.view_option == "shared":
+        query = query.where(File.user != user.id)
+    return query
+
+
+def _member_order(ask: MemberQuery) -> list:
+    if ask.order_by not in SORTABLE:
+        return [KnowledgeFile.id.desc()]
+    column = SORTABLE[ask.order_by]
+    return [column.asc() if ask.direction == "asc" else column.desc(), KnowledgeFile.id.desc()]
 
 
 # ---------------------------------------------------------------- CRUD
@@ -73,21 +118,33 @@ def create(user: User, name: str, description: str = "", access_grants=None, met
 
 
 def list_for(user: User, page: int | None = None) -> tuple[list[Collection], int]:
-    query = policy.readable_rows(user, Knowledge.select())
-    total = query.count()
+    total = policy.readable_rows(user, Knowledge.select()).count()
+    query = policy.readable_rows(user, Knowledge.select(Knowledge, User.id, User.name, User.role, User.email)
+                                 .join(User, on=(Knowledge.user == User.id)))
     query = query.order_by(Knowledge.updated_at.desc(), Knowledge.created_at.desc(), Knowledge.id)
     if page:
         query = query.paginate(page, PAGE_SIZE)
-    items = []
-    for kb in query:
-        count = KnowledgeFile.select().where(KnowledgeFile.knowledge == kb.id).count()
-        items.append(Collection(kb, policy.can_write(user, kb), file_count=count))
-    return items, total
+    rows = list(query)
+    counts = _file_counts([kb.id for kb in rows])
+    return [Collection(kb, policy.can_write(user, kb), file_count=counts.get(kb.id, 0)) for kb in rows], total
 
 
-def get(user: User, knowledge_id: str) -> Collection:
-    """The collection with its files (also what `/{id}/files` pages)."""
-    return seen_by(user, readable(user, knowledge_id))
+def _file_counts(knowledge_ids: list[str]) -> dict[str, int]:
+    """Each collection's number of files, in one grouped query."""
+    return dict(KnowledgeFile.select(KnowledgeFile.knowledge, fn.COUNT(KnowledgeFile.id))
+                .where(KnowledgeFile.knowledge.in_(knowledge_ids)).group_by(KnowledgeFile.knowledge).tuples())
+
+
+def get(user: User, knowledge_id: str, page: int = 1) -> Collection:
+    """The collection with one page of its files."""
+    return seen_by(user, readable(user, knowledge_id), page)
+
+
+def files_of(user: User, knowledge_id: str, ask: MemberQuery) -> Collection:
+    """`/{id}/files`: the page asked for, with `file_count` the total matching it."""
+    kb = readable(user, knowledge_id)
+    page, total = member_page(user, kb.id, ask)
+    return Collection(kb, policy.can_write(user, kb), page, total)
 
 
 def update(user: User, knowledge_id: str, body: dict) -> Collection:
