@@ -17,7 +17,8 @@ log = logging.getLogger("webui_api")
 BLUEPRINTS = ("system", "auths", "users", "models", "chat", "ollama", "openai", "files", "knowledge", "retrieval", "ops")
 
 # Route families whose clients read something other than `detail`: the openai SDK (and litellm, langchain)
-# show only `error.message`, the ollama client only an `error` string.
+# show only `error.message`, the ollama client only an `error` string. deploy/nginx.conf's `$error_extra`
+# map gives nginx's own error bodies the same shapes: keep the two in step.
 OPENAI_PATHS = frozenset({"/api/chat/completions", "/api/v1/chat/completions", "/api/embeddings",
                           "/api/v1/embeddings", "/api/models", "/api/v1/models"})
 OPENAI_PREFIXES = ("/openai/", "/ollama/v1/")
