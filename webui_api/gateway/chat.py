@@ -60,8 +60,8 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
 
 
 def refuse_unprovided(body: dict) -> None:
-    """Open WebUI features this server does not run (web search, tools, ...) are refused by name: dropped
-    silently, a script asking for a grounded answer would get an ungrounded one and no warning."""
+    """Open WebUI features this server does not run (web search, tools, ...) are refused by name: were
+    they dropped, a script asking for a grounded answer would get an ungrounded one and no warning."""
     features = body.get("features")
     if features is not None and not isinstance(features, dict):
         raise Unprocessable("`features` must be an object.")
