@@ -150,7 +150,9 @@ def test_stream_tool_calls():
 def test_stream_error_line_and_truncated_stream():
     conv = convert.OllamaStreamConverter("m", "c", 1)
     chunks = conv.feed(line("a")) + conv.feed({"error": "model crashed"}) + conv.feed(line("ignored"))
-    assert chunks[-1] == {"error": {"message": "model crashed"}} and len(chunks) == 2
+    assert chunks[-1] == {"error": {"message": "model crashed", "type": "upstream_error",
+                                    "code": "upstream_error"}}
+    assert len(chunks) == 2
     assert conv.finish() == []
     cut = convert.OllamaStreamConverter("m", "c", 1)
     cut.feed(line("a"))

@@ -122,6 +122,9 @@ def test_upload_at_the_limit_passes_and_above_it_gets_json_413(stack):
     way_over = upload(stack, 3 * limit, "way-over.txt")  # nginx refuses it before the gateway sees it
     assert way_over.status_code == 413 and way_over.headers["Content-Type"] == "application/json"
     assert way_over.json() == {"detail": "Request body too large"}
+    chat = requests.post(stack["nginx"].url + "/api/chat/completions", headers=stack["headers"], timeout=30,
+                         data=b"x" * (3 * limit))  # the openai SDK shows only error.message
+    assert chat.status_code == 413 and chat.json()["error"]["message"] == "Request body too large"
 
 
 def log_entry(path, request_id: str, timeout: float = 5.0) -> dict:
@@ -163,6 +166,18 @@ def test_nginx_own_502_is_json(tmp_path):
         response = requests.get(nginx.url + "/api/version", timeout=10)
     assert response.status_code == 502 and response.headers["Content-Type"] == "application/json"
     assert "detail" in response.json() and len(response.headers["X-Request-ID"]) == 32
+
+
+def test_nginx_own_errors_carry_what_each_route_family_reads(tmp_path):
+    with Nginx(free_port(), tmp_path) as nginx:  # nothing listens upstream
+        paths = ("/api/chat/completions", "/openai/embeddings", "/ollama/api/chat", "/api/config")
+        answers = {path: requests.post(nginx.url + path, json={}, timeout=10).json() for path in paths}
+    reason = "The gateway is not reachable (webui_api upstream down)"
+    openai_body = {"detail": reason,
+                   "error": {"message": reason, "type": "upstream_error", "code": "upstream_error"}}
+    assert answers["/api/chat/completions"] == answers["/openai/embeddings"] == openai_body
+    assert answers["/ollama/api/chat"] == {"detail": reason, "error": reason}
+    assert answers["/api/config"] == {"detail": reason}
 
 
 def open_connections(port: int, count: int, prefix: bytes) -> list:

@@ -37,7 +37,7 @@ def test_root_is_public(client):
 
 def test_routes_need_a_credential(client, admin):
     assert client.get("/ollama/api/tags").status_code == 401
-    assert client.get("/ollama/api/tags").get_json() == {"detail": "Not authenticated"}
+    assert client.get("/ollama/api/tags").get_json()["detail"] == "Not authenticated"
 
 
 def test_pending_user_is_forbidden(client, pending):
@@ -94,7 +94,7 @@ def test_non_stream_chat_is_the_backend_json(client, key):
 
 def test_unknown_model_is_404(client, key):
     resp = client.post("/ollama/api/generate", headers=key, json={"model": "nope", "prompt": "x"})
-    assert resp.status_code == 404 and resp.get_json() == {"detail": "Model 'nope' was not found"}
+    assert resp.status_code == 404 and resp.get_json()["detail"] == "Model 'nope' was not found"
     assert client.post("/ollama/api/generate", headers=key, json={"prompt": "x"}).status_code == 400
     assert client.post("/ollama/api/generate", headers=key, data="not json").status_code == 400
 
@@ -143,7 +143,7 @@ def test_ps_merges_loaded_models(client, key, fake_backend, second):
 def test_backend_http_error_passes_through_as_detail(client, key, fake_backend):
     fake_backend.fault = {"kind": "http500", "path": "/api/chat"}
     resp = client.post("/ollama/api/chat/0", headers=key, json={"model": "llama3.2", "messages": HELLO})
-    assert resp.status_code == 500 and resp.get_json() == {"detail": "upstream exploded"}
+    assert resp.status_code == 500 and resp.get_json()["detail"] == "upstream exploded"
 
 
 def test_slow_backend_is_504(client, key, fake_backend):

@@ -76,7 +76,7 @@ def test_embeddings(client, key):
 
 def test_unknown_model_and_bad_body(client, key):
     resp = client.post("/openai/chat/completions", headers=key, json={"model": "nope", "messages": HELLO})
-    assert resp.status_code == 404 and resp.get_json() == {"detail": "Model 'nope' was not found"}
+    assert resp.status_code == 404 and resp.get_json()["detail"] == "Model 'nope' was not found"
     assert client.post("/openai/chat/completions", headers=key, data="[1, 2]").status_code == 400
     assert client.post("/openai/chat/completions", headers=key, json={"messages": HELLO}).status_code == 400
 
@@ -84,7 +84,7 @@ def test_unknown_model_and_bad_body(client, key):
 def test_backend_errors(client, key, fake_backend):
     fake_backend.fault = {"kind": "http500", "path": "/v1/chat", "message": "overloaded"}
     resp = client.post("/openai/chat/completions/0", headers=key, json={"model": "gpt-4o-mini", "messages": HELLO})
-    assert resp.status_code == 500 and resp.get_json() == {"detail": "overloaded"}
+    assert resp.status_code == 500 and resp.get_json()["detail"] == "overloaded"
     fake_backend.fault = {"kind": "slow", "path": "/v1/chat", "delay": 1.0}
     resp = client.post("/openai/chat/completions/0", headers=key, json={"model": "gpt-4o-mini", "messages": HELLO})
     assert resp.status_code == 504 and "OpenAI backend 0" in resp.get_json()["detail"]
@@ -127,4 +127,4 @@ def test_sse_arrives_as_produced(live_server, key, fake_backend):
 def test_disabled_openai_api_is_503(app, client, key):
     app.extensions["webui_api"].upstream.openai = []
     resp = client.get("/openai/models", headers=key)
-    assert resp.status_code == 503 and resp.get_json() == {"detail": "OpenAI API is disabled"}
+    assert resp.status_code == 503 and resp.get_json()["detail"] == "OpenAI API is disabled"

@@ -68,6 +68,8 @@ def test_every_operation_documents_a_success_schema(spec):
 def test_every_error_response_is_the_detail_body(spec):
     error = spec["components"]["schemas"]["Error"]
     assert error["required"] == ["detail"] and len(error["properties"]["detail"]["oneOf"]) == 2
+    openai_error, ollama_error = error["properties"]["error"]["oneOf"]  # beside `detail` on those routes
+    assert openai_error["required"] == ["message", "type", "code"] and ollama_error == {"type": "string"}
     wrong = []
     for path, method, op in operations(spec):
         assert "default" in op["responses"]

@@ -99,3 +99,39 @@ class KeptAsFailed(ApiError):
 
 class ConfigError(Exception):
     """The configuration cannot be used; raised at start-up with a one-line explanation."""
+
+
+# OpenAI's error `type` and `code` by status: the SDKs pick their exception class by status and show the
+# `message`; these names only help a reader tell failures apart.
+_OPENAI_KINDS = {
+    400: ("invalid_request_error", "bad_request"), 401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"), 404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"), 409: ("invalid_request_error", "conflict"),
+    413: ("invalid_request_error", "payload_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"), 422: ("invalid_request_error", "invalid_value"),
+    429: ("rate_limit_error", "rate_limit_exceeded"), 500: ("server_error", "internal_error"),
+    502: ("upstream_error", "upstream_error"), 503: ("server_error", "service_unavailable"),
+    504: ("upstream_error", "upstream_timeout")}
+
+
+def openai_error(detail: Any, status: int) -> dict:
+    """OpenAI's error object `{message, type, code}` for a detail (a text or 422 `{loc, msg}` items)."""
+    kind, code = _OPENAI_KINDS.get(status) or (
+        "server_error" if status >= 500 else "invalid_request_error", f"http_{status}")
+    if detail == MODEL_NOT_FOUND:
+        code = "model_not_found"  # OpenAI's own code for it
+    return {"message": error_message(detail), "type": kind, "code": code}
+
+
+def error_message(detail: Any) -> str:
+    """A detail as one line of text: validation items read `body.model: Missing data for required field.`"""
+    if isinstance(detail, list):
+        return "; ".join(_item_message(item) for item in detail)
+    return str(detail)
+
+
+def _item_message(item: Any) -> str:
+    if isinstance(item, dict) and "msg" in item:
+        where = ".".join(str(part) for part in item.get("loc") or [])
+        return f"{where}: {item['msg']}" if where else str(item["msg"])
+    return str(item)

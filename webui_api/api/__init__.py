@@ -4,17 +4,25 @@ from __future__ import annotations
 import importlib
 import logging
 
-from flask import jsonify
+from flask import jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from ..errors import ApiError
+from ..errors import ApiError, error_message, openai_error
 from .schemas import ErrorSchema
 
 log = logging.getLogger("webui_api")
 
 # One module per endpoint group; each exposes `blp`.
 BLUEPRINTS = ("system", "auths", "users", "models", "chat", "ollama", "openai", "files", "knowledge", "retrieval", "ops")
+
+# Route families whose clients read something other than `detail`: the openai SDK (and litellm, langchain)
+# show only `error.message`, the ollama client only an `error` string. deploy/nginx.conf's `$error_extra`
+# map gives nginx's own error bodies the same shapes: keep the two in step.
+OPENAI_PATHS = frozenset({"/api/chat/completions", "/api/v1/chat/completions", "/api/embeddings",
+                          "/api/v1/embeddings", "/api/models", "/api/v1/models"})
+OPENAI_PREFIXES = ("/openai/", "/ollama/v1/")
+OLLAMA_PREFIXES = ("/ollama/api/",)
 
 _LOCATIONS = {"json": "body", "form": "form", "files": "files", "query": "query", "querystring": "query",
               "headers": "header", "view_args": "path"}
@@ -49,11 +57,21 @@ def handle_api_error(error: ApiError):
 
 
 def error_response(detail, status: int, headers: dict | None = None):
-    response = jsonify({"detail": detail})
+    response = jsonify({"detail": detail, **client_error(request.path, detail, status)})
     response.status_code = status
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response
+
+
+def client_error(path: str, detail, status: int) -> dict:
+    """What the route family's own clients read beside Open WebUI's `detail`."""
+    path = path.rstrip("/") or "/"
+    if path in OPENAI_PATHS or path.startswith(OPENAI_PREFIXES):
+        return {"error": openai_error(detail, status)}
+    if path.startswith(OLLAMA_PREFIXES):
+        return {"error": error_message(detail)}
+    return {}
 
 
 def validation_detail(messages: dict) -> list[dict]:

@@ -5,12 +5,30 @@ import marshmallow as ma
 from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
 
+from ..errors import UnsupportedMediaType
 from ..gateway import chat as gateway
 from .deps import current_user, ext
 from .schemas import EVENT_STREAM, OpenSchema, Relayed
 
+
+class JsonBodyParser(FlaskParser):
+    """Reads the body as JSON whatever its label: `curl -d` sends JSON as a form (the /ollama routes take
+    it too); a body that is not JSON is refused saying what is wanted, not as missing fields."""
+
+    def _raw_load_json(self, req):
+        if is_json_request(req):
+            return super()._raw_load_json(req)
+        try:
+            return core.parse_json(req.get_data(cache=True))
+        except ValueError:
+            raise UnsupportedMediaType("The body must be JSON (Content-Type: application/json).") from None
+
+
 blp = Blueprint("chat", __name__, description="Chat completions and embeddings (OpenAI-compatible)")
+blp.ARGUMENTS_PARSER = JsonBodyParser()
 
 
 class ChatCompletionSchema(OpenSchema):

@@ -31,11 +31,21 @@ class Relayed(OpenSchema):
         return obj
 
 
+OPENAI_ERROR = {"type": "object", "required": ["message", "type", "code"], "properties": {
+    "message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "string"}}}
+
+
 class ErrorSchema(Schema):
-    """Every error body: a message, or (422) FastAPI-style items `{loc, msg, type}`."""
+    """Every error body: a message, or (422) FastAPI-style items `{loc, msg, type}`; beside it, on the
+    OpenAI-compatible routes OpenAI's error object, on `/ollama/api/*` Ollama's error string."""
 
     detail = ma.fields.Raw(required=True, metadata={"oneOf": [
         {"type": "string"}, {"type": "array", "items": DETAIL_ITEM}]})
+    error = ma.fields.Raw(metadata={
+        "oneOf": [OPENAI_ERROR, {"type": "string"}],
+        "description": "The same reason for the route's own clients: `{message, type, code}` on "
+                       "`/api/chat/completions`, `/api/embeddings`, `/api/models`, `/openai/*` and "
+                       "`/ollama/v1/*`; a string on `/ollama/api/*`; absent elsewhere"})
 
 
 class StatusSchema(Schema):

@@ -13,7 +13,7 @@ from .fields import CHAT_OWN_FIELDS, OLLAMA_NATIVE_OPTIONS, OLLAMA_ONLY, OLLAMA_
 from ..auth import policy
 from ..rag import files, knowledge
 from .. import telemetry
-from ..errors import ApiError, ServiceUnavailable, Unprocessable, UpstreamError
+from ..errors import ApiError, BadRequest, ServiceUnavailable, Unprocessable, UpstreamError
 from ..upstream import http_error
 
 log = logging.getLogger("webui_api.gateway")
@@ -36,6 +36,7 @@ class Streamed:
 def chat_completion(ext, user, body: dict) -> dict | Streamed:
     """OpenAI-style chat over any registered model: a `chat.completion` dict, or SSE when `stream`."""
     body = dict(body)
+    refuse_unprovided(body)
     requested = body.get("model")
     target = ext.catalog.resolve(user, requested)
     messages = check_messages(body.get("messages"))
@@ -56,6 +57,19 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
     if target.kind == "openai":
         return _openai_chat(ext.upstream, user, target, body, params, sources)
     return _ollama_chat(ext.upstream, user, target, requested, body, params, sources)
+
+
+def refuse_unprovided(body: dict) -> None:
+    """Open WebUI features this server does not run (web search, tools, ...) are refused by name: were
+    they dropped, a script asking for a grounded answer would get an ungrounded one and no warning."""
+    features = body.get("features")
+    if features is not None and not isinstance(features, dict):
+        raise Unprocessable("`features` must be an object.")
+    asked = [f"features.{name}" for name, on in (features or {}).items() if on]
+    asked += [name for name in ("tool_ids", "tool_servers") if body.get(name)]
+    if asked:
+        raise BadRequest(f"This server does not provide {', '.join(asked)}; remove "
+                         f"{'it' if len(asked) == 1 else 'them'} from the request.")
 
 
 def check_messages(messages: Any) -> list[dict]:
@@ -308,11 +322,11 @@ def _ollama_sse(upstream, resp, converter, sources: list) -> Iterator[bytes]:
 def _stream_error(exc: Exception) -> Iterator[bytes]:
     if isinstance(exc, ApiError):
         log.warning("chat stream failed: %s", exc.detail)
-        detail = exc.detail
+        detail, status = exc.detail, exc.status
     else:
         log.exception("chat stream failed")
-        detail = "internal error"
-    yield convert.sse({"error": {"message": f"{STREAM_FAILED}: {detail}", "type": "upstream_error"}})
+        detail, status = "internal error", 500
+    yield convert.sse(convert.error_event(f"{STREAM_FAILED}: {detail}", status))
     yield convert.SSE_DONE
 
 
@@ -353,10 +367,19 @@ def _check_input(inputs: Any, tokens_ok: bool) -> None:
     if isinstance(inputs, list) and inputs:
         if all(isinstance(t, str) for t in inputs):
             return
-        if tokens_ok and (all(isinstance(t, int) for t in inputs)
-                          or all(isinstance(t, list) and all(isinstance(i, int) for i in t) for t in inputs)):
-            return
+        if _token_ids(inputs):
+            if tokens_ok:
+                return
+            raise Unprocessable("Ollama models embed text, not token ids: send `input` as a string or a "
+                                "list of strings (langchain's OpenAIEmbeddings: check_embedding_ctx_length="
+                                "False).")
     raise Unprocessable("`input` must be a string or a non-empty list of strings.")
+
+
+def _token_ids(inputs: list) -> bool:
+    """One list of token ids, or a list of them (what tiktoken-based clients send)."""
+    return (all(isinstance(t, int) for t in inputs)
+            or all(isinstance(t, list) and all(isinstance(i, int) for i in t) for t in inputs))
 
 
 # --- shared ------------------------------------------------------------------------------------

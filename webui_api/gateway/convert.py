@@ -7,7 +7,7 @@ import struct
 import uuid
 from typing import Any
 
-from ..errors import BadRequest
+from ..errors import BadRequest, openai_error
 from .fields import OLLAMA_OPTIONS, OLLAMA_TOP_LEVEL, OPENAI_SAMPLING
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -22,9 +22,10 @@ def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-def error_event(message: str) -> dict:
-    """The SSE error payload streamed to a client when a backend fails mid-answer."""
-    return {"error": {"message": str(message)}}
+def error_event(message: Any, status: int = 502) -> dict:
+    """The SSE error payload streamed to a client when an answer fails after it began: OpenAI's error
+    object, as in an error body."""
+    return {"error": openai_error(message, status)}
 
 
 # ----------------------------------------------------------------------------- OpenAI -> Ollama

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from . import model_lists
+from . import convert, model_lists
 from .catalog import Catalog
 from .fields import WEBUI_FIELDS, WEBUI_PARAMS
 from ..errors import BadRequest, UpstreamError
@@ -61,7 +61,7 @@ def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | N
         log.warning("stream from %s broke: %s", getattr(response, "backend", None), exc.detail)
         sep = b"" if last == b"\n" else b"\n"
         if sse:
-            event = json.dumps({"error": {"message": exc.detail}}).encode()
+            event = json.dumps(convert.error_event(exc.detail, exc.status)).encode()
             yield sep + b"data: " + event + b"\n\ndata: [DONE]\n\n"
         else:
             yield sep + json.dumps({"error": exc.detail}).encode() + b"\n"
