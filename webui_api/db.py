@@ -17,9 +17,11 @@ database = pw.SqliteDatabase(None)
 
 SCHEMA_VERSION = 4
 
-_PRAGMAS = {
-    "journal_mode": "wal",      # readers never block the writer; safe across gunicorn workers
+_PRAGMAS = {  # applied in this order on every new connection
+    # First: the journal_mode switch below needs a lock, and a worker starting while another migrates
+    # failed at once with "database is locked" when busy_timeout was set after it.
     "busy_timeout": 30000,      # ms: wait for the write lock instead of failing with "database is locked"
+    "journal_mode": "wal",      # readers never block the writer; safe across gunicorn workers
     "foreign_keys": 1,
     "synchronous": "normal",    # durable at each WAL checkpoint; recommended with WAL
     "cache_size": -16000,
