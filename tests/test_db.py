@@ -1,6 +1,7 @@
 """SQLite set-up: WAL, foreign keys, schema version, and concurrent writers from several processes."""
 import multiprocessing
 import sqlite3
+import threading
 
 from webui_api import db
 
@@ -11,6 +12,26 @@ def test_pragmas_and_schema_version(app):
     assert db.database.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 30000
     assert db.database.execute_sql("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
     assert set(db.database.get_tables()) >= {m._meta.table_name for m in db.TABLES}
+
+
+def test_a_new_file_locked_by_another_process_is_waited_for(tmp_path):
+    """A worker booting while another connection holds a write lock on a new (not yet WAL) file used to die
+    at once with "database is locked": switching to WAL does not wait on busy_timeout."""
+    path = str(tmp_path / "webui.db")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE held (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO held VALUES (1)")
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        db.init_database(path)
+        assert db.database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.database.execute_sql("SELECT count(*) FROM held").fetchone()[0] == 1
+    finally:
+        release.join()
+        holder.close()
+        db.database.close()
 
 
 def test_migrate_is_idempotent_and_keeps_rows(app, admin):

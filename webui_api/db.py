@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -17,11 +18,9 @@ database = pw.SqliteDatabase(None)
 
 SCHEMA_VERSION = 4
 
-_PRAGMAS = {  # applied in this order on every new connection
-    # First: the journal_mode switch below needs a lock, and a worker starting while another migrates
-    # failed at once with "database is locked" when busy_timeout was set after it.
+WAL_SWITCH_SECONDS = 30.0  # how long start-up retries the switch to WAL while another process holds a lock
+_PRAGMAS = {  # every new connection; WAL is a property of the file, set once by init_database
     "busy_timeout": 30000,      # ms: wait for the write lock instead of failing with "database is locked"
-    "journal_mode": "wal",      # readers never block the writer; safe across gunicorn workers
     "foreign_keys": 1,
     "synchronous": "normal",    # durable at each WAL checkpoint; recommended with WAL
     "cache_size": -16000,
@@ -256,10 +255,29 @@ def create_chunk_fts(database, tokenizer: str = DEFAULT_BM25_TOKENIZER) -> None:
 MIGRATIONS[3] = create_chunk_fts
 
 
+def _use_wal(path: str) -> None:
+    """Switch the file to WAL (readers never block the writer; safe across gunicorn workers). The switch
+    does not wait on busy_timeout: a worker booting while another process held a lock on a new file died
+    with "database is locked", so retry for a while instead."""
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    while True:
+        connection = sqlite3.connect(path, timeout=WAL_SWITCH_SECONDS)
+        try:
+            connection.execute("PRAGMA journal_mode=wal").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        finally:
+            connection.close()
+        time.sleep(0.05)
+
+
 def init_database(path: str) -> pw.SqliteDatabase:
     """Bind the deferred database to `path`, create tables and run pending migrations."""
     if path != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _use_wal(path)
     database.init(path, pragmas=_PRAGMAS, check_same_thread=False)
     with database.connection_context():
         migrate()
