@@ -1,7 +1,6 @@
 """The one owner of "SQLite is the truth, FAISS follows": every write of a collection's vector index."""
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from collections import Counter
@@ -9,6 +8,7 @@ from dataclasses import dataclass
 
 from peewee import fn
 
+from .. import locks
 from ..db import Chunk, File, Knowledge, KnowledgeFile
 from .collection_rows import (chunk_ids, collection_name, collection_vectors, linked_knowledge, majority_dim,
                           stored_vectors)
@@ -124,10 +124,7 @@ def quick_drift(store: VectorStore) -> list[str]:
 def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
     """Start-up: the cheap check, and a repair of what it finds; workers take turns under a lock, so the
     first one repairs and the others find nothing to do."""
-    os.makedirs(store.index_dir, exist_ok=True)
-    fd = os.open(os.path.join(store.index_dir, ".startup.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locks.exclusive(os.path.join(store.index_dir, ".startup.lock")):
         drifted = quick_drift(store)
         if not drifted:
             return 0, []
@@ -137,8 +134,6 @@ def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
         for path in leftovers:
             _silent_unlink(path)
         return total, drifted
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- drift and repair

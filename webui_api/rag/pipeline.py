@@ -1,16 +1,14 @@
 """The processing pipeline of one file, under its lock: extract, chunk, embed, write chunk rows, index."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
 import time
-from contextlib import contextmanager
 
 import numpy as np
 
-from .. import db
+from .. import db, locks
 from ..db import Chunk, File
 from ..errors import EMPTY_CONTENT, ApiError, Conflict, NotFound, UnusableContent
 from . import index_sync
@@ -28,21 +26,9 @@ _INSERT_CHUNK = 'INSERT INTO "{}" ({}) VALUES ({})'.format(
     ", ".join("?" for _ in _CHUNK_COLUMNS))
 
 
-@contextmanager
 def file_lock(settings, file_id: str, blocking: bool = True):
     """Exclusive lock on processing one file, across threads and workers; yields False if not acquired."""
-    lock_dir = os.path.join(uploads_dir(settings), ".locks")
-    os.makedirs(lock_dir, exist_ok=True)
-    fd = os.open(os.path.join(lock_dir, f"{file_id}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    return locks.exclusive(os.path.join(uploads_dir(settings), ".locks", f"{file_id}.lock"), blocking)
 
 
 def process(ext, file_id: str, content: str | None = None) -> File:

@@ -1,7 +1,6 @@
 """FAISS indexes on disk as immutable segments per collection, memory-mapped and shared by every worker."""
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
@@ -9,13 +8,13 @@ import shutil
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import faiss
 import numpy as np
 
+from .. import locks
 from ..errors import BadRequest, Conflict
 from .collection_rows import collection_vectors
 from .index_types import build_index, index_rows, search_segment
@@ -487,33 +486,15 @@ class VectorStore:
                 self._sweep(name, self._layout(name))
             return True
 
-    @contextmanager
     def _merge_lock(self, name: str):
-        fd = self._lock_fd(name, ".merge")
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+        return locks.exclusive(self._lock_path(name, ".merge"), blocking=False)
 
-    @contextmanager
     def _locked(self, name: str):
         """Exclusive per-collection lock shared by threads and processes (a fresh fd per holder)."""
-        fd = self._lock_fd(name, "")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the fd releases the lock
+        return locks.exclusive(self._lock_path(name, ""))
 
-    def _lock_fd(self, name: str, suffix: str) -> int:
-        path = self.path(name)
-        os.makedirs(self.index_dir, exist_ok=True)
-        return os.open(f"{path}{suffix}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    def _lock_path(self, name: str, suffix: str) -> str:
+        return f"{self.path(name)}{suffix}.lock"
 
 
 class _Unreadable(Exception):
