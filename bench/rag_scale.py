@@ -85,7 +85,7 @@ def bind(data_dir: str):
     settings = Settings.from_env()
     if not db.database.is_closed():
         db.database.close()
-    db.init_database(settings.database_path)
+    db.init_database(settings.DATABASE_URL)
     return build_services(settings)
 
 

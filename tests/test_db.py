@@ -10,7 +10,7 @@ def test_pragmas_and_schema_version(app):
     assert db.database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.database.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 30000
-    assert db.database.execute_sql("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    assert db.schema_version() == db.SCHEMA_VERSION
     assert set(db.database.get_tables()) >= {m._meta.table_name for m in db.TABLES}
 
 
@@ -25,7 +25,7 @@ def test_a_new_file_locked_by_another_process_is_waited_for(tmp_path):
     release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
     release.start()
     try:
-        db.init_database(path)
+        db.init_database(f"sqlite:///{path}")
         assert db.database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.database.execute_sql("SELECT count(*) FROM held").fetchone()[0] == 1
     finally:
@@ -40,7 +40,7 @@ def test_migrate_is_idempotent_and_keeps_rows(app, admin):
 
 
 def _hammer(path, worker, count, errors):
-    db.init_database(path)
+    db.init_database(f"sqlite:///{path}")
     try:
         for i in range(count):
             with db.write_transaction():
@@ -52,7 +52,7 @@ def _hammer(path, worker, count, errors):
 
 def test_concurrent_writers_never_see_database_locked(tmp_path):
     path = str(tmp_path / "webui.db")
-    db.init_database(path)
+    db.init_database(f"sqlite:///{path}")
     ctx = multiprocessing.get_context("fork")
     errors = ctx.Queue()
     procs = [ctx.Process(target=_hammer, args=(path, w, 200, errors)) for w in range(6)]

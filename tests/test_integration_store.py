@@ -36,7 +36,7 @@ def env(backend, tmp_path):
 
 def fill_collection(data_dir: str) -> str:
     """A knowledge collection of ROWS chunks written through the project's store modules."""
-    db.init_database(os.path.join(data_dir, "webui.db"))
+    db.init_database("sqlite:///" + os.path.join(data_dir, "webui.db"))
     admin = User.get(User.email == "admin@example.com")
     file = File.create(user=admin.id, filename="big.txt", storage_name="big", file_hash="h",
                        status="completed")

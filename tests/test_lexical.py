@@ -77,7 +77,7 @@ def test_a_process_killed_mid_transaction_leaves_index_and_rows_in_step(client, 
     script = textwrap.dedent(f"""
         import os
         from webui_api import db
-        db.init_database({db.database.database!r})
+        db.init_database({"sqlite:///" + db.database.database!r})
         with db.write_transaction():
             db.Chunk.delete().where(db.Chunk.file == {file['id']!r}).execute()
             db.Chunk.create(file={file['id']!r}, seq=0, text="phantom zeppelin", start=0, end=1, vector=b"",
@@ -101,7 +101,7 @@ def test_migrating_an_older_database_indexes_its_existing_chunks(client, user):
     file = upload_ok(client, user["headers"], "x.txt", b"Hypersonic boundary layers.")
     for statement in (f"DROP TABLE {db.CHUNK_FTS}", *(f"DROP TRIGGER {db.CHUNK_FTS}_{event}"
                                                       for event in ("insert", "delete", "update")),
-                      "PRAGMA user_version = 1"):
+                      "UPDATE schema_version SET version = 1"):
         db.database.execute_sql(statement)
     assert db.migrate() == db.SCHEMA_VERSION
     assert found("hypersonic", [file["id"]]) == {file["id"]} and lexical.is_consistent()

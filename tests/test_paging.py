@@ -34,12 +34,12 @@ def get(client, headers, path):
 def queries(monkeypatch):
     """Counts the SQL statements the real database runs."""
     seen = []
-    execute = db.database.execute_sql
+    execute = db.database.obj.execute_sql
 
     def counted(sql, params=None, *args, **kwargs):
         seen.append(sql)
         return execute(sql, params, *args, **kwargs)
-    monkeypatch.setattr(db.database, "execute_sql", counted)
+    monkeypatch.setattr(db.database.obj, "execute_sql", counted)
     return seen
 
 

@@ -15,7 +15,7 @@ PUBLIC = {"principal_type": "user", "principal_id": "*", "permission": "read"}
 
 @pytest.fixture
 def database(tmp_path):
-    db.init_database(str(tmp_path / "webui.db"))
+    db.init_database(f"sqlite:///{tmp_path}/webui.db")
     yield db.database
     db.database.close()
 

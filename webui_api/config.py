@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
+INGEST_WORKERS = 2  # background ingestion threads per worker
 DEFAULT_BM25_TOKENIZER = "porter unicode61 remove_diacritics 2"  # FTS5: Porter stemming for English
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -78,7 +79,8 @@ class Settings:
 
     # --- storage
     DATA_DIR: str = _setting("DATA_DIR", "./data")
-    DATABASE_URL: str = _setting("DATABASE_URL", "")
+    DATABASE_URL: str = _setting("DATABASE_URL", "")  # sqlite:///<path> (default) or postgresql://…
+    DATABASE_POOL_SIZE: int = _setting("DATABASE_POOL_SIZE", 0, int)  # 0: derived from the thread count
     # --- auth
     WEBUI_SECRET_KEY: str = _setting(("WEBUI_SECRET_KEY", "WEBUI_JWT_SECRET_KEY"), "")
     JWT_EXPIRES_IN: float | None = _setting("JWT_EXPIRES_IN", 4 * 604800.0, parse_duration)
@@ -181,15 +183,22 @@ class Settings:
         self.DATA_DIR = str(Path(self.DATA_DIR).resolve())
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR}/webui.db"
+        if self.shared_database and not self.WEBUI_SECRET_KEY:
+            raise ConfigError("WEBUI_SECRET_KEY must be set with a PostgreSQL DATABASE_URL: every host must sign "
+                              "and check tokens with the same key, and a generated one would differ per host")
         self.OLLAMA_BASE_URLS = [u.rstrip("/") for u in self.OLLAMA_BASE_URLS]
         self.OPENAI_API_BASE_URLS = [u.rstrip("/") for u in self.OPENAI_API_BASE_URLS]
 
     @property
-    def database_path(self) -> str:
-        prefix = "sqlite:///"
-        if not self.DATABASE_URL.startswith(prefix):
-            raise ConfigError("DATABASE_URL must be a sqlite:/// URL (SQLite is the supported database)")
-        return self.DATABASE_URL[len(prefix):]
+    def shared_database(self) -> bool:
+        """PostgreSQL: several hosts may share the database (and must then share the secret key)."""
+        return self.DATABASE_URL.split(":", 1)[0].lower() in ("postgresql", "postgres")
+
+    @property
+    def database_pool_size(self) -> int:
+        """PostgreSQL connections per worker at most: one per request thread, one per ingest thread, and
+        two for start-up and background sweeps. Opened lazily, so an idle worker holds few."""
+        return self.DATABASE_POOL_SIZE or self.UPSTREAM_POOL_SIZE + INGEST_WORKERS + 2
 
     @property
     def docs_enabled(self) -> bool:

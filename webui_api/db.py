@@ -1,30 +1,22 @@
-"""SQLite persistence with peewee: one deferred database, every table, schema versioning."""
+"""Persistence with peewee on SQLite or PostgreSQL: one database proxy, every table, schema versioning."""
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import threading
 import time
 import uuid
 
 import peewee as pw
-from playhouse.sqlite_ext import AutoIncrementField
 
 from .config import DEFAULT_BM25_TOKENIZER
+from .dialect import Dialect, SqliteDialect, for_url
 
-# Bound by create_app (or a test) through `init_database`; peewee keeps one connection per thread.
-database = pw.SqliteDatabase(None)
+# Bound by create_app (or a test) through `init_database` to SQLite (a connection per thread) or to a
+# PostgreSQL pool (a connection per request).
+database = pw.DatabaseProxy()
+dialect: Dialect = SqliteDialect("sqlite:///:memory:")
 
 SCHEMA_VERSION = 4
-
-WAL_SWITCH_SECONDS = 30.0  # how long start-up retries the switch to WAL while another process holds a lock
-_PRAGMAS = {  # every new connection; WAL is a property of the file, set once by init_database
-    "busy_timeout": 30000,      # ms: wait for the write lock instead of failing with "database is locked"
-    "foreign_keys": 1,
-    "synchronous": "normal",    # durable at each WAL checkpoint; recommended with WAL
-    "cache_size": -16000,
-}
 
 
 def now() -> int:
@@ -35,7 +27,25 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-class JSONField(pw.TextField):
+class Text(pw.TextField):
+    """Text without length limit (VARCHAR(255) would fail on PostgreSQL where SQLite stores anything).
+    NUL becomes U+FFFD on both engines: PostgreSQL text cannot hold it, and both must store the same."""
+
+    def db_value(self, value):
+        value = super().db_value(value)
+        return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+
+
+class ChunkIdField(pw.BigAutoField):
+    """64-bit ids never reused (SQLite: AUTOINCREMENT; PostgreSQL: a sequence), so a stale vector in an
+    index cannot alias a newer chunk."""
+
+    def ddl(self, ctx):
+        nodes = super().ddl(ctx)
+        return pw.NodeList((nodes, pw.SQL("AUTOINCREMENT"))) if dialect.name == "sqlite" else nodes
+
+
+class JSONField(Text):
     """A JSON document stored as text."""
 
     def db_value(self, value):
@@ -51,14 +61,14 @@ class BaseModel(pw.Model):
 
 
 class User(BaseModel):
-    id = pw.CharField(primary_key=True, default=new_id)
-    email = pw.CharField(unique=True)
-    name = pw.CharField()
-    role = pw.CharField(default="pending")
-    password_hash = pw.CharField()
-    profile_image_url = pw.CharField(null=True)
+    id = Text(primary_key=True, default=new_id)
+    email = Text(unique=True)
+    name = Text()
+    role = Text(default="pending")
+    password_hash = Text()
+    profile_image_url = Text(null=True)
     # JWTs issued before this instant are refused (password change, admin reset).
-    tokens_valid_after = pw.FloatField(default=0.0)
+    tokens_valid_after = pw.DoubleField(default=0.0)
     last_active_at = pw.IntegerField(default=now)
     created_at = pw.IntegerField(default=now)
     updated_at = pw.IntegerField(default=now)
@@ -71,8 +81,8 @@ class ApiKey(BaseModel):
     """One key per user, stored only as a SHA-256 hash (keys are 128-bit random, so no KDF is needed)."""
 
     user = pw.ForeignKeyField(User, primary_key=True, on_delete="CASCADE", backref="api_key")
-    key_hash = pw.CharField(unique=True)
-    masked = pw.CharField()
+    key_hash = Text(unique=True)
+    masked = Text()
     created_at = pw.IntegerField(default=now)
     last_used_at = pw.IntegerField(null=True)
 
@@ -81,7 +91,7 @@ class ApiKey(BaseModel):
 
 
 class RevokedToken(BaseModel):
-    jti = pw.CharField(primary_key=True)
+    jti = Text(primary_key=True)
     expires_at = pw.IntegerField(null=True, index=True)
 
     class Meta:
@@ -89,8 +99,8 @@ class RevokedToken(BaseModel):
 
 
 class SigninAttempt(BaseModel):
-    email = pw.CharField(index=True)
-    at = pw.FloatField(index=True)
+    email = Text(index=True)
+    at = pw.DoubleField(index=True)
 
     class Meta:
         table_name = "signin_attempt"
@@ -99,10 +109,10 @@ class SigninAttempt(BaseModel):
 class Preset(BaseModel):
     """A workspace model: a base model plus name, system prompt, params and knowledge."""
 
-    id = pw.CharField(primary_key=True)
+    id = Text(primary_key=True)
     user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="presets")
-    base_model_id = pw.CharField(null=True)
-    name = pw.CharField()
+    base_model_id = Text(null=True)
+    name = Text()
     meta = JSONField(default=dict)
     params = JSONField(default=dict)
     is_public = pw.BooleanField(default=False)
@@ -115,17 +125,17 @@ class Preset(BaseModel):
 
 
 class File(BaseModel):
-    id = pw.CharField(primary_key=True, default=new_id)
+    id = Text(primary_key=True, default=new_id)
     user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="files")
-    filename = pw.CharField()
-    storage_name = pw.CharField()             # server-generated name under DATA_DIR/uploads
-    content_type = pw.CharField(default="application/octet-stream")
+    filename = Text()
+    storage_name = Text()             # server-generated name under DATA_DIR/uploads
+    content_type = Text(default="application/octet-stream")
     size = pw.IntegerField(default=0)
-    file_hash = pw.CharField(index=True)      # sha256 of the uploaded bytes
-    text_hash = pw.CharField(null=True)       # sha256 of the extracted text
-    content = pw.TextField(null=True)         # extracted text
-    status = pw.CharField(default="pending")  # pending | processing | completed | failed
-    error = pw.TextField(null=True)
+    file_hash = Text(index=True)      # sha256 of the uploaded bytes
+    text_hash = Text(null=True)       # sha256 of the extracted text
+    content = Text(null=True)         # extracted text
+    status = Text(default="pending")  # pending | processing | completed | failed
+    error = Text(null=True)
     meta = JSONField(default=dict)            # client metadata form field
     created_at = pw.IntegerField(default=now)
     updated_at = pw.IntegerField(default=now)
@@ -138,15 +148,15 @@ class File(BaseModel):
 class Chunk(BaseModel):
     """A piece of a file's text with its embedding: the source of truth every FAISS index is rebuilt from."""
 
-    id = AutoIncrementField()                  # the FAISS id; never reused, so a stale vector cannot alias
+    id = ChunkIdField()                       # the FAISS id; never reused, so a stale vector cannot alias
     file = pw.ForeignKeyField(File, on_delete="CASCADE", backref="chunks")
     seq = pw.IntegerField()
-    text = pw.TextField()
+    text = Text()
     start = pw.IntegerField()
     end = pw.IntegerField()
     vector = pw.BlobField()                    # float32, L2-normalised
     dim = pw.IntegerField()
-    model = pw.CharField()
+    model = Text()
 
     class Meta:
         table_name = "chunk"
@@ -155,10 +165,10 @@ class Chunk(BaseModel):
 
 
 class Knowledge(BaseModel):
-    id = pw.CharField(primary_key=True, default=new_id)
+    id = Text(primary_key=True, default=new_id)
     user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="knowledge")
-    name = pw.CharField()
-    description = pw.TextField(default="")
+    name = Text()
+    description = Text(default="")
     meta = JSONField(null=True)
     is_public = pw.BooleanField(default=False)
     created_at = pw.IntegerField(default=now)
@@ -181,7 +191,7 @@ class KnowledgeFile(BaseModel):
 class ChangeStamp(BaseModel):
     """A counter per cached concept, bumped in the same transaction as every change to it (by triggers)."""
 
-    name = pw.CharField(primary_key=True)
+    name = Text(primary_key=True)
     value = pw.IntegerField(default=0)
 
     class Meta:
@@ -211,14 +221,16 @@ STAMP_TRIGGERS = {
 STAMPS = ("auth", "presets", "models")
 
 
-def _add_change_stamps(db: pw.SqliteDatabase) -> None:
-    db.execute_sql("CREATE TABLE IF NOT EXISTS change_stamp (name VARCHAR(255) NOT NULL PRIMARY KEY, "
-                   "value INTEGER NOT NULL DEFAULT 0)")
+def _add_change_stamps(database) -> None:
+    database.execute_sql("CREATE TABLE IF NOT EXISTS change_stamp (name VARCHAR(255) NOT NULL PRIMARY KEY, "
+                         "value BIGINT NOT NULL DEFAULT 0)")
     for name in STAMPS:
-        db.execute_sql("INSERT OR IGNORE INTO change_stamp (name, value) VALUES (?, 0)", (name,))
+        database.execute_sql(dialect.sql("INSERT INTO change_stamp (name, value) VALUES (?, 0) "
+                                         "ON CONFLICT (name) DO NOTHING"), (name,))
     for trigger, (when, names) in STAMP_TRIGGERS.items():
         bump = _BUMP.format(names=", ".join(f"'{n}'" for n in names))
-        db.execute_sql(f"CREATE TRIGGER IF NOT EXISTS stamp_{trigger} {when} BEGIN {bump}; END")
+        for statement in dialect.trigger(f"stamp_{trigger}", when, [bump]):
+            database.execute_sql(statement)
 
 
 # Migrations: MIGRATIONS[n] upgrades a database at version n-1 to version n. Version 1 is the tables above.
@@ -229,13 +241,22 @@ MIGRATIONS: dict[int, callable] = {
         'CREATE INDEX IF NOT EXISTS "chunk_file_id_dim" ON "chunk" ("file_id", "dim")'),
 }
 
-# The lexical (BM25) index of chunk text. External content: the text lives only in `chunk`; triggers keep the
-# index in the transaction that writes the rows (cascaded deletes included), so it can always be rebuilt.
+# The lexical (BM25) index of chunk text. SQLite: FTS5 with external content (the text lives only in `chunk`;
+# triggers keep the index in the transaction that writes the rows, cascaded deletes included). PostgreSQL: a
+# generated tsvector column with a GIN index, in step with the rows by construction.
 CHUNK_FTS = "chunk_fts"
+PG_TEXT_SEARCH_CONFIG = "english"  # Porter-stemmed, like the default FTS5 tokenizer
 
 
 def create_chunk_fts(database, tokenizer: str = DEFAULT_BM25_TOKENIZER) -> None:
-    """(Re)create the FTS5 table over chunk.text with `tokenizer` and index every existing chunk."""
+    """(Re)create the lexical index over chunk.text (`tokenizer`: FTS5's) and index every existing chunk."""
+    if dialect.name == "postgres":
+        for statement in (
+                "ALTER TABLE chunk ADD COLUMN IF NOT EXISTS tsv tsvector GENERATED ALWAYS AS "
+                f"(to_tsvector('{PG_TEXT_SEARCH_CONFIG}', text)) STORED",
+                "CREATE INDEX IF NOT EXISTS chunk_tsv ON chunk USING GIN (tsv)"):
+            database.execute_sql(statement)
+        return
     quoted = tokenizer.replace("'", "''")
     for statement in (
             f"DROP TABLE IF EXISTS {CHUNK_FTS}",
@@ -255,65 +276,105 @@ def create_chunk_fts(database, tokenizer: str = DEFAULT_BM25_TOKENIZER) -> None:
 MIGRATIONS[3] = create_chunk_fts
 
 
-def _use_wal(path: str) -> None:
-    """Switch the file to WAL (readers never block the writer; safe across gunicorn workers). The switch
-    does not wait on busy_timeout: a worker booting while another process held a lock on a new file died
-    with "database is locked", so retry for a while instead."""
-    deadline = time.monotonic() + WAL_SWITCH_SECONDS
-    while True:
-        connection = sqlite3.connect(path, timeout=WAL_SWITCH_SECONDS)
-        try:
-            connection.execute("PRAGMA journal_mode=wal").fetchone()
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        finally:
-            connection.close()
-        time.sleep(0.05)
-
-
-def init_database(path: str) -> pw.SqliteDatabase:
-    """Bind the deferred database to `path`, create tables and run pending migrations."""
-    if path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        _use_wal(path)
-    database.init(path, pragmas=_PRAGMAS, check_same_thread=False)
+def init_database(url: str, pool_size: int = 8) -> pw.Database:
+    """Bind the database proxy to `url` (sqlite:///path or postgresql://…), create tables and run pending
+    migrations. `pool_size`: PostgreSQL connections per process at most (threads + background jobs)."""
+    global dialect
+    close_database()
+    dialect = for_url(url)
+    database.initialize(dialect.open(pool_size))
     with database.connection_context():
         migrate()
     return database
 
 
+def close_database() -> None:
+    """Close this thread's connection and, on PostgreSQL, every pooled one (process exit, tests)."""
+    current = database.obj
+    if current is None:
+        return
+    if not current.is_closed():
+        current.close()
+    if hasattr(current, "close_all"):
+        current.close_all()
+
+
 def migrate() -> int:
-    """Create missing tables and bring PRAGMA user_version up to SCHEMA_VERSION; safe when workers race."""
-    with database.atomic("IMMEDIATE"):  # one worker migrates at a time; the others wait on busy_timeout
-        version = database.execute_sql("PRAGMA user_version").fetchone()[0]
+    """Create missing tables and bring the schema version up to SCHEMA_VERSION; safe when workers race
+    (the write lock makes them take turns)."""
+    with write_transaction():
+        version = _schema_version()
         if version == 0:
             database.create_tables(TABLES, safe=True)
             version = 1
         for target in range(version + 1, SCHEMA_VERSION + 1):
             MIGRATIONS[target](database)
             version = target
-        database.execute_sql(f"PRAGMA user_version = {int(version)}")
+        execute("UPDATE schema_version SET version = ? WHERE id = 1", (version,))
     return version
 
 
+def _schema_version() -> int:
+    """The schema_version row (one mechanism for both engines), created on first use; a SQLite file from
+    before the table carries its version over from PRAGMA user_version."""
+    database.execute_sql("CREATE TABLE IF NOT EXISTS schema_version (id INTEGER PRIMARY KEY, "
+                         "version INTEGER NOT NULL)")
+    found = schema_version()
+    if found is not None:
+        return found
+    version = dialect.legacy_schema_version(database)
+    execute("INSERT INTO schema_version (id, version) VALUES (1, ?)", (version,))
+    return version
+
+
+def schema_version() -> int | None:
+    row = database.execute_sql("SELECT version FROM schema_version WHERE id = 1").fetchone()
+    return row[0] if row else None
+
+
 def write_transaction():
-    """A transaction that takes the write lock up front, so concurrent writers queue instead of failing."""
-    return database.atomic("IMMEDIATE")
+    """A transaction that takes the write lock up front, so concurrent writers queue instead of failing
+    (SQLite: BEGIN IMMEDIATE; PostgreSQL: one advisory lock, held to commit)."""
+    return dialect.write_transaction(database)
+
+
+def insert_rows(model: type[pw.Model], columns: list[str], rows: list[tuple]) -> None:
+    """Insert many rows with one prepared statement (peewee's per-row SQL building costs ~10x more)."""
+    fields = [model._meta.fields[c] for c in columns]
+    names = ", ".join(f'"{f.column_name}"' for f in fields)
+    sql = f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ({", ".join("?" for _ in columns)})'
+    values = [tuple(f.db_value(v) for f, v in zip(fields, row)) for row in rows]  # the fields' conversions
+    dialect.insert_rows(database, dialect.sql(sql), values)
+
+
+def execute(sql: str, params: tuple = ()):
+    """Run raw SQL written with `?` placeholders on either engine; returns the cursor."""
+    return database.execute_sql(dialect.sql(sql), params)
+
+
+def open_request_connection() -> None:
+    """Before a request: on PostgreSQL, draw a checked connection from the pool."""
+    if dialect.connection_per_request():
+        database.connect(reuse_if_open=True)
+
+
+def close_request_connection() -> None:
+    """After a request: on PostgreSQL, hand the connection back to the pool."""
+    if dialect.connection_per_request() and not database.is_closed():
+        database.close()
 
 
 # --- change stamps: per-worker caches that every worker and host drops at once ----------------------
 
 def read_stamp(name: str) -> int:
     """The stamp's current value: one indexed read on the raw connection (~0.01 ms, no ORM)."""
-    row = database.connection().execute("SELECT value FROM change_stamp WHERE name = ?", (name,)).fetchone()
+    row = execute("SELECT value FROM change_stamp WHERE name = ?", (name,)).fetchone()
     return row[0] if row else 0
 
 
 def bump_stamp(name: str) -> None:
     """Tell every worker that what `name` covers changed outside the tables the triggers watch."""
-    database.execute_sql("UPDATE change_stamp SET value = value + 1 WHERE name = ?", (name,))
+    execute("UPDATE change_stamp SET value = value + 1 WHERE name = ?", (name,))
 
 
 class StampedCache:

@@ -31,7 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flas
     app.session_interface = _NoCookieSession()
     app.config.update(_flask_config(settings))
     app.json.sort_keys = False  # keep Open WebUI's field order
-    db.init_database(settings.database_path)
+    db.init_database(settings.DATABASE_URL, settings.database_pool_size)
     app.extensions["webui_api"] = build_services(settings, **services)
 
     api.init_app(app, spec_kwargs=_spec_kwargs())
@@ -40,6 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flas
         _serve_swagger_assets(app)
     observability.init_app(app)
     app.before_request(authenticate_request)
+    app.teardown_appcontext(lambda _error: db.close_request_connection())
     if settings.CORS_ALLOW_ORIGIN:
         _enable_cors(app, settings.CORS_ALLOW_ORIGIN)
     _startup(app)
@@ -110,6 +111,7 @@ def _enable_cors(app: Flask, origins: list[str]) -> None:
 
 def _startup(app: Flask) -> None:
     """One-time work per process: the headless admin, and files a crashed worker left half-done."""
+    from .. import db
     from ..auth import accounts
     from ..rag import index_sync, lexical
     from ..rag.jobs import recover_interrupted
@@ -126,3 +128,4 @@ def _startup(app: Flask) -> None:
     recover_interrupted(ext)
     if lexical.use_tokenizer(ext.settings.RAG_BM25_TOKENIZER):
         log.info("BM25 index rebuilt with tokenizer %r", ext.settings.RAG_BM25_TOKENIZER)
+    db.close_request_connection()  # PostgreSQL: start-up's connection goes back to the pool

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -110,7 +109,7 @@ class Catalog:
         try:
             db.bump_stamp("models")  # every other worker and host drops its lists on its next lookup
             self._seen_stamp = self._shared_stamp()
-        except (pw.PeeweeException, sqlite3.Error):
+        except pw.PeeweeException:
             pass  # a read-only or locked database only costs the other workers their TTL
 
     def _notice_other_workers(self) -> None:
@@ -124,7 +123,7 @@ class Catalog:
     def _shared_stamp() -> tuple | None:
         try:
             return db.database.database, db.read_stamp("models")
-        except (pw.PeeweeException, sqlite3.Error):
+        except pw.PeeweeException:
             return None
 
     def _stale(self) -> bool:

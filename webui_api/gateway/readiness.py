@@ -4,13 +4,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
 from typing import Any, Callable
 
 from .. import db
+from ..dialect import for_url
 from ..upstream import Upstream
 from ..errors import ApiError
 
@@ -81,8 +81,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def check_database() -> dict:
-    version = db.database.execute_sql("PRAGMA user_version").fetchone()[0]
-    return {"schema_version": version}
+    return {"schema_version": db.schema_version()}
 
 
 def check_data_dir(path: str) -> dict:
@@ -154,17 +153,5 @@ def backend_notes(settings) -> list[tuple[str, str]]:
 
 
 def has_account(settings) -> bool:
-    """Read-only and without peewee: the master must not hold a database connection across fork."""
-    path = settings.database_path
-    if not os.path.exists(path):
-        return False
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
-    except sqlite3.Error:
-        return False
-    try:
-        return conn.execute('SELECT 1 FROM "user" LIMIT 1').fetchone() is not None
-    except sqlite3.Error:  # no table yet: a fresh database
-        return False
-    finally:
-        conn.close()
+    """Read-only, on a connection of its own: the master must not hold a database connection across fork."""
+    return for_url(settings.DATABASE_URL).any_user()

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .. import db
+from ..config import INGEST_WORKERS
 from ..db import File
 from ..errors import ApiError
 from .pipeline import UNSETTLED, file_lock, process_locked
@@ -18,7 +19,7 @@ log = logging.getLogger("webui_api.rag")
 class Jobs:
     """A small thread pool for files processed in the background; created lazily, one per services object."""
 
-    def __init__(self, workers: int = 2):
+    def __init__(self, workers: int = INGEST_WORKERS):
         self.workers = workers
         self._executor: ThreadPoolExecutor | None = None
         self._guard = threading.Lock()

@@ -21,9 +21,6 @@ log = logging.getLogger("webui_api.rag")
 
 UNSETTLED = ("pending", "processing")
 _CHUNK_COLUMNS = ("file", "seq", "text", "start", "end", "vector", "dim", "model")
-_INSERT_CHUNK = 'INSERT INTO "{}" ({}) VALUES ({})'.format(
-    Chunk._meta.table_name, ", ".join(f'"{Chunk._meta.fields[name].column_name}"' for name in _CHUNK_COLUMNS),
-    ", ".join("?" for _ in _CHUNK_COLUMNS))
 
 
 def file_lock(settings, file_id: str, blocking: bool = True):
@@ -121,7 +118,7 @@ def _write_chunks(file_id, extracted: Extracted, pieces, vectors: np.ndarray, mo
         Chunk.delete().where(Chunk.file == file_id).execute()
         rows = [(file_id, i, piece.text, piece.start, piece.end, vectors[i].tobytes(), dim, model)
                 for i, piece in enumerate(pieces)]
-        db.database.cursor().executemany(_INSERT_CHUNK, rows)  # peewee's per-row SQL building costs ~10x more
+        db.insert_rows(Chunk, _CHUNK_COLUMNS, rows)
         meta = dict(file.meta or {})
         meta["pages"] = extracted.pages or None
         File.update(content=extracted.text, text_hash=text_hash, meta=meta, updated_at=db.now()) \
