@@ -1,4 +1,5 @@
-"""The lexical (BM25) index of chunk text: SQLite FTS5 beside the vectors, written by the chunk triggers."""
+"""The lexical index of chunk text: SQLite FTS5 (BM25) written by the chunk triggers, or PostgreSQL's
+generated tsvector column (ts_rank_cd)."""
 from __future__ import annotations
 
 import json
@@ -33,6 +34,8 @@ def search(query: str, file_ids, limit: int) -> list[tuple[int, str, float]]:
     expression = match_expression(query)
     if expression is None or limit < 1:
         return []
+    if db.dialect.name == "postgres":
+        return _search_tsvector(expression, file_ids, limit)
     sql = (f"WITH m AS MATERIALIZED (SELECT rowid AS id, bm25({db.CHUNK_FTS}) AS rank FROM {db.CHUNK_FTS} "
            f"WHERE {db.CHUNK_FTS} MATCH ?) "
            "SELECT m.id, c.file_id, -m.rank FROM m JOIN chunk c ON c.id = m.id "
@@ -41,8 +44,19 @@ def search(query: str, file_ids, limit: int) -> list[tuple[int, str, float]]:
             for row in db.database.execute_sql(sql, (expression, json.dumps(list(file_ids)), limit))]
 
 
+def _search_tsvector(expression: str, file_ids, limit: int) -> list[tuple[int, str, float]]:
+    """PostgreSQL: the same OR-query of the same words, ranked by cover density (no BM25 in core)."""
+    terms = " | ".join(f"'{word[1:-1]}'" for word in expression.split(" OR "))  # words are \w+ only
+    sql = ("SELECT c.id, c.file_id, ts_rank_cd(c.tsv, q) AS score "
+           f"FROM chunk c, to_tsquery('{db.PG_TEXT_SEARCH_CONFIG}', ?) q "
+           "WHERE c.tsv @@ q AND c.file_id = ANY(?) ORDER BY score DESC LIMIT ?")
+    return [tuple(row) for row in db.execute(sql, (terms, list(file_ids), limit))]
+
+
 def tokenizer() -> str | None:
-    """The tokenizer the index was built with (None: no index)."""
+    """The tokenizer the index was built with (None: no index; PostgreSQL: its text search config)."""
+    if db.dialect.name == "postgres":
+        return db.PG_TEXT_SEARCH_CONFIG
     row = db.database.execute_sql("SELECT sql FROM sqlite_master WHERE name = ?", (db.CHUNK_FTS,)).fetchone()
     found = re.search(r"tokenize='((?:[^']|'')*)'", row[0]) if row else None
     return found.group(1).replace("''", "'") if found else None
@@ -50,7 +64,7 @@ def tokenizer() -> str | None:
 
 def use_tokenizer(wanted: str) -> bool:
     """Rebuild the index when RAG_BM25_TOKENIZER changed since it was built; True if it was rebuilt."""
-    if tokenizer() == wanted:
+    if tokenizer() == wanted or db.dialect.name == "postgres":  # PostgreSQL: one config, see db
         return False
     try:
         with db.write_transaction():
@@ -63,13 +77,18 @@ def use_tokenizer(wanted: str) -> bool:
 
 
 def rebuild() -> None:
-    """Re-index every chunk row from the `chunk` table (the truth)."""
+    """Re-index every chunk row from the `chunk` table (the truth); PostgreSQL's column needs none."""
+    if db.dialect.name == "postgres":
+        return
     with db.write_transaction():
         db.database.execute_sql(f"INSERT INTO {db.CHUNK_FTS}({db.CHUNK_FTS}) VALUES ('rebuild')")
 
 
 def is_consistent() -> bool:
-    """Whether the index matches the chunk rows exactly (FTS5's integrity check against its content)."""
+    """Whether the index matches the chunk rows exactly (FTS5's integrity check against its content);
+    PostgreSQL's generated column is in step by construction."""
+    if db.dialect.name == "postgres":
+        return True
     try:
         db.database.execute_sql(f"INSERT INTO {db.CHUNK_FTS}({db.CHUNK_FTS}, rank) "
                                 "VALUES ('integrity-check', 1)")
