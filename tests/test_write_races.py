@@ -10,6 +10,7 @@ from webui_api.db import User
 from .conftest import PASSWORD
 
 RACERS = 12
+ROUNDS = 15
 
 
 @pytest.fixture
@@ -31,10 +32,13 @@ def _race(app, bodies):
 
 
 def test_racing_first_signups_make_exactly_one_admin(app):
-    bodies = [{"name": f"U{i}", "email": f"u{i}@example.com", "password": PASSWORD} for i in range(RACERS)]
-    assert _race(app, bodies) == [200] * RACERS
-    roles = sorted(role for (role,) in User.select(User.role).tuples())
-    assert roles == ["admin"] + ["user"] * (RACERS - 1)
+    for round_ in range(ROUNDS):  # the window is narrow: repeat it from an empty table
+        User.delete().execute()
+        bodies = [{"name": f"U{i}", "email": f"u{round_}-{i}@example.com", "password": PASSWORD}
+                  for i in range(RACERS)]
+        assert _race(app, bodies) == [200] * RACERS
+        roles = sorted(role for (role,) in User.select(User.role).tuples())
+        assert roles == ["admin"] + ["user"] * (RACERS - 1), f"round {round_}"
 
 
 def test_racing_signups_with_one_email_create_one_account(app):
