@@ -1,0 +1,45 @@
+"""The one owner of which database engine the suite runs on: WEBUI_TEST_DATABASE=sqlite (default) or postgres."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from . import pgcluster
+
+ENGINES = ("sqlite", "postgres")
+ENGINE = os.environ.get("WEBUI_TEST_DATABASE", "sqlite").strip().lower() or "sqlite"
+if ENGINE not in ENGINES:
+    raise pytest.UsageError(f"WEBUI_TEST_DATABASE={ENGINE!r}: expected one of {', '.join(ENGINES)}")
+ON_POSTGRES = ENGINE == "postgres"
+SQLITE_ONLY = "tests a SQLite-only detail (the .db file, PRAGMAs, WAL or FTS5)"
+
+
+def postgres_database(request) -> str:
+    """A fresh PostgreSQL database's URL, dropped when `request`'s scope (test, module, ...) ends; the test
+    skips with a one-line reason when PostgreSQL is not installed."""
+    reason = pgcluster.available()
+    if reason:
+        pytest.skip(reason)
+    cluster = pgcluster.cluster()
+    url = cluster.new_database()
+    request.addfinalizer(lambda: cluster.drop_database(url))
+    return url
+
+
+def database_settings(request) -> dict[str, str]:
+    """Settings (environment) that put the app or server under test on the suite's engine: nothing on SQLite
+    (the default DATA_DIR/webui.db), a fresh database's DATABASE_URL on PostgreSQL, dropped after the scope."""
+    return {"DATABASE_URL": postgres_database(request)} if ON_POSTGRES else {}
+
+
+def storage_of(env: dict) -> dict[str, str]:
+    """Where a server keeps its state: what a CLI run against that server's data needs from its env."""
+    return {key: env[key] for key in ("DATA_DIR", "DATABASE_URL") if key in env}
+
+
+def require_database(env: dict) -> None:
+    """A server started without the suite's database would silently run on SQLite: refuse that."""
+    if ON_POSTGRES and "DATABASE_URL" not in env:
+        raise AssertionError("WEBUI_TEST_DATABASE=postgres: build this server's env with "
+                             "database_settings (tests/engine.py)")
