@@ -35,13 +35,14 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture
 def database_settings(request):
-    """The suite's engine for this test's app, CLI runs and servers: {} on SQLite, a DATABASE_URL on PostgreSQL."""
+    """The suite's engine for this test's app, CLI runs and servers: {} on SQLite, a DATABASE_URL on
+    PostgreSQL."""
     return engine.database_settings(request)
 
 
 @pytest.fixture
 def postgres_url(request):
-    """A fresh PostgreSQL database for a test that needs one whatever the suite's engine (skips without it)."""
+    """A fresh PostgreSQL database for a test that needs one on either engine (skips without PostgreSQL)."""
     return engine.postgres_database(request)
 
 

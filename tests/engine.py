@@ -1,7 +1,9 @@
-"""The one owner of which database engine the suite runs on: WEBUI_TEST_DATABASE=sqlite (default) or postgres."""
+"""The one owner of the suite's database engine: WEBUI_TEST_DATABASE=sqlite (the default) or postgres."""
 from __future__ import annotations
 
 import os
+import sqlite3
+from contextlib import closing
 
 import pytest
 
@@ -28,14 +30,28 @@ def postgres_database(request) -> str:
 
 
 def database_settings(request) -> dict[str, str]:
-    """Settings (environment) that put the app or server under test on the suite's engine: nothing on SQLite
-    (the default DATA_DIR/webui.db), a fresh database's DATABASE_URL on PostgreSQL, dropped after the scope."""
+    """Settings (environment) that put the app or server under test on the suite's engine: nothing on
+    SQLite (the default DATA_DIR/webui.db), a fresh database's DATABASE_URL on PostgreSQL, dropped after
+    `request`'s scope."""
     return {"DATABASE_URL": postgres_database(request)} if ON_POSTGRES else {}
 
 
 def storage_of(env: dict) -> dict[str, str]:
     """Where a server keeps its state: what a CLI run against that server's data needs from its env."""
     return {key: env[key] for key in ("DATA_DIR", "DATABASE_URL") if key in env}
+
+
+def query(env: dict, statement: str) -> list[tuple]:
+    """Rows of one parameterless SELECT, read straight from the database a server with `env` uses."""
+    if "DATABASE_URL" in env:
+        import psycopg2
+
+        connection = psycopg2.connect(env["DATABASE_URL"])
+    else:
+        connection = sqlite3.connect(os.path.join(env["DATA_DIR"], "webui.db"))
+    with closing(connection), closing(connection.cursor()) as cursor:
+        cursor.execute(statement)
+        return cursor.fetchall()
 
 
 def require_database(env: dict) -> None:

@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL cluster for the tests: Debian's initdb/pg_ctl in a temp dir on a free loopback port."""
+"""A throwaway PostgreSQL cluster for tests: Debian's initdb/pg_ctl in a temp dir, on a free loopback port."""
 from __future__ import annotations
 
 import atexit
@@ -19,8 +19,8 @@ SUPERUSER = "webui_test"
 MISSING = "PostgreSQL not installed (Debian package postgresql); .ci/run installs it"
 # Throwaway data: durability off. Connections: gunicorn tests run workers x threads x pools at once.
 SERVER_SETTINGS = {
-    "listen_addresses": "'127.0.0.1'", "fsync": "off", "synchronous_commit": "off",
-    "full_page_writes": "off", "max_connections": "400", "shared_buffers": "32MB", "log_min_messages": "warning",
+    "listen_addresses": "'127.0.0.1'", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+    "max_connections": "400", "shared_buffers": "32MB", "log_min_messages": "warning",
 }
 OUR_DATABASE = re.compile(r"^t[0-9a-f]{16}$")  # the only names drop_database accepts
 
@@ -60,7 +60,7 @@ def _as_cluster_owner(argv: list[str]) -> list[str]:
 
 
 class Cluster:
-    """One running cluster: `new_database()` hands out fresh empty databases, `drop_database()` removes one."""
+    """One running cluster: new_database() hands out fresh empty databases, drop_database() removes one."""
 
     def __init__(self, directory: str):
         self.bin = bin_dir()
@@ -90,7 +90,7 @@ class Cluster:
             if started.returncode == 0:
                 return self
             log = self._log()
-            if "could not bind" not in log or attempt == attempts - 1:  # else: the free port was taken meanwhile
+            if "could not bind" not in log or attempt == attempts - 1:  # else the port was taken meanwhile
                 raise RuntimeError(f"PostgreSQL did not start: {started.stderr.strip()} {log[-800:]}")
 
     def _initdb(self) -> None:

@@ -12,6 +12,7 @@ import jwt
 import pytest
 import requests
 
+from . import engine
 from .servers import BIN, ROOT, Gunicorn
 
 pytestmark = pytest.mark.integration
@@ -35,8 +36,8 @@ def call_on_fresh_connection(url, headers=None):
         return session.get(url, headers=headers, timeout=10)
 
 
-def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path):
-    env = {"DATA_DIR": str(tmp_path), "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
+def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path, database_settings):
+    env = {"DATA_DIR": str(tmp_path), **database_settings, "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
     server = Gunicorn(env, workers=2, threads=2).start()
     try:
         workers = server.worker_pids()
@@ -94,13 +95,14 @@ def test_gunicorn_binds_loopback_unless_host_says_otherwise(tmp_path):
     assert resolved_bind(HOST="0.0.0.0", PORT="9000") == "['0.0.0.0:9000']"
 
 
-def test_master_logs_backends_and_warns_once_while_no_account_exists(tmp_path, module_backend):
+def test_master_logs_backends_and_warns_once_while_no_account_exists(tmp_path, module_backend,
+                                                                     database_settings):
     """Start-up names each backend and whether it answered (a silent one costs ~2 s, not its whole timeout),
     and warns loudly, once for all workers, while the first sign-up would become admin."""
     with socket.socket() as silent:  # accepts connections (kernel backlog) and never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        env = {"DATA_DIR": str(tmp_path), "AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST": "30",
+        env = {"DATA_DIR": str(tmp_path), **database_settings, "AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST": "30",
                "OLLAMA_BASE_URLS": f"{module_backend.url};http://127.0.0.1:{silent.getsockname()[1]}"}
         log = tmp_path / "gunicorn.log"
         started = time.monotonic()
@@ -146,7 +148,8 @@ def test_gunicorn_own_refusals_are_json(gunicorn_server, request_bytes, status):
 
 
 @pytest.fixture(scope="module")
-def gunicorn_server(tmp_path_factory):
-    env = {"DATA_DIR": str(tmp_path_factory.mktemp("data")), "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
+def gunicorn_server(request, tmp_path_factory):
+    env = {"DATA_DIR": str(tmp_path_factory.mktemp("data")), **engine.database_settings(request),
+           "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
     with Gunicorn(env, workers=1, threads=2) as server:
         yield server

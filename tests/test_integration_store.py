@@ -28,10 +28,10 @@ def backend():
 
 
 @pytest.fixture
-def env(backend, tmp_path):
+def env(backend, tmp_path, database_settings):
     return {"DATA_DIR": str(tmp_path / "data"), "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "",
             "RAG_EMBEDDING_MODEL": "nomic-embed-text", "WEBUI_ADMIN_EMAIL": "admin@example.com",
-            "WEBUI_ADMIN_PASSWORD": "admin-pw"}
+            "WEBUI_ADMIN_PASSWORD": "admin-pw", **database_settings}
 
 
 def fill_collection(data_dir: str) -> str:

@@ -56,7 +56,7 @@ def test_drop_wins_over_an_open_connection_in_a_transaction():
     url = cluster.new_database()
     holder = psycopg2.connect(url)
     with holder.cursor() as cursor:
-        cursor.execute("CREATE TABLE held (x int); INSERT INTO held VALUES (1)")  # open transaction, row locks
+        cursor.execute("CREATE TABLE held (x int); INSERT INTO held VALUES (1)")  # left in a transaction
     cluster.drop_database(url)
     name = urlsplit(url).path.lstrip("/")
     assert scalar(cluster.url("postgres"), "SELECT count(*) FROM pg_database WHERE datname = %s", name) == 0
