@@ -36,6 +36,12 @@ def database_settings(request) -> dict[str, str]:
     return {"DATABASE_URL": postgres_database(request)} if ON_POSTGRES else {}
 
 
+def database_url(request, data_dir: str) -> str:
+    """The URL of the database a test opens itself (db.init_database and the like): the SQLite file under
+    `data_dir`, or a fresh PostgreSQL database dropped after `request`'s scope."""
+    return postgres_database(request) if ON_POSTGRES else f"sqlite:///{os.path.abspath(data_dir)}/webui.db"
+
+
 def storage_of(env: dict) -> dict[str, str]:
     """Where a server keeps its state: what a CLI run against that server's data needs from its env."""
     return {key: env[key] for key in ("DATA_DIR", "DATABASE_URL") if key in env}

@@ -86,14 +86,19 @@ def test_drop_refuses_a_database_it_did_not_make():
         pgcluster.cluster().drop_database(pgcluster.cluster().url("postgres"))
 
 
-def test_postgres_url_fixture_gives_a_fresh_database(postgres_url):
+def test_postgres_url_fixture_gives_a_fresh_database_that_engine_query_reads(postgres_url):
     assert user_tables(postgres_url) == 0
+    assert engine.query({"DATABASE_URL": postgres_url}, "SELECT current_database()") == [
+        (urlsplit(postgres_url).path.lstrip("/"),)]
 
 
-def test_the_suite_engine_setting(database_settings):
+def test_the_suite_engine_setting(database_settings, request, tmp_path):
     assert ("DATABASE_URL" in database_settings) == engine.ON_POSTGRES
+    url = engine.database_url(request, str(tmp_path))
     if engine.ON_POSTGRES:
-        assert user_tables(database_settings["DATABASE_URL"]) == 0
+        assert user_tables(database_settings["DATABASE_URL"]) == user_tables(url) == 0
+    else:
+        assert url == f"sqlite:///{tmp_path}/webui.db"
 
 
 def test_a_cluster_left_by_a_killed_run_is_stopped_and_removed():
