@@ -97,7 +97,7 @@ class Cluster:
         pwfile = os.path.join(self.dir, "pwfile")
         with open(pwfile, "w") as handle:
             handle.write(self.password)
-        os.chmod(pwfile, 0o644)
+        os.chmod(pwfile, 0o644)  # initdb runs as postgres; the directory itself is private (0700)
         # C collation compares bytes, as SQLite's default BINARY collation does.
         done = self._run("initdb", "-D", self.data, "-U", SUPERUSER, f"--pwfile={pwfile}", "-E", "UTF8",
                          "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
@@ -213,5 +213,5 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # alive, another user's
     return True
