@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 from contextlib import closing
 
@@ -31,9 +32,11 @@ def postgres_database(request) -> str:
 
 def database_settings(request) -> dict[str, str]:
     """Settings (environment) that put the app or server under test on the suite's engine: nothing on
-    SQLite (the default DATA_DIR/webui.db), a fresh database's DATABASE_URL on PostgreSQL, dropped after
-    `request`'s scope."""
-    return {"DATABASE_URL": postgres_database(request)} if ON_POSTGRES else {}
+    SQLite (the default DATA_DIR/webui.db); on PostgreSQL a fresh database's DATABASE_URL, dropped after
+    `request`'s scope, and the WEBUI_SECRET_KEY the service requires there."""
+    if not ON_POSTGRES:
+        return {}
+    return {"DATABASE_URL": postgres_database(request), "WEBUI_SECRET_KEY": secrets.token_hex(32)}
 
 
 def database_url(request, data_dir: str) -> str:
@@ -42,9 +45,14 @@ def database_url(request, data_dir: str) -> str:
     return postgres_database(request) if ON_POSTGRES else f"sqlite:///{os.path.abspath(data_dir)}/webui.db"
 
 
+def url_of(env: dict) -> str:
+    """The database URL a server started with `env` uses (the service's own default on SQLite)."""
+    return env.get("DATABASE_URL") or f"sqlite:///{os.path.abspath(env['DATA_DIR'])}/webui.db"
+
+
 def storage_of(env: dict) -> dict[str, str]:
     """Where a server keeps its state: what a CLI run against that server's data needs from its env."""
-    return {key: env[key] for key in ("DATA_DIR", "DATABASE_URL") if key in env}
+    return {key: env[key] for key in ("DATA_DIR", "DATABASE_URL", "WEBUI_SECRET_KEY") if key in env}
 
 
 def query(env: dict, statement: str) -> list[tuple]:

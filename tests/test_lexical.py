@@ -77,7 +77,7 @@ def test_a_process_killed_mid_transaction_leaves_index_and_rows_in_step(client, 
     script = textwrap.dedent(f"""
         import os
         from webui_api import db
-        db.init_database({"sqlite:///" + db.database.database!r})
+        db.init_database({app.extensions["webui_api"].settings.DATABASE_URL!r})
         with db.write_transaction():
             db.Chunk.delete().where(db.Chunk.file == {file['id']!r}).execute()
             db.Chunk.create(file={file['id']!r}, seq=0, text="phantom zeppelin", start=0, end=1, vector=b"",
