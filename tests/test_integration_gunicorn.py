@@ -69,9 +69,7 @@ def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path, data
     finally:
         server.stop()
 
-    secret_file = tmp_path / ".webui_secret_key"
-    secret = secret_file.read_text().strip()
-    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = signing_secret(env)
     assert jwt.decode(session["token"], secret, algorithms=["HS256"])["id"] == session["id"]
 
     with Gunicorn(env, workers=2, threads=2) as restarted:
@@ -79,7 +77,18 @@ def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path, data
                                json={"email": "a@example.com", "password": "pw"}).json()
         assert call_on_fresh_connection(restarted.url + "/api/v1/auths/",
                                         {"Authorization": f"Bearer {signin['token']}"}).status_code == 200
-    assert secret_file.read_text().strip() == secret
+    assert signing_secret(env) == secret
+
+
+def signing_secret(env: dict) -> str:
+    """The key tokens are signed with: the configured one (required on PostgreSQL), else the one the
+    service generated in DATA_DIR, private to its user."""
+    if env.get("WEBUI_SECRET_KEY"):
+        return env["WEBUI_SECRET_KEY"]
+    secret_file = os.path.join(env["DATA_DIR"], ".webui_secret_key")
+    assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+    with open(secret_file) as handle:
+        return handle.read().strip()
 
 
 def test_gunicorn_binds_loopback_unless_host_says_otherwise(tmp_path):
