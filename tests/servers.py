@@ -11,6 +11,8 @@ from pathlib import Path
 
 import requests
 
+from . import engine
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -68,6 +70,7 @@ class Gunicorn(ServerProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers),
                     "GUNICORN_THREADS": str(threads), "PASSWORD_HASH_COST": "1024", **env}
+        engine.require_database(self.env)
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
