@@ -10,6 +10,7 @@ from peewee import fn
 
 from .. import locks
 from ..db import Chunk, File, Knowledge, KnowledgeFile
+from . import collection_rows
 from .collection_rows import (chunk_ids, collection_name, collection_vectors, linked_knowledge, majority_dim,
                           stored_vectors)
 from .vectors import VectorStore, dimension_conflict
@@ -26,10 +27,36 @@ class Drift:
         return f"{self.name}: {self.problem}"
 
 
+# ---------------------------------------------------------------- reading: other hosts' writes first
+
+def catch_up(store: VectorStore, names) -> None:
+    """Bring the named collections' cached files up to the database, where another host (or a process on
+    another DATA_DIR) may have written: one indexed read of their versions, then work only for those that
+    moved. Call before every read of a collection."""
+    names = list(dict.fromkeys(names))
+    for name, version in _moved(store, names).items():
+        store.catch_up(name, version, lambda after, name=name: collection_rows.changes_after(name, after),
+                       lambda ids, dim, name=name: collection_rows.joining_vectors(name, ids, dim))
+
+
+def _moved(store: VectorStore, names: list[str]) -> dict[str, int]:
+    versions = collection_rows.versions(names)
+    wanted = {name: versions.get(name, 0) for name in names}
+    return {name: version for name, version in wanted.items() if store.cached_version(name) != version}
+
+
+def search(store: VectorStore, names, vector, k: int) -> list[tuple[int, float, str]]:
+    """VectorStore.search over collections caught up with the database first."""
+    names = list(dict.fromkeys(names))
+    catch_up(store, names)
+    return store.search(names, vector, k)
+
+
 # ---------------------------------------------------------------- one file, one collection
 
 def check_dimension(store: VectorStore, knowledge_id: str, dim: int | None) -> None:
     """Refuse (409) vectors of another size than the collection already holds."""
+    catch_up(store, [knowledge_id])
     have = store.dim(knowledge_id)
     if dim is not None and have is not None and have != dim:
         raise dimension_conflict(knowledge_id, have, dim)
@@ -96,6 +123,11 @@ def compact(store: VectorStore, names=None) -> list[str]:
     """Merge each collection's segments into one and drop deleted vectors (`webui-api compact`)."""
     indexes, _ = store.index_files()
     return [name for name in (indexes if names is None else names) if store.compact(name)]
+
+
+def prune_log(retention: float | None) -> int:
+    """Delete index log rows older than `retention` seconds (None: keep them); see prune_index_log."""
+    return 0 if retention is None else collection_rows.prune_index_log(retention)
 
 
 # ---------------------------------------------------------------- the cheap check at start-up
