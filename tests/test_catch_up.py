@@ -163,6 +163,21 @@ def test_prune_keeps_rows_younger_than_the_retention(owner):
     assert IndexLog.select().count() == 3
 
 
+def test_a_late_unlink_never_hides_a_relink_made_on_another_host(owner, hosts):
+    a, b = hosts
+    file_id = stored_file(owner, 3)
+    kb = Knowledge.create(user=owner.id, name="KB")
+    KnowledgeFile.create(knowledge=kb.id, file=file_id)
+    index_sync.link(a, kb.id, file_id)
+    ids = set(collection_rows.chunk_ids(file_id))
+    KnowledgeFile.delete().where(KnowledgeFile.file == file_id).execute()  # A's unlink commits...
+    KnowledgeFile.create(knowledge=kb.id, file=file_id)  # ...B links the file again...
+    index_sync.link(b, kb.id, file_id)
+    assert found(a, kb.id) == ids  # ...a query on A catches up with both...
+    index_sync.unlink(a, kb.id, sorted(ids))  # ...and only then does A's unlink reach its index
+    assert found(a, kb.id) == found(b, kb.id) == expected(kb.id) == ids
+
+
 def test_the_majority_dimension_rule_holds_on_the_catching_up_host(owner, hosts):
     a, b = hosts
     small, big = stored_file(owner, 2, dim=4), stored_file(owner, 3, dim=8, seed=1)

@@ -63,8 +63,10 @@ def check_dimension(store: VectorStore, knowledge_id: str, dim: int | None) -> N
 
 
 def link(store: VectorStore, knowledge_id: str, file_id: str, ids=None, vectors=None) -> None:
-    """Put a file's vectors (given, else read from its chunk rows) into a collection's index. Writes nothing
-    when they are all there already (e.g. the pipeline indexed a file uploaded into the collection)."""
+    """Put a file's vectors into a collection's index, from the index log (catch_up: a link's own change
+    then lands in the same order as another host's unlink of the file, never after it); what is still
+    missing after that (given, else read from its chunk rows). Writes nothing when all is there already."""
+    catch_up(store, [knowledge_id])
     wanted = chunk_ids(file_id) if ids is None else [int(i) for i in ids]
     if store.contains_all(knowledge_id, wanted):
         return
@@ -73,9 +75,11 @@ def link(store: VectorStore, knowledge_id: str, file_id: str, ids=None, vectors=
     store.add(knowledge_id, ids, vectors)
 
 
-def unlink(store: VectorStore, knowledge_id: str, ids) -> None:
-    """A file left the collection: its chunk ids leave the collection's index."""
-    store.remove(knowledge_id, ids)
+def unlink(store: VectorStore, knowledge_id: str, ids=()) -> None:
+    """A file left the collection (committed): its chunk ids (`ids`) leave the index, as the index log says.
+    Not a removal of `ids` itself: had another host linked the file again and this host caught up with
+    that before this call, removing them would hide vectors the database has, with the version recorded."""
+    catch_up(store, [knowledge_id])
 
 
 def reindex_file(store: VectorStore, file_id: str, new_ids, old_ids, vectors) -> None:
