@@ -178,6 +178,20 @@ def test_a_late_unlink_never_hides_a_relink_made_on_another_host(owner, hosts):
     assert found(a, kb.id) == found(b, kb.id) == expected(kb.id) == ids
 
 
+def test_start_up_catches_up_a_cached_collection_instead_of_rebuilding_it(owner, hosts):
+    a, b = hosts
+    first = stored_file(owner, 3)
+    kb = Knowledge.create(user=owner.id, name="KB")
+    KnowledgeFile.create(knowledge=kb.id, file=first)
+    assert found(b, kb.id) == expected(kb.id)
+    second = stored_file(owner, 4, seed=1)
+    KnowledgeFile.create(knowledge=kb.id, file=second)  # written through A while B was down
+    index_sync.link(a, kb.id, second)
+    rebuilt, drifted = index_sync.repair_on_drift(b)
+    assert kb.id not in drifted and b.ids(kb.id) == expected(kb.id) and len(expected(kb.id)) == 7
+    assert b.segment_counts(kb.id) == (2, 0)  # the catch-up added one segment; no rebuild
+
+
 def test_the_majority_dimension_rule_holds_on_the_catching_up_host(owner, hosts):
     a, b = hosts
     small, big = stored_file(owner, 2, dim=4), stored_file(owner, 3, dim=8, seed=1)

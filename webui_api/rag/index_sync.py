@@ -29,6 +29,8 @@ class Drift:
 
 # ---------------------------------------------------------------- reading: other hosts' writes first
 
+CATCH_UP_BATCH = 500  # collections per version read when many catch up at once (bound parameters)
+
 def catch_up(store: VectorStore, names) -> None:
     """Bring the named collections' cached files up to the database, where another host (or a process on
     another DATA_DIR) may have written: one indexed read of their versions, then work only for those that
@@ -151,17 +153,22 @@ def expected_rows() -> dict[str, int]:
     return wanted
 
 
-def quick_drift(store: VectorStore) -> list[str]:
+def quick_drift(store: VectorStore, wanted: dict[str, int] | None = None) -> list[str]:
     """Collections whose vector count on disk (from file names) differs from the database's."""
-    wanted, have = expected_rows(), store.rows_on_disk()
+    wanted, have = expected_rows() if wanted is None else wanted, store.rows_on_disk()
     return sorted(n for n in set(wanted) | set(have) if wanted.get(n, 0) != have.get(n, 0))
 
 
 def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
-    """Start-up: the cheap check, and a repair of what it finds; workers take turns under a lock, so the
-    first one repairs and the others find nothing to do."""
+    """Start-up: the cached collections catch up with writes made elsewhere meanwhile (from the index log,
+    cheaper than rebuilding them), then the cheap check and a repair of what it finds; workers take turns
+    under a lock, so the first one repairs and the others find nothing to do."""
     with locks.exclusive(os.path.join(store.index_dir, ".startup.lock")):
-        drifted = quick_drift(store)
+        wanted = expected_rows()
+        cached = [name for name in store.index_files()[0] if name in wanted]
+        for start in range(0, len(cached), CATCH_UP_BATCH):
+            catch_up(store, cached[start:start + CATCH_UP_BATCH])
+        drifted = quick_drift(store, wanted)
         if not drifted:
             return 0, []
         log.warning("vector indexes out of step with the database: %s", ", ".join(drifted[:20]))
