@@ -221,7 +221,8 @@ def test_random_writes_on_both_hosts_leave_both_equal_to_the_database(owner, hos
             index_sync.link(host, kid, file_id)
         elif action == "unlink":
             kid, file_id = rng.choice(kbs), rng.choice(live)
-            KnowledgeFile.delete().where(KnowledgeFile.knowledge == kid, KnowledgeFile.file == file_id).execute()
+            KnowledgeFile.delete().where(KnowledgeFile.knowledge == kid,
+                                         KnowledgeFile.file == file_id).execute()
             index_sync.unlink(host, kid, collection_rows.chunk_ids(file_id))
         elif action == "delete":
             file_id = live.pop(rng.randrange(len(live)))
