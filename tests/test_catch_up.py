@@ -192,6 +192,31 @@ def test_start_up_catches_up_a_cached_collection_instead_of_rebuilding_it(owner,
     assert b.segment_counts(kb.id) == (2, 0)  # the catch-up added one segment; no rebuild
 
 
+def test_a_version_read_before_another_worker_caught_up_further_costs_nothing(owner, hosts):
+    _, b = hosts
+    kb = Knowledge.create(user=owner.id, name="KB")
+    for seed in range(2):
+        KnowledgeFile.create(knowledge=kb.id, file=stored_file(owner, 3, seed=seed))
+    assert found(b, kb.id) == expected(kb.id)
+    version, layout = b.cached_version(kb.id), sorted(os.listdir(b.path(kb.id)))
+
+    def refuse(*_args):
+        raise AssertionError("a stale read must not touch the database or the files")
+    b.catch_up(kb.id, version - 1, refuse, refuse)
+    assert b.cached_version(kb.id) == version and sorted(os.listdir(b.path(kb.id))) == layout
+
+
+def test_a_full_rewrite_replays_the_log_from_its_start(owner, hosts):
+    a, _ = hosts
+    file_id = stored_file(owner, 3)
+    kb = Knowledge.create(user=owner.id, name="KB")
+    KnowledgeFile.create(knowledge=kb.id, file=file_id)
+    assert found(a, kb.id) == expected(kb.id) and a.cached_version(kb.id) > 0
+    index_sync.rebuild_all(a)  # e.g. after restoring a backup, whose versions may be lower
+    assert a.cached_version(kb.id) == 0 and found(a, kb.id) == expected(kb.id)
+    assert a.cached_version(kb.id) == CollectionState.get_by_id(kb.id).version
+
+
 def test_the_majority_dimension_rule_holds_on_the_catching_up_host(owner, hosts):
     a, b = hosts
     small, big = stored_file(owner, 2, dim=4), stored_file(owner, 3, dim=8, seed=1)

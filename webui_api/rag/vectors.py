@@ -223,6 +223,7 @@ class VectorStore:
                 self._unlink(name)
                 return
             self._replace_all(name, build_index(ids, vectors))
+            self._record_version(name, 0)  # whatever the log says since is replayed (e.g. after a restore)
 
     def drop(self, name: str) -> None:
         with self._locked(name):
@@ -238,9 +239,11 @@ class VectorStore:
         files or the log pruned, rebuild from the database and record `version`, read before loading."""
         with self._locked(name):
             cached = self.cached_version(name)
-            if cached == version:
-                return  # another thread or worker of this host caught up meanwhile
-            changes = changes_after(cached) if cached is not None and cached < version else None
+            if cached is not None and cached >= version:
+                # another thread or worker of this host caught up meanwhile, maybe past what we read (a
+                # database restored from a backup, with lower versions, goes with `webui-api reindex`)
+                return
+            changes = changes_after(cached) if cached is not None else None
             if changes is None or not self._apply(name, changes, joining):
                 self._reload(name, version)
         self._maybe_merge(name)
@@ -467,7 +470,8 @@ class VectorStore:
         self._record_version(name, version)
 
     def _record_version(self, name: str, version: int) -> None:
-        self._publish(name, f"ver-{version}", b"")
+        if version:  # version 0 is the absence of a file
+            self._publish(name, f"ver-{version}", b"")
         for entry in os.listdir(self._dir(name)):
             if _VERSION.match(entry) and entry != f"ver-{version}":
                 _silent_unlink(os.path.join(self._dir(name), entry))
