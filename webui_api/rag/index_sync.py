@@ -31,14 +31,15 @@ class Drift:
 
 CATCH_UP_BATCH = 500  # collections per version read when many catch up at once (bound parameters)
 
-def catch_up(store: VectorStore, names) -> None:
+def catch_up(store: VectorStore, names) -> int:
     """Bring the named collections' cached files up to the database, where another host (or a process on
     another DATA_DIR) may have written: one indexed read of their versions, then work only for those that
-    moved. Call before every read of a collection."""
-    names = list(dict.fromkeys(names))
-    for name, version in _moved(store, names).items():
+    moved (returns how many). Call before every read of a collection."""
+    moved = _moved(store, list(dict.fromkeys(names)))
+    for name, version in moved.items():
         store.catch_up(name, version, lambda after, name=name: collection_rows.changes_after(name, after),
                        lambda ids, dim, name=name: collection_rows.joining_vectors(name, ids, dim))
+    return len(moved)
 
 
 def _moved(store: VectorStore, names: list[str]) -> dict[str, int]:
@@ -166,8 +167,10 @@ def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
     with locks.exclusive(os.path.join(store.index_dir, ".startup.lock")):
         wanted = expected_rows()
         cached = [name for name in store.index_files()[0] if name in wanted]
-        for start in range(0, len(cached), CATCH_UP_BATCH):
-            catch_up(store, cached[start:start + CATCH_UP_BATCH])
+        moved = sum(catch_up(store, cached[start:start + CATCH_UP_BATCH])
+                    for start in range(0, len(cached), CATCH_UP_BATCH))
+        if moved:
+            log.info("start-up repair: %d collection(s) caught up with the index log", moved)
         drifted = quick_drift(store, wanted)
         if not drifted:
             return 0, []
