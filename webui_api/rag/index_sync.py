@@ -172,11 +172,10 @@ def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
         if moved:
             log.info("start-up repair: %d collection(s) caught up with the index log", moved)
         drifted = quick_drift(store, wanted)
-        if not drifted:
-            return 0, []
-        log.warning("vector indexes out of step with the database: %s", ", ".join(drifted[:20]))
+        if drifted:
+            log.warning("vector indexes out of step with the database: %s", ", ".join(drifted[:20]))
         total = sum(rebuild(store, name) for name in drifted)
-        _, leftovers = store.index_files()
+        _, leftovers = store.index_files()  # temp files of writes killed (healed by the catch-up or rebuild)
         for path in leftovers:
             _silent_unlink(path)
         return total, drifted

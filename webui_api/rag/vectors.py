@@ -470,8 +470,11 @@ class VectorStore:
         self._record_version(name, version)
 
     def _record_version(self, name: str, version: int) -> None:
-        if version:  # version 0 is the absence of a file
-            self._publish(name, f"ver-{version}", b"")
+        if version:  # version 0 is the absence of a file; an empty file needs no temp file to appear whole
+            path = self._dir(name)
+            os.makedirs(path, exist_ok=True)
+            os.close(os.open(os.path.join(path, f"ver-{version}"), os.O_WRONLY | os.O_CREAT, 0o644))
+            _fsync_dir(path)
         for entry in os.listdir(self._dir(name)):
             if _VERSION.match(entry) and entry != f"ver-{version}":
                 _silent_unlink(os.path.join(self._dir(name), entry))
