@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rebuild the drifted collections from the database")
     cmd.set_defaults(handler=cmd_check)
 
-    cmd = sub.add_parser("compact", help="merge each collection's index segments and drop deleted vectors")
+    cmd = sub.add_parser("compact", help="merge each collection's index segments, drop deleted vectors and "
+                                          "prune the index log (INDEX_LOG_RETENTION)")
     cmd.add_argument("--collection", metavar="NAME", help="only this collection: a knowledge id or file-<id>")
     cmd.set_defaults(handler=cmd_compact)
     return parser
@@ -381,7 +382,8 @@ def cmd_compact(args) -> int:
 
     ext = open_services()
     merged = index_sync.compact(ext.vectors, [args.collection] if args.collection else None)
-    print(f"compacted {len(merged)} collection(s)")
+    pruned = index_sync.prune_log(ext.settings.INDEX_LOG_RETENTION)
+    print(f"compacted {len(merged)} collection(s); pruned {pruned} index log row(s)")
     return EXIT_OK
 
 

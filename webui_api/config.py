@@ -81,6 +81,9 @@ class Settings:
     DATA_DIR: str = _setting("DATA_DIR", "./data")
     DATABASE_URL: str = _setting("DATABASE_URL", "")  # sqlite:///<path> (default) or postgresql://…
     DATABASE_POOL_SIZE: int = _setting("DATABASE_POOL_SIZE", 0, int)  # 0: derived from the thread count
+    # How long the index log keeps what changed in each vector collection (`webui-api compact` prunes older
+    # rows): a host whose cache is older than this rebuilds those collections from the database instead.
+    INDEX_LOG_RETENTION: float | None = _setting("INDEX_LOG_RETENTION", 7 * 86400.0, parse_duration)
     # --- auth
     WEBUI_SECRET_KEY: str = _setting(("WEBUI_SECRET_KEY", "WEBUI_JWT_SECRET_KEY"), "")
     JWT_EXPIRES_IN: float | None = _setting("JWT_EXPIRES_IN", 4 * 604800.0, parse_duration)

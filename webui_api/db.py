@@ -16,7 +16,7 @@ from .dialect import Dialect, SqliteDialect, for_url
 database = pw.DatabaseProxy()
 dialect: Dialect = SqliteDialect("sqlite:///:memory:")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def now() -> int:
@@ -274,6 +274,91 @@ def create_chunk_fts(database, tokenizer: str = DEFAULT_BM25_TOKENIZER) -> None:
 
 
 MIGRATIONS[3] = create_chunk_fts
+
+
+class CollectionState(BaseModel):
+    """A vector collection's version in the database: bumped by triggers with every change to its members,
+    so a host compares it with the version its cached index files reflect (one indexed read per query)."""
+
+    name = Text(primary_key=True)      # collection_rows.collection_name: file-<id> or knowledge id
+    version = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "collection_state"
+
+
+class IndexLog(BaseModel):
+    """What each version of a collection changed: chunk ids that joined (+1) or left (-1) it. Every version
+    has at least one row and versions follow commit order (the bump locks the state row), so a host catching
+    up from version v reads rows > v; when v + 1 is gone (pruned by age) it rebuilds from the chunk rows."""
+
+    collection = Text()
+    version = pw.BigIntegerField()
+    chunk_id = pw.BigIntegerField()
+    op = pw.SmallIntegerField()                # +1 joined, -1 left
+    created_at = pw.BigIntegerField()          # unix seconds: `webui-api compact` prunes old rows by age
+
+    class Meta:
+        table_name = "index_log"
+        primary_key = pw.CompositeKey("collection", "version", "chunk_id")
+
+
+# The index log triggers. Each is a list of plain INSERT/UPDATE statements (valid in a PL/pgSQL trigger
+# body too) over {collections}: a subquery naming the collections the change touches. Per collection: make
+# sure the state row exists, bump its version (on PostgreSQL the row lock serialises writers of one
+# collection until commit, so versions follow commit order), log the chunk ids under the new version.
+# {now} is the dialect's unix time. A link or unlink of a file without chunks bumps nothing (the WHERE
+# EXISTS guards), so no version is ever empty; links deleted with their collection log nothing (the
+# collection is gone, no host will read it).
+_STATE_ROWS = ("INSERT INTO collection_state (name, version) SELECT name, 0 FROM {collections} AS touched "
+               "WHERE true ON CONFLICT (name) DO NOTHING")
+_BUMP_VERSIONS = ("UPDATE collection_state SET version = version + 1 "
+                  "WHERE name IN (SELECT name FROM {collections} AS touched)")
+_FILE_COLLECTIONS = ("(SELECT 'file-' || {file} AS name UNION ALL "
+                     "SELECT knowledge_id FROM knowledge_file WHERE file_id = {file})")
+_LINKED_COLLECTION = ("(SELECT {row}.knowledge_id AS name WHERE EXISTS (SELECT 1 FROM chunk WHERE file_id = "
+                      "{file}) AND EXISTS (SELECT 1 FROM knowledge WHERE id = {row}.knowledge_id))")
+_FILE_LINKS = ("(SELECT knowledge_id AS name FROM knowledge_file WHERE file_id = {file} "
+               "AND EXISTS (SELECT 1 FROM chunk WHERE file_id = {file}))")
+_LOG_CHUNK = ("INSERT INTO index_log (collection, version, chunk_id, op, created_at) "
+              "SELECT name, version, {row}.id, {op}, {now} FROM collection_state "
+              "WHERE name IN (SELECT name FROM {collections} AS touched)")
+_LOG_FILE_CHUNKS = ("INSERT INTO index_log (collection, version, chunk_id, op, created_at) "
+                    "SELECT state.name, state.version, chunk.id, {op}, {now} "
+                    "FROM collection_state AS state, chunk "
+                    "WHERE state.name IN (SELECT name FROM {collections} AS touched) "
+                    "AND chunk.file_id = {file}")
+
+
+def _log_statements(collections: str, log: str, row: str, op: int, file: str = "file_id") -> tuple[str, ...]:
+    touched = collections.format(row=row, file=f"{row}.{file}")
+    return tuple(s.format(collections=touched, row=row, file=f"{row}.{file}", op=op, now="{now}")
+                 for s in (_STATE_ROWS, _BUMP_VERSIONS, log))
+
+
+INDEX_LOG_TRIGGERS = {  # name: (event, statements)
+    "chunk_ins": ("AFTER INSERT ON chunk", _log_statements(_FILE_COLLECTIONS, _LOG_CHUNK, "new", 1)),
+    "chunk_del": ("AFTER DELETE ON chunk", _log_statements(_FILE_COLLECTIONS, _LOG_CHUNK, "old", -1)),
+    "link_ins": ("AFTER INSERT ON knowledge_file",
+                 _log_statements(_LINKED_COLLECTION, _LOG_FILE_CHUNKS, "new", 1)),
+    "link_del": ("AFTER DELETE ON knowledge_file",
+                 _log_statements(_LINKED_COLLECTION, _LOG_FILE_CHUNKS, "old", -1)),
+    # A deleted file leaves its collections before the cascades run: PostgreSQL fires the row triggers of
+    # cascaded deletes only after both cascades (chunks, links) are done, when link_del finds no chunk and
+    # chunk_del no link, so neither would log the file leaving a knowledge collection.
+    "file_del": ("BEFORE DELETE ON file", _log_statements(_FILE_LINKS, _LOG_FILE_CHUNKS, "old", -1, "id")),
+}
+
+
+def _add_index_log(database) -> None:
+    database.create_tables([CollectionState, IndexLog], safe=True)
+    for trigger, (when, statements) in INDEX_LOG_TRIGGERS.items():
+        body = [s.format(now=dialect.unix_now) for s in statements]
+        for statement in dialect.trigger(f"index_log_{trigger}", when, body):
+            database.execute_sql(statement)
+
+
+MIGRATIONS[5] = _add_index_log
 
 
 def init_database(url: str, pool_size: int = 8) -> pw.Database:

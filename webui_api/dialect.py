@@ -48,6 +48,7 @@ class SqliteDialect(Dialect):
     """One file, one writer at a time (BEGIN IMMEDIATE), a connection per thread kept for its life."""
 
     name = "sqlite"
+    unix_now = "CAST(strftime('%s', 'now') AS INTEGER)"
 
     @property
     def path(self) -> str:
@@ -106,6 +107,7 @@ class PostgresDialect(Dialect):
 
     name = "postgres"
     param = "%s"
+    unix_now = "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)"
 
     def open(self, pool_size: int) -> pw.Database:
         parts = urlsplit(self.url)

@@ -5,10 +5,12 @@ import logging
 from collections import Counter
 from typing import Iterable
 
+from peewee import fn
+
 import numpy as np
 
 from .. import db
-from ..db import Chunk, KnowledgeFile
+from ..db import Chunk, IndexLog, KnowledgeFile
 
 log = logging.getLogger("webui_api.rag")
 
@@ -70,3 +72,76 @@ def collection_vectors(name: str) -> tuple[np.ndarray, np.ndarray]:
     file_ids = [link.file_id for link in KnowledgeFile.select(KnowledgeFile.file)
                 .where(KnowledgeFile.knowledge == name)]
     return stored_vectors(file_ids)
+
+
+# ---------------------------------------------------------------- the index log (another host's writes)
+
+def versions(names: list[str]) -> dict[str, int]:
+    """The database's version of each named collection (absent: never changed since the log began), in one
+    read of the collection_state primary key."""
+    if not names:
+        return {}
+    marks = ", ".join("?" * len(names))
+    return dict(db.execute(f"SELECT name, version FROM collection_state WHERE name IN ({marks})",
+                           tuple(names)).fetchall())
+
+
+def changes_after(name: str, version: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(latest version, ids that joined, ids that left) of the log rows after `version`, each id judged by
+    its last row; None when the row right after `version` is gone (pruned), so only a rebuild is safe."""
+    rows = (IndexLog.select(IndexLog.version, IndexLog.chunk_id, IndexLog.op)
+            .where(IndexLog.collection == name, IndexLog.version > version)
+            .order_by(IndexLog.version).tuples())
+    last: dict[int, int] = {}
+    first = latest = None
+    for row_version, chunk_id, op in rows:
+        first = row_version if first is None else first
+        latest = row_version
+        last[chunk_id] = op
+    if first != version + 1:
+        return None
+    joined = np.fromiter((i for i, op in last.items() if op > 0), dtype=np.int64)
+    left = np.fromiter((i for i, op in last.items() if op < 0), dtype=np.int64)
+    return latest, joined, left
+
+
+def joining_vectors(name: str, ids: np.ndarray, dim: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, vectors) of these chunks that still exist, when the collection stays of one dimension (`dim`,
+    else theirs); None when it holds or gains vectors of another size: then only the loader's
+    majority rule (a rebuild) gives the right ids."""
+    rows = []
+    for start in range(0, len(ids), 500):
+        rows += list(Chunk.select(Chunk.id, Chunk.vector, Chunk.dim)
+                     .where(Chunk.id.in_(ids[start:start + 500].tolist())).order_by(Chunk.id).tuples())
+    dims = {row[2] for row in rows} | ({dim} if dim is not None else set())
+    if len(dims) > 1 or (dims and _holds_other_dims(name, dims.pop())):
+        return None
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, dim or 0), np.float32)
+    found = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+    vectors = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float32)
+    return found, vectors.reshape(len(rows), rows[0][2])
+
+
+def _holds_other_dims(name: str, dim: int) -> bool:
+    """Whether a chunk of the collection has another dimension (read from the chunk (file_id, dim) index)."""
+    if name.startswith(FILE_PREFIX):
+        files = [name[len(FILE_PREFIX):]]
+    else:
+        files = KnowledgeFile.select(KnowledgeFile.file).where(KnowledgeFile.knowledge == name)
+    return Chunk.select(Chunk.id).where(Chunk.file.in_(files), (Chunk.dim < dim) | (Chunk.dim > dim)).exists()
+
+
+def prune_index_log(older_than: float) -> int:
+    """Delete log rows older than `older_than` seconds. Other hosts' positions in the log are unknown, so
+    age decides: a host whose cache is older than the retention finds the row after its version gone and
+    rebuilds from the chunk rows. Only a prefix of each collection's versions goes, so no gap opens."""
+    cutoff = db.now() - int(older_than)
+    ends = list(IndexLog.select(IndexLog.collection, fn.MAX(IndexLog.version))
+                .where(IndexLog.created_at < cutoff).group_by(IndexLog.collection).tuples())
+    removed = 0
+    for name, version in ends:
+        with db.write_transaction():
+            removed += (IndexLog.delete().where(IndexLog.collection == name, IndexLog.version <= version)
+                        .execute())
+    return removed

@@ -10,6 +10,7 @@ from peewee import fn
 
 from .. import locks
 from ..db import Chunk, File, Knowledge, KnowledgeFile
+from . import collection_rows
 from .collection_rows import (chunk_ids, collection_name, collection_vectors, linked_knowledge, majority_dim,
                           stored_vectors)
 from .vectors import VectorStore, dimension_conflict
@@ -26,18 +27,49 @@ class Drift:
         return f"{self.name}: {self.problem}"
 
 
+# ---------------------------------------------------------------- reading: other hosts' writes first
+
+CATCH_UP_BATCH = 500  # collections per version read when many catch up at once (bound parameters)
+
+def catch_up(store: VectorStore, names) -> int:
+    """Bring the named collections' cached files up to the database, where another host (or a process on
+    another DATA_DIR) may have written: one indexed read of their versions, then work only for those that
+    moved (returns how many). Call before every read of a collection."""
+    moved = _moved(store, list(dict.fromkeys(names)))
+    for name, version in moved.items():
+        store.catch_up(name, version, lambda after, name=name: collection_rows.changes_after(name, after),
+                       lambda ids, dim, name=name: collection_rows.joining_vectors(name, ids, dim))
+    return len(moved)
+
+
+def _moved(store: VectorStore, names: list[str]) -> dict[str, int]:
+    versions = collection_rows.versions(names)
+    wanted = {name: versions.get(name, 0) for name in names}
+    return {name: version for name, version in wanted.items() if store.cached_version(name) != version}
+
+
+def search(store: VectorStore, names, vector, k: int) -> list[tuple[int, float, str]]:
+    """VectorStore.search over collections caught up with the database first."""
+    names = list(dict.fromkeys(names))
+    catch_up(store, names)
+    return store.search(names, vector, k)
+
+
 # ---------------------------------------------------------------- one file, one collection
 
 def check_dimension(store: VectorStore, knowledge_id: str, dim: int | None) -> None:
     """Refuse (409) vectors of another size than the collection already holds."""
+    catch_up(store, [knowledge_id])
     have = store.dim(knowledge_id)
     if dim is not None and have is not None and have != dim:
         raise dimension_conflict(knowledge_id, have, dim)
 
 
 def link(store: VectorStore, knowledge_id: str, file_id: str, ids=None, vectors=None) -> None:
-    """Put a file's vectors (given, else read from its chunk rows) into a collection's index. Writes nothing
-    when they are all there already (e.g. the pipeline indexed a file uploaded into the collection)."""
+    """Put a file's vectors into a collection's index, from the index log (catch_up: a link's own change
+    then lands in the same order as another host's unlink of the file, never after it); what is still
+    missing after that (given, else read from its chunk rows). Writes nothing when all is there already."""
+    catch_up(store, [knowledge_id])
     wanted = chunk_ids(file_id) if ids is None else [int(i) for i in ids]
     if store.contains_all(knowledge_id, wanted):
         return
@@ -46,9 +78,11 @@ def link(store: VectorStore, knowledge_id: str, file_id: str, ids=None, vectors=
     store.add(knowledge_id, ids, vectors)
 
 
-def unlink(store: VectorStore, knowledge_id: str, ids) -> None:
-    """A file left the collection: its chunk ids leave the collection's index."""
-    store.remove(knowledge_id, ids)
+def unlink(store: VectorStore, knowledge_id: str, ids=()) -> None:
+    """A file left the collection (committed): its chunk ids (`ids`) leave the index, as the index log says.
+    Not a removal of `ids` itself: had another host linked the file again and this host caught up with
+    that before this call, removing them would hide vectors the database has, with the version recorded."""
+    catch_up(store, [knowledge_id])
 
 
 def reindex_file(store: VectorStore, file_id: str, new_ids, old_ids, vectors) -> None:
@@ -98,6 +132,11 @@ def compact(store: VectorStore, names=None) -> list[str]:
     return [name for name in (indexes if names is None else names) if store.compact(name)]
 
 
+def prune_log(retention: float | None) -> int:
+    """Delete index log rows older than `retention` seconds (None: keep them); see prune_index_log."""
+    return 0 if retention is None else collection_rows.prune_index_log(retention)
+
+
 # ---------------------------------------------------------------- the cheap check at start-up
 
 def expected_rows() -> dict[str, int]:
@@ -115,22 +154,28 @@ def expected_rows() -> dict[str, int]:
     return wanted
 
 
-def quick_drift(store: VectorStore) -> list[str]:
+def quick_drift(store: VectorStore, wanted: dict[str, int] | None = None) -> list[str]:
     """Collections whose vector count on disk (from file names) differs from the database's."""
-    wanted, have = expected_rows(), store.rows_on_disk()
+    wanted, have = expected_rows() if wanted is None else wanted, store.rows_on_disk()
     return sorted(n for n in set(wanted) | set(have) if wanted.get(n, 0) != have.get(n, 0))
 
 
 def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
-    """Start-up: the cheap check, and a repair of what it finds; workers take turns under a lock, so the
-    first one repairs and the others find nothing to do."""
+    """Start-up: the cached collections catch up with writes made elsewhere meanwhile (from the index log,
+    cheaper than rebuilding them), then the cheap check and a repair of what it finds; workers take turns
+    under a lock, so the first one repairs and the others find nothing to do."""
     with locks.exclusive(os.path.join(store.index_dir, ".startup.lock")):
-        drifted = quick_drift(store)
-        if not drifted:
-            return 0, []
-        log.warning("vector indexes out of step with the database: %s", ", ".join(drifted[:20]))
+        wanted = expected_rows()
+        cached = [name for name in store.index_files()[0] if name in wanted]
+        moved = sum(catch_up(store, cached[start:start + CATCH_UP_BATCH])
+                    for start in range(0, len(cached), CATCH_UP_BATCH))
+        if moved:
+            log.info("start-up repair: %d collection(s) caught up with the index log", moved)
+        drifted = quick_drift(store, wanted)
+        if drifted:
+            log.warning("vector indexes out of step with the database: %s", ", ".join(drifted[:20]))
         total = sum(rebuild(store, name) for name in drifted)
-        _, leftovers = store.index_files()
+        _, leftovers = store.index_files()  # temp files of writes killed (healed by the catch-up or rebuild)
         for path in leftovers:
             _silent_unlink(path)
         return total, drifted

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from ..auth import policy
 from ..db import Chunk, File
 from ..errors import FILE_NOT_PROCESSED, BadRequest, Conflict, NotFound
-from . import collection_rows, hybrid, pipeline, rerank
+from . import collection_rows, hybrid, index_sync, pipeline, rerank
 from .extract import Extracted
 
 log = logging.getLogger("webui_api.rag")
@@ -151,7 +151,7 @@ def search(ext, sources: list[Source], query: str, k: int, opts: hybrid.Options 
     vector = ext.embedder.embed([query])[0]
     by_collection = {s.collection: s for s in searchable}
     depth = hybrid.depth(k + _SEARCH_MARGIN, opts)
-    raw = hybrid.fuse(query, vector, lambda v: ext.vectors.search(list(by_collection), v, depth),
+    raw = hybrid.fuse(query, vector, lambda v: index_sync.search(ext.vectors, list(by_collection), v, depth),
                       {c: s.file_ids for c, s in by_collection.items()}, opts)
     fields = (Chunk.id, Chunk.file, Chunk.seq, Chunk.text, Chunk.start, Chunk.end, Chunk.model,
               *_HIT_FILE_FIELDS)

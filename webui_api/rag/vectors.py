@@ -26,6 +26,10 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 # del-<n>-<rows>-<tag>.ids: int64 ids write n removed; they hide in every segment whose last write is < n.
 _SEGMENT = re.compile(r"^seg-(?P<first>\d+)-(?P<last>\d+)-(?P<rows>\d+)-[0-9a-f]+\.faiss$")
 _TOMBSTONE = re.compile(r"^del-(?P<n>\d+)-(?P<rows>\d+)-[0-9a-f]+\.ids$")
+# ver-<v>: an empty file naming the database version (collection_state) the collection's files reflect, read
+# from the directory listing every read makes anyway. No such file: version 0 (built before the index log,
+# or by a local write; a catch-up replays the log from its start, or rebuilds when that was pruned).
+_VERSION = re.compile(r"^ver-(?P<v>\d+)$")
 # Files are written as `.tmp-<pid>-<tag>` inside the collection directory and renamed into place.
 _TEMP = re.compile(r"^\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
 STALE_TEMP_SECONDS = 3600.0
@@ -40,6 +44,10 @@ _READ_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 
 # loader(name) -> (ids, vectors) read from SQLite, the source of truth; vectors is an (n, dim) float32 array.
 Loader = Callable[[str], "tuple[np.ndarray, np.ndarray]"]
+# changes_after(version) -> (latest version, joined ids, left ids) of the log after it, or None when pruned.
+ChangesAfter = Callable[[int], "tuple[int, np.ndarray, np.ndarray] | None"]
+# joining(ids, dim) -> (ids, vectors) of those still stored, or None when only a rebuild is right.
+Joining = Callable[["np.ndarray", "int | None"], "tuple[np.ndarray, np.ndarray] | None"]
 
 
 def dimension_conflict(name: str, have: int, got: int) -> Conflict:
@@ -74,6 +82,7 @@ class Layout:
     tombstones: list[TombstoneFile] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     temps: list[str] = field(default_factory=list)
+    version: int = 0
 
     @property
     def last(self) -> int:
@@ -88,9 +97,11 @@ class Layout:
 
 
 def layout_of(files: Iterable[str]) -> Layout:
-    segments, tombstones, out = [], [], Layout()
+    segments, tombstones, versions, out = [], [], {}, Layout()
     for entry in files:
-        if m := _SEGMENT.match(entry):
+        if m := _VERSION.match(entry):
+            versions[entry] = int(m["v"])
+        elif m := _SEGMENT.match(entry):
             segments.append(SegmentFile(entry, int(m["first"]), int(m["last"]), int(m["rows"])))
         elif m := _TOMBSTONE.match(entry):
             tombstones.append(TombstoneFile(entry, int(m["n"]), int(m["rows"])))
@@ -109,6 +120,8 @@ def layout_of(files: Iterable[str]) -> Layout:
         else:
             out.leftovers.append(tomb.file)
     out.tombstones.sort(key=lambda t: t.n)
+    out.version = max(versions.values(), default=0)  # the newest is written before older ones are unlinked
+    out.leftovers += [entry for entry, v in versions.items() if v != out.version]
     return out
 
 
@@ -210,6 +223,7 @@ class VectorStore:
                 self._unlink(name)
                 return
             self._replace_all(name, build_index(ids, vectors))
+            self._record_version(name, 0)  # whatever the log says since is replayed (e.g. after a restore)
 
     def drop(self, name: str) -> None:
         with self._locked(name):
@@ -218,6 +232,28 @@ class VectorStore:
     def compact(self, name: str) -> bool:
         """Merge every segment and apply every tombstone (`webui-api compact`); False when nothing to do."""
         return self._merge(name, full=True)
+
+    def catch_up(self, name: str, version: int, changes_after: ChangesAfter, joining: Joining) -> None:
+        """Bring the collection to the database's `version` under its writer lock: apply the log rows after
+        the version its files reflect (load only vectors it lacks: one segment, one tombstone), else, with no
+        files or the log pruned, rebuild from the database and record `version`, read before loading."""
+        with self._locked(name):
+            cached = self.cached_version(name)
+            if cached is not None and cached >= version:
+                # another thread or worker of this host caught up meanwhile, maybe past what we read (a
+                # database restored from a backup, with lower versions, goes with `webui-api reindex`)
+                return
+            changes = changes_after(cached) if cached is not None else None
+            if changes is None or not self._apply(name, changes, joining):
+                self._reload(name, version)
+        self._maybe_merge(name)
+
+    def cached_version(self, name: str) -> int | None:
+        """The database version the collection's files reflect; None when it has no directory."""
+        try:
+            return layout_of(os.listdir(self._dir(name))).version
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def dim(self, name: str) -> int | None:
         return self._get(name).dim
@@ -400,6 +436,48 @@ class VectorStore:
             view = self._current_view(name) if len(ids) else View(Layout(), [])
         self._sweep(name, view.layout)
         return view
+
+    def _apply(self, name: str, changes: tuple[int, np.ndarray, np.ndarray], joining: Joining) -> bool:
+        """Under the lock: apply log changes (latest version, joined ids, left ids) idempotently (ids already
+        there or already gone cost nothing); False when only a rebuild gives the right ids."""
+        latest, joined, left = changes
+        try:
+            view = self._current_view(name)
+        except _Unreadable:
+            return False
+        missing, going = joined[~view.contains(joined)], left[view.contains(left)]
+        if len(missing) or len(going):
+            loaded = joining(missing, view.dim)
+            if loaded is None:
+                return False
+            n = self._tombstone(name, view, going)
+            if len(loaded[0]):
+                self._write_segment(name, n, n, build_index(*loaded))
+        self._record_version(name, latest)
+        return True
+
+    def _reload(self, name: str, version: int) -> None:
+        """Under the lock: the collection rebuilt from the database, at `version` (read before loading). An
+        empty one keeps an empty directory holding its version, unless it never had a version."""
+        ids, vectors = self.loader(name)
+        ids, vectors = _as_ids(ids), _as_matrix(vectors)
+        if len(ids):
+            self._replace_all(name, build_index(ids, vectors))
+        else:
+            self._unlink(name)
+            if not version:
+                return
+        self._record_version(name, version)
+
+    def _record_version(self, name: str, version: int) -> None:
+        if version:  # version 0 is the absence of a file; an empty file needs no temp file to appear whole
+            path = self._dir(name)
+            os.makedirs(path, exist_ok=True)
+            os.close(os.open(os.path.join(path, f"ver-{version}"), os.O_WRONLY | os.O_CREAT, 0o644))
+            _fsync_dir(path)
+        for entry in os.listdir(self._dir(name)):
+            if _VERSION.match(entry) and entry != f"ver-{version}":
+                _silent_unlink(os.path.join(self._dir(name), entry))
 
     def _sweep(self, name: str, layout: Layout) -> None:
         path = self._dir(name)
