@@ -16,7 +16,7 @@ from .config import DEFAULT_BM25_TOKENIZER
 # Bound by create_app (or a test) through `init_database`; peewee keeps one connection per thread.
 database = pw.SqliteDatabase(None)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 WAL_SWITCH_SECONDS = 30.0  # how long start-up retries the switch to WAL while another process holds a lock
 _PRAGMAS = {  # every new connection; WAL is a property of the file, set once by init_database
@@ -118,7 +118,7 @@ class File(BaseModel):
     id = pw.CharField(primary_key=True, default=new_id)
     user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="files")
     filename = pw.CharField()
-    storage_name = pw.CharField()             # server-generated name under DATA_DIR/uploads
+    storage_name = pw.CharField()             # server-generated name under UPLOAD_DIR
     content_type = pw.CharField(default="application/octet-stream")
     size = pw.IntegerField(default=0)
     file_hash = pw.CharField(index=True)      # sha256 of the uploaded bytes
@@ -347,3 +347,26 @@ class StampedCache:
             if stamp != self._seen:
                 self._seen, self._values = stamp, {}
             return self._values
+
+
+# --- processing leases: which process, on any host, is working on a file (issue 10) ----------------
+
+class ProcessingLease(BaseModel):
+    """A file's processing claim: held by `owner` until `expires_at` (epoch seconds), renewed while it works."""
+
+    file = pw.ForeignKeyField(File, primary_key=True, on_delete="CASCADE", backref="lease")
+    owner = pw.CharField()
+    expires_at = pw.FloatField(index=True)
+
+    class Meta:
+        table_name = "processing_lease"
+
+
+def _add_processing_lease(database) -> None:
+    database.create_tables([ProcessingLease], safe=True)
+    # the recovery sweep looks up unsettled files every few seconds on every worker
+    database.execute_sql('CREATE INDEX IF NOT EXISTS "file_status" ON "file" ("status")')
+
+
+MIGRATIONS[6] = _add_processing_lease
+MIGRATIONS.setdefault(5, lambda database: None)  # PLACEHOLDER until merge: 5 belongs to another slice
