@@ -130,7 +130,7 @@ def take_over_abandoned(ext) -> int:
     for file_id, _status in found:
         ext.jobs.submit(ext, file_id)
     if found:
-        log.info("resuming %d interrupted file(s) in the background (owner %s)", len(found), lease.PLACE)
+        log.info("queued %d unsettled file(s) that no live process holds (here: %s)", len(found), lease.PLACE)
     return len(found)
 
 
