@@ -89,19 +89,20 @@ def receive(settings, stream: BinaryIO) -> Staged:
 
 def store(settings, user_id: str, staged: Staged, filename: str, content_type: str, meta: dict,
           status: str) -> File:
-    """Turn staged bytes into a File row plus its stored copy (server-generated name)."""
+    """Turn staged bytes into a File row plus its stored copy (server-generated name). The bytes are in
+    place before the row commits: another host that sees the row (on a shared UPLOAD_DIR) finds them."""
     file_id = db.new_id()
-    with db.write_transaction():
-        file = File.create(id=file_id, user=user_id, filename=filename, storage_name=file_id,
-                           content_type=content_type, size=staged.size, file_hash=staged.sha256,
-                           status=status, meta={"data": meta or {}})
+    stored = os.path.join(uploads_dir(settings), file_id)
+    os.replace(staged.path, stored)
     try:
-        os.replace(staged.path, os.path.join(uploads_dir(settings), file_id))
         _fsync_dir(uploads_dir(settings))
-    except OSError:
-        File.delete().where(File.id == file_id).execute()
+        with db.write_transaction():
+            return File.create(id=file_id, user=user_id, filename=filename, storage_name=file_id,
+                               content_type=content_type, size=staged.size, file_hash=staged.sha256,
+                               status=status, meta={"data": meta or {}})
+    except BaseException:
+        os.unlink(stored)
         raise
-    return file
 
 
 def remove_stored(settings, file: File) -> None:
