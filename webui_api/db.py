@@ -356,7 +356,7 @@ class ProcessingLease(BaseModel):
 
     file = pw.ForeignKeyField(File, primary_key=True, on_delete="CASCADE", backref="lease")
     owner = pw.CharField()
-    expires_at = pw.FloatField(index=True)
+    expires_at = pw.DoubleField(index=True)  # not FloatField: PostgreSQL's REAL keeps ~7 digits of epoch time
 
     class Meta:
         table_name = "processing_lease"

@@ -76,9 +76,10 @@ def claim(file_id: str, owner: str, seconds: float) -> bool:
         return _insert(file_id, owner, now + seconds)
     if is_live(current.owner, current.expires_at, now):
         return False
-    taken = (ProcessingLease.update(owner=owner, expires_at=now + seconds)
-             .where(ProcessingLease.file == file_id, ProcessingLease.owner == current.owner,
-                    ProcessingLease.expires_at == current.expires_at).execute())  # unchanged since read
+    unchanged = (ProcessingLease.file == file_id) & (ProcessingLease.owner == current.owner)
+    if not owner_gone(current.owner):  # a live owner may renew meanwhile: only while it is still expired
+        unchanged &= ProcessingLease.expires_at < now
+    taken = ProcessingLease.update(owner=owner, expires_at=now + seconds).where(unchanged).execute()
     if taken:
         log.info("file %s: lease of %s (expired or dead) taken over by %s", file_id, current.owner, owner)
     return taken == 1
