@@ -364,7 +364,7 @@ class ProcessingLease(BaseModel):
 
 def _add_processing_lease(database) -> None:
     database.create_tables([ProcessingLease], safe=True)
-    # the recovery sweep looks up unsettled files every few seconds on every worker
+    # every worker of every host looks up the unsettled files each half lease period
     database.execute_sql('CREATE INDEX IF NOT EXISTS "file_status" ON "file" ("status")')
 
 
