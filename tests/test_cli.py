@@ -179,3 +179,33 @@ def test_check_repair_and_compact(run, app, admin, corpus, data_dir):
     compacted = run("compact")
     assert compacted.returncode == 0 and "compacted 1 collection(s)" in compacted.stdout
     assert vectors.segment_counts(kb.id) == (1, 0) and vectors.ids(kb.id) == before - {min(before)}
+
+
+def left_processing(app, admin, text: str, lease_owner: str, expires_in: float) -> File:
+    """A file its host left 'processing' under a lease of `lease_owner`, expiring in `expires_in` s."""
+    import io
+    import time
+
+    from webui_api.db import ProcessingLease
+    from webui_api.rag import files, pipeline
+
+    file, _ = files.upload(app.extensions["webui_api"], User.get_by_id(admin["id"]), io.BytesIO(text.encode()),
+                           "notes.txt", "text/plain", None, process=False)
+    pipeline.set_status(file.id, "processing")
+    ProcessingLease.insert(file=file.id, owner=lease_owner, expires_at=time.time() + expires_in).execute()
+    return file
+
+
+def test_check_finishes_a_file_whose_host_died(run, app, admin):
+    """A file left 'processing' under the expired lease of a host that never returns: `check` on this
+    host takes it over, finishes it and ends clean; a file a live host holds is left to that host."""
+    from webui_api.db import ProcessingLease
+
+    abandoned = left_processing(app, admin, "The otter dives for mussels.", "gone-host~0~0/4242/cafe", -5)
+    held = left_processing(app, admin, "Kelp sways in the swell.", "live-host~0~0/4343/beef", 3600)
+    result = run("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"file {abandoned.id}: was left 'processing' by a stopped process; processed here" in result.stdout
+    assert File.get_by_id(abandoned.id).status == "completed"
+    assert ProcessingLease.get_or_none(ProcessingLease.file == abandoned.id) is None
+    assert File.get_by_id(held.id).status == "processing"  # its live host will finish it

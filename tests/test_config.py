@@ -88,3 +88,11 @@ def test_extracted_text_limit_is_a_positive_character_count(tmp_path):
     for bad in ("0", "-1", "lots"):
         with pytest.raises(ConfigError, match="RAG_MAX_EXTRACTED_CHARS"):
             Settings.from_env(env={"DATA_DIR": str(tmp_path), "RAG_MAX_EXTRACTED_CHARS": bad})
+
+
+def test_upload_dir_defaults_under_data_dir_and_the_lease_has_a_floor(tmp_path):
+    assert Settings.from_env(env={"DATA_DIR": str(tmp_path)}).UPLOAD_DIR == str(tmp_path / "uploads")
+    shared = Settings.from_env(env={"DATA_DIR": str(tmp_path), "UPLOAD_DIR": str(tmp_path / "nfs" / ".." / "s")})
+    assert shared.UPLOAD_DIR == str(tmp_path / "s") and shared.INGEST_LEASE_SECONDS == 60.0
+    with pytest.raises(ConfigError, match="INGEST_LEASE_SECONDS"):
+        Settings.from_env(env={"DATA_DIR": str(tmp_path), "INGEST_LEASE_SECONDS": "0.5"})

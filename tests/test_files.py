@@ -303,3 +303,28 @@ def test_metadata_knowledge_id_of_someone_else_stores_nothing(client, user, make
     response = upload(client, other["headers"], "z.txt", ZEPHYR,
                       metadata=json.dumps({"knowledge_id": kb["id"]}))
     assert response.status_code == 404 and File.select().count() == 0
+
+
+def test_content_is_served_by_any_host_sharing_upload_dir(tmp_path, fake_backend):
+    """Two hosts: own DATA_DIRs, one database, one UPLOAD_DIR (a network filesystem in production). Bytes
+    uploaded through A are served by B; a host with its own upload directory cannot find them."""
+    from webui_api import create_app
+
+    shared = {**rag_settings(fake_backend), "DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}",
+              "WEBUI_SECRET_KEY": "one-secret-for-every-host", "PASSWORD_HASH_COST": 1024}
+    hosts = [create_app({**shared, "DATA_DIR": str(tmp_path / name), "UPLOAD_DIR": str(tmp_path / upload_dir)})
+             for name, upload_dir in (("a", "nfs"), ("b", "nfs"), ("c", "c-uploads"))]
+    try:
+        a, b, c = (host.test_client() for host in hosts)
+        token = a.post("/api/v1/auths/signup", json={"name": "Ada", "email": "ada@example.com",
+                                                     "password": "pw-pw-pw-pw"}).get_json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        body = upload_ok(a, headers, "zephyr.txt", ZEPHYR)
+        assert os.listdir(tmp_path / "nfs") == [body["id"]] and not os.path.exists(tmp_path / "a" / "uploads")
+        served = b.get(f"/api/v1/files/{body['id']}/content", headers=headers)
+        assert served.status_code == 200 and served.data == ZEPHYR
+        missing = c.get(f"/api/v1/files/{body['id']}/content", headers=headers)
+        assert missing.status_code == 404 and missing.get_json() == {"detail": "Original file is unavailable."}
+    finally:
+        for host in hosts:
+            host.extensions["webui_api"].close()

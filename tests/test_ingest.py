@@ -11,7 +11,7 @@ import pytest
 
 from webui_api.rag import files, knowledge
 from webui_api.db import Chunk, File, User
-from webui_api.rag import index_sync, jobs, pipeline, storage
+from webui_api.rag import index_sync, jobs, lease, pipeline, storage
 from webui_api.rag.vectors import VectorStore
 
 from .rag_helpers import _drain_background, embed_calls, rag_settings  # noqa: F401
@@ -103,7 +103,7 @@ def test_recover_resumes_interrupted_files(ext, owner):
 def test_recover_skips_files_a_live_worker_holds(ext, owner):
     file = put(ext, owner, process=False)
     pipeline.set_status(file.id, "processing")
-    with pipeline.file_lock(ext.settings, file.id):
+    with lease.held(ext.settings, file.id):
         assert jobs.recover_interrupted(ext) == 0
     assert File.get_by_id(file.id).status == "processing"
 

@@ -322,10 +322,22 @@ def resume_abandoned(ext, owner, digest: str) -> None:
 
     for file in File.select().where(File.user == owner.id, File.file_hash == digest,
                                     File.status.in_(pipeline.UNSETTLED)):
-        with pipeline.file_lock(ext.settings, file.id, blocking=False) as free:
-            abandoned = free
-        if abandoned:
-            pipeline.process(ext, file.id)
+        pipeline.finish_unsettled(ext, file.id)  # skipped while a live process, on any host, holds it
+
+
+def finish_abandoned(ext) -> None:
+    """Files a stopped process (on any host) left pending/processing, their lease expired: finish them here,
+    so that a check on any live host ends clean."""
+    from .errors import ApiError
+    from .rag import jobs, pipeline
+
+    for file_id, status in jobs.abandoned_files():
+        try:
+            if pipeline.finish_unsettled(ext, file_id):
+                print(f"file {file_id}: was left {status!r} by a stopped process; processed here")
+        except ApiError as exc:
+            print(f"file {file_id}: was left {status!r} by a stopped process; processing failed: "
+                  f"{describe(exc)}")
 
 
 # ---------------------------------------------------------------- reindex and check
@@ -358,6 +370,7 @@ def cmd_check(args) -> int:
     from .rag import consistency, index_sync
 
     ext = open_services()
+    finish_abandoned(ext)
     count = len(index_sync.expected_ids())
     progress = Progress(count, "check")
     problems = consistency.find_drift(ext, progress=lambda name: progress.step(name))

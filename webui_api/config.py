@@ -84,6 +84,8 @@ class Settings:
     # How long the index log keeps what changed in each vector collection (`webui-api compact` prunes older
     # rows): a host whose cache is older than this rebuilds those collections from the database instead.
     INDEX_LOG_RETENTION: float | None = _setting("INDEX_LOG_RETENTION", 7 * 86400.0, parse_duration)
+    # Uploaded bytes (default DATA_DIR/uploads). Several hosts share one directory on a network filesystem.
+    UPLOAD_DIR: str = _setting("UPLOAD_DIR", "")
     # --- auth
     WEBUI_SECRET_KEY: str = _setting(("WEBUI_SECRET_KEY", "WEBUI_JWT_SECRET_KEY"), "")
     JWT_EXPIRES_IN: float | None = _setting("JWT_EXPIRES_IN", 4 * 604800.0, parse_duration)
@@ -151,6 +153,9 @@ class Settings:
     # default CHUNK_SIZE, minutes of embedding; it refuses the DOCX/PDF/CSV that unpack to hundreds of
     # millions (254 M from a 646 KB DOCX once held a worker for half an hour) and passes any real document.
     RAG_MAX_EXTRACTED_CHARS: int = _setting("RAG_MAX_EXTRACTED_CHARS", 20_000_000, int)
+    # A file being processed is leased in the database for this long and renewed every third of it; a lease
+    # not renewed (its host died) lets another process, on any host, take the file over.
+    INGEST_LEASE_SECONDS: float = _setting("INGEST_LEASE_SECONDS", 60.0, float)
     RAG_ALLOWED_FILE_EXTENSIONS: list[str] = _setting(
         "RAG_ALLOWED_FILE_EXTENSIONS", [], lambda v: [e.lower().lstrip(".") for e in parse_list(v, ",")])
 
@@ -183,7 +188,10 @@ class Settings:
             raise ConfigError("DEFAULT_USER_ROLE must be pending, user or admin")
         if self.RAG_MAX_EXTRACTED_CHARS < 1:
             raise ConfigError("RAG_MAX_EXTRACTED_CHARS must be a positive number of characters")
+        if self.INGEST_LEASE_SECONDS < 1:
+            raise ConfigError("INGEST_LEASE_SECONDS must be at least 1 second")
         self.DATA_DIR = str(Path(self.DATA_DIR).resolve())
+        self.UPLOAD_DIR = str(Path(self.UPLOAD_DIR or Path(self.DATA_DIR) / "uploads").resolve())
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR}/webui.db"
         if self.shared_database and not self.WEBUI_SECRET_KEY:

@@ -16,7 +16,7 @@ from .dialect import Dialect, SqliteDialect, for_url
 database = pw.DatabaseProxy()
 dialect: Dialect = SqliteDialect("sqlite:///:memory:")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def now() -> int:
@@ -128,7 +128,7 @@ class File(BaseModel):
     id = Text(primary_key=True, default=new_id)
     user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="files")
     filename = Text()
-    storage_name = Text()             # server-generated name under DATA_DIR/uploads
+    storage_name = Text()             # server-generated name under UPLOAD_DIR
     content_type = Text(default="application/octet-stream")
     size = pw.IntegerField(default=0)
     file_hash = Text(index=True)      # sha256 of the uploaded bytes
@@ -493,3 +493,25 @@ class StampedCache:
             if stamp != self._seen:
                 self._seen, self._values = stamp, {}
             return self._values
+
+
+# --- processing leases: which process, on any host, is working on a file (issue 10) ----------------
+
+class ProcessingLease(BaseModel):
+    """A file's processing claim: held by `owner` until `expires_at` (epoch seconds), renewed while it works."""
+
+    file = pw.ForeignKeyField(File, primary_key=True, on_delete="CASCADE", backref="lease")
+    owner = Text()
+    expires_at = pw.DoubleField(index=True)  # not FloatField: PostgreSQL's REAL keeps ~7 digits of epoch time
+
+    class Meta:
+        table_name = "processing_lease"
+
+
+def _add_processing_lease(database) -> None:
+    database.create_tables([ProcessingLease], safe=True)
+    # every worker of every host looks up the unsettled files each half lease period
+    database.execute_sql('CREATE INDEX IF NOT EXISTS "file_status" ON "file" ("status")')
+
+
+MIGRATIONS[6] = _add_processing_lease

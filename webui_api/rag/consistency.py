@@ -1,10 +1,9 @@
 """Database <-> index consistency report: vector and BM25 index drift, plus files nobody will ever finish."""
 from __future__ import annotations
 
-from ..db import File
 from . import lexical
 from .index_sync import Drift, index_drift
-from .pipeline import UNSETTLED, file_lock
+from .jobs import abandoned_files as unheld_files
 
 
 def find_drift(ext, progress=None) -> list[Drift]:
@@ -18,11 +17,6 @@ def lexical_drift() -> list[Drift]:
 
 
 def abandoned_files(ext) -> list[Drift]:
-    """Files left pending/processing whose processing lock nobody holds (a crash, before recovery ran)."""
-    out = []
-    unsettled = File.select(File.id, File.status).where(File.status.in_(UNSETTLED))
-    for file_id, status in unsettled.tuples():
-        with file_lock(ext.settings, file_id, blocking=False) as free:
-            if free:
-                out.append(Drift(f"file {file_id}", f"left {status!r} and nobody is processing it"))
-    return out
+    """Files left pending/processing that no live process holds (a crash, before anyone took them over)."""
+    return [Drift(f"file {file_id}", f"left {status!r} and nobody is processing it")
+            for file_id, status in unheld_files()]

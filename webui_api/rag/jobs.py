@@ -1,4 +1,5 @@
-"""Background processing of files, owned by the services object, and start-up recovery of interrupted ones."""
+"""Background processing of files, owned by the services object, and recovery of interrupted ones (at
+start-up and periodically: a file whose lease expired, its host gone, is taken over here)."""
 from __future__ import annotations
 
 import logging
@@ -6,11 +7,14 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import peewee as pw
+
 from .. import db
 from ..config import INGEST_WORKERS
-from ..db import File
+from ..db import File, ProcessingLease
 from ..errors import ApiError
-from .pipeline import UNSETTLED, file_lock, process_locked
+from . import lease
+from .pipeline import UNSETTLED, finish_unsettled
 from .storage import sweep_incoming
 
 log = logging.getLogger("webui_api.rag")
@@ -24,20 +28,48 @@ class Jobs:
         self._executor: ThreadPoolExecutor | None = None
         self._guard = threading.Lock()
         self._pending: set[Future] = set()
+        self._queued: dict[str, Future] = {}  # file id -> its job not yet started: a sweep never queues twice
+        self._sweeper: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def submit(self, ext, file_id: str) -> Future:
         """Process in the background; the status is polled through the file routes."""
         with self._guard:
+            if file_id in self._queued:
+                return self._queued[file_id]
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rag-ingest")
-            future = self._executor.submit(_background, ext, file_id)
+            future = self._executor.submit(self._run, ext, file_id)
             self._pending.add(future)
+            self._queued[file_id] = future
         future.add_done_callback(self._forget)
         return future
+
+    def _run(self, ext, file_id: str) -> None:
+        with self._guard:
+            self._queued.pop(file_id, None)
+        _background(ext, file_id)
 
     def _forget(self, future: Future) -> None:
         with self._guard:
             self._pending.discard(future)
+
+    def start_sweeping(self, ext) -> None:
+        """Every half lease period, queue the files whose lease expired (their host died): one thread."""
+        with self._guard:
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep_forever, args=(ext,), daemon=True,
+                                                 name="rag-lease-sweep")
+                self._sweeper.start()
+
+    def _sweep_forever(self, ext) -> None:
+        bound = db.database.database  # tests rebind the database per app: a stale sweeper just stops
+        while not self._stopping.wait(ext.settings.INGEST_LEASE_SECONDS / 2) and db.database.database == bound:
+            try:
+                with db.database.connection_context():
+                    take_over_abandoned(ext)
+            except Exception:  # a database hiccup must not end the sweeping
+                log.exception("looking for abandoned files failed")
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait for the background work submitted here to finish (tests, shutdown); True when idle."""
@@ -56,7 +88,10 @@ class Jobs:
             return not self._pending
 
     def close(self, timeout: float = 30.0) -> None:
-        """Let running work finish (up to `timeout`), then stop the threads."""
+        """Stop sweeping, let running work finish (up to `timeout`), then stop the threads."""
+        self._stopping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout)
         self.drain(timeout)
         with self._guard:
             executor, self._executor = self._executor, None
@@ -69,10 +104,7 @@ def _background(ext, file_id: str) -> None:
     if not db.database.is_closed():
         db.database.close()
     try:
-        with file_lock(ext.settings, file_id):
-            file = File.get_or_none(File.id == file_id)
-            if file is not None and file.status in UNSETTLED:  # nobody (e.g. recovery) finished it first
-                process_locked(ext, file_id, None)
+        finish_unsettled(ext, file_id)  # skipped when another process holds it or it is settled already
     except ApiError as exc:
         log.info("background processing of file %s failed: %s", file_id, exc.detail)
     except Exception:
@@ -82,22 +114,35 @@ def _background(ext, file_id: str) -> None:
             db.database.close()
 
 
+def abandoned_files() -> list[tuple[str, str]]:
+    """(id, status) of files left pending/processing that no live process holds: no lease, an expired
+    one, or one whose owner died on this host. An indexed read of the unsettled files and their leases."""
+    query = (File.select(File.id, File.status, ProcessingLease.owner, ProcessingLease.expires_at)
+             .join(ProcessingLease, pw.JOIN.LEFT_OUTER, on=(ProcessingLease.file == File.id))
+             .where(File.status.in_(UNSETTLED)).tuples())
+    now = time.time()
+    return [(file_id, status) for file_id, status, owner, expires_at in query
+            if not lease.is_live(owner, expires_at, now)]
+
+
+def take_over_abandoned(ext) -> int:
+    """Queue every abandoned file for processing here; returns how many were queued."""
+    found = abandoned_files()
+    for file_id, _status in found:
+        ext.jobs.submit(ext, file_id)
+    if found:
+        log.info("queued %d unsettled file(s) that no live process holds (here: %s)", len(found), lease.PLACE)
+    return len(found)
+
+
 def recover_interrupted(ext) -> int:
-    """At start-up: resume files a crashed worker left pending/processing (those nobody holds the lock
-    of), and sweep abandoned temp uploads. Returns how many files were queued."""
+    """At start-up: resume files a crashed process (on any host) left pending/processing, sweep abandoned
+    temp uploads, and keep looking every half lease period. Returns how many files were queued."""
     sweep_incoming(ext.settings)
-    queued = 0
     try:
-        stuck = [f.id for f in File.select(File.id).where(File.status.in_(UNSETTLED))]
+        queued = take_over_abandoned(ext)
     except Exception:  # a database problem must not stop the app from starting
         log.exception("could not look for interrupted uploads")
-        return 0
-    for file_id in stuck:
-        with file_lock(ext.settings, file_id, blocking=False) as free:
-            if not free:
-                continue  # a live worker is processing it
-        ext.jobs.submit(ext, file_id)
-        queued += 1
-    if queued:
-        log.info("resuming %d interrupted file(s) in the background", queued)
+        queued = 0
+    ext.jobs.start_sweeping(ext)
     return queued

@@ -1,21 +1,20 @@
-"""The processing pipeline of one file, under its lock: extract, chunk, embed, write chunk rows, index."""
+"""The processing pipeline of one file, under its lease: extract, chunk, embed, write chunk rows, index."""
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 
 import numpy as np
 
-from .. import db, locks
+from .. import db
 from ..db import Chunk, File
 from ..errors import EMPTY_CONTENT, ApiError, Conflict, NotFound, UnusableContent
-from . import index_sync
+from . import index_sync, lease
 from .chunk import split_text
 from .collection_rows import linked_knowledge
 from .extract import Extracted, extract
-from .storage import read_bytes, uploads_dir
+from .storage import read_bytes
 
 log = logging.getLogger("webui_api.rag")
 
@@ -23,20 +22,29 @@ UNSETTLED = ("pending", "processing")
 _CHUNK_COLUMNS = ("file", "seq", "text", "start", "end", "vector", "dim", "model")
 
 
-def file_lock(settings, file_id: str, blocking: bool = True):
-    """Exclusive lock on processing one file, across threads and workers; yields False if not acquired."""
-    return locks.exclusive(os.path.join(uploads_dir(settings), ".locks", f"{file_id}.lock"), blocking)
-
-
 def process(ext, file_id: str, content: str | None = None) -> File:
-    """Run the whole pipeline now; returns the completed File. On failure the file is marked `failed`
-    with its error and the error is raised (UnusableContent when the file itself cannot be used)."""
-    with file_lock(ext.settings, file_id):
+    """Run the whole pipeline now (waiting while another process holds the file); returns the completed
+    File. On failure the file is marked `failed` with its error and the error is raised (UnusableContent
+    when the file itself cannot be used)."""
+    with lease.held(ext.settings, file_id) as acquired:
+        if not acquired:
+            raise NotFound()
         return process_locked(ext, file_id, content)
 
 
+def finish_unsettled(ext, file_id: str) -> bool:
+    """Process a pending/processing file unless another process, on any host, holds its lease (then it is
+    theirs to finish). True when this call processed it; failures are recorded on the file and raised."""
+    with lease.held(ext.settings, file_id, blocking=False) as acquired:
+        file = File.get_or_none(File.id == file_id) if acquired else None
+        if file is None or file.status not in UNSETTLED:  # nobody's, or somebody finished it first
+            return False
+        process_locked(ext, file_id, None)
+        return True
+
+
 def process_locked(ext, file_id: str, content: str | None) -> File:
-    """`process` for a caller already holding the file's lock."""
+    """`process` for a caller already holding the file's lease."""
     file = File.get_or_none(File.id == file_id)
     if file is None:
         raise NotFound()

@@ -27,9 +27,9 @@ def max_upload_bytes(settings) -> int | None:
 
 
 def uploads_dir(settings) -> str:
-    path = os.path.join(settings.DATA_DIR, "uploads")
-    os.makedirs(path, exist_ok=True)
-    return path
+    """UPLOAD_DIR: every host of a multi-host deployment shares it (a network filesystem)."""
+    os.makedirs(settings.UPLOAD_DIR, exist_ok=True)
+    return settings.UPLOAD_DIR
 
 
 def stored_path(settings, file: File) -> str:
@@ -46,7 +46,8 @@ def read_bytes(settings, file: File) -> bytes:
 
 @dataclass
 class Staged:
-    """Upload bytes received into a temp file under uploads/, not yet a File row."""
+    """Upload bytes received into a temp file in UPLOAD_DIR (same filesystem: the rename is atomic), not yet
+    a File row."""
 
     path: str
     size: int
@@ -88,19 +89,20 @@ def receive(settings, stream: BinaryIO) -> Staged:
 
 def store(settings, user_id: str, staged: Staged, filename: str, content_type: str, meta: dict,
           status: str) -> File:
-    """Turn staged bytes into a File row plus its stored copy (server-generated name)."""
+    """Turn staged bytes into a File row plus its stored copy (server-generated name). The bytes are in
+    place before the row commits: another host that sees the row (on a shared UPLOAD_DIR) finds them."""
     file_id = db.new_id()
-    with db.write_transaction():
-        file = File.create(id=file_id, user=user_id, filename=filename, storage_name=file_id,
-                           content_type=content_type, size=staged.size, file_hash=staged.sha256,
-                           status=status, meta={"data": meta or {}})
+    stored = os.path.join(uploads_dir(settings), file_id)
+    os.replace(staged.path, stored)
     try:
-        os.replace(staged.path, os.path.join(uploads_dir(settings), file_id))
         _fsync_dir(uploads_dir(settings))
-    except OSError:
-        File.delete().where(File.id == file_id).execute()
+        with db.write_transaction():
+            return File.create(id=file_id, user=user_id, filename=filename, storage_name=file_id,
+                               content_type=content_type, size=staged.size, file_hash=staged.sha256,
+                               status=status, meta={"data": meta or {}})
+    except BaseException:
+        os.unlink(stored)
         raise
-    return file
 
 
 def remove_stored(settings, file: File) -> None:
@@ -111,15 +113,20 @@ def remove_stored(settings, file: File) -> None:
 
 
 def sweep_incoming(settings, older_than: float = 3600.0) -> None:
+    """Delete temp uploads untouched for `older_than` seconds. Safe on a directory shared by hosts: a
+    receiving upload rewrites its temp file every block, so another host's live upload is always fresh
+    (the hour also covers clock skew between hosts and the file server)."""
     folder = uploads_dir(settings)
     cutoff = time.time() - older_than
     for name in os.listdir(folder):
+        if not name.startswith(INCOMING_PREFIX):
+            continue
         path = os.path.join(folder, name)
-        if name.startswith(INCOMING_PREFIX) and os.path.getmtime(path) < cutoff:
-            try:
+        try:
+            if os.path.getmtime(path) < cutoff:
                 os.unlink(path)
-            except OSError:
-                pass
+        except OSError:  # stored or removed meanwhile (by another host, on a shared directory)
+            pass
 
 
 def _fsync_dir(path: str) -> None:
