@@ -1,0 +1,168 @@
+"""`webui-api migrate-to-postgres`: a deployment built through the app on SQLite, copied by the real command
+into PostgreSQL, then served by gunicorn from there: same sessions, keys, files, chunks and search hits."""
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from .rag_helpers import _drain_background, rag_settings, upload_ok  # noqa: F401  (fixture)
+from .servers import BIN, Gunicorn
+from .test_files import ZEPHYR
+
+SECRET = "migration-test-secret-key"
+ADMIN_URL = os.environ.get("WEBUI_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
+HARBOR = b"Harbor log.\n\nThe ferry to Kestrel Island leaves at dawn from pier nine.\n"
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh mig_* database, dropped afterwards. Stand-in until the shared tests/pgcluster.py is merged."""
+    import psycopg2
+
+    try:
+        server = psycopg2.connect(ADMIN_URL, connect_timeout=3)
+    except psycopg2.Error as exc:
+        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {str(exc).strip().splitlines()[0]}")
+    server.autocommit = True
+    name = f"mig_{uuid.uuid4().hex[:12]}"
+    with server.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    yield urlsplit(ADMIN_URL)._replace(path=f"/{name}").geturl()
+    with server.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    server.close()
+
+
+@pytest.fixture
+def settings_overrides(fake_backend):
+    return rag_settings(fake_backend, WEBUI_SECRET_KEY=SECRET)
+
+
+@pytest.fixture
+def source_url(data_dir):
+    return f"sqlite:///{data_dir}/webui.db"
+
+
+def migrate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "webui-api"), "migrate-to-postgres", *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "WEBUI_SECRET_KEY": SECRET})
+
+
+def target_query(url: str, sql: str):
+    import psycopg2
+
+    with psycopg2.connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchall() if cursor.description else None
+
+
+def collection_query(base, headers, names, text):
+    body = {"collection_names": names, "query": text, "k": 3}
+    if callable(base):
+        return base("/api/v1/retrieval/query/collection", headers=headers, json=body).get_json()
+    return requests.post(f"{base}/api/v1/retrieval/query/collection", headers=headers, json=body,
+                         timeout=30).json()
+
+
+@pytest.fixture
+def deployment(client, admin, user, api_key_headers, data_dir):
+    """A small real deployment: two processed files, a collection, an API key, a preset, a signed-out
+    session and a failed sign-in; one legacy NUL character put in the file directly."""
+    zephyr = upload_ok(client, user["headers"], "zephyr.txt", ZEPHYR)
+    harbor = upload_ok(client, user["headers"], "harbor.txt", HARBOR)
+    kb = client.post("/api/v1/knowledge/create", headers=user["headers"],
+                     json={"name": "Travel", "description": "Notes"}).get_json()
+    for file in (zephyr, harbor):
+        added = client.post(f"/api/v1/knowledge/{kb['id']}/file/add", headers=user["headers"],
+                            json={"file_id": file["id"]})
+        assert added.status_code == 200, added.get_json()
+    preset = client.post("/api/v1/models/create", headers=user["headers"], json={
+        "id": "travel-bot", "base_model_id": "llama3.2:latest", "name": "Travel Bot",
+        "meta": {"knowledge": [{"type": "collection", "id": kb["id"]}]}, "params": {"temperature": 0.2}})
+    assert preset.status_code == 200, preset.get_json()
+    signed_out = client.post("/api/v1/auths/signin", json={"email": user["email"], "password": user["password"]})
+    revoked = {"Authorization": f"Bearer {signed_out.get_json()['token']}"}
+    assert client.post("/api/v1/auths/signout", headers=revoked).status_code == 200
+    assert client.post("/api/v1/auths/signin", json={"email": user["email"], "password": "wrong"}).status_code == 400
+    with sqlite3.connect(os.path.join(data_dir, "webui.db")) as connection:  # as an older version wrote it
+        connection.execute('UPDATE "user" SET name = ? WHERE id = ?', ("Ada\x00Admin", admin["id"]))
+    return {"zephyr": zephyr, "harbor": harbor, "kb": kb, "key": api_key_headers(user), "revoked": revoked,
+            "hits": collection_query(client.post, user["headers"], [kb["id"]], "ferry at dawn")}
+
+
+def test_migrated_deployment_serves_the_same_data_from_postgres(deployment, user, admin, data_dir, tmp_path,
+                                                               source_url, postgres_url, fake_backend):
+    result = migrate("--from", source_url, "--to", postgres_url)
+    assert result.returncode == 0, result.stderr
+    assert "MISMATCH" not in result.stdout and "chunk (id, sha256(vector))" in result.stdout
+    assert "copy chunk [" in result.stderr  # the progress bar, per table
+    source_ids = [row[0] for row in sqlite3.connect(source_url[len("sqlite:///"):]).execute(
+        "SELECT id FROM chunk ORDER BY id")]
+    assert [row[0] for row in target_query(postgres_url, "SELECT id FROM chunk ORDER BY id")] == source_ids
+
+    host_dir = tmp_path / "pg-host"  # an empty cache: every vector must come from the database
+    shutil.copytree(os.path.join(data_dir, "uploads"), host_dir / "uploads")
+    env = {**rag_settings(fake_backend), "DATA_DIR": str(host_dir), "DATABASE_URL": postgres_url,
+           "WEBUI_SECRET_KEY": SECRET}
+    with Gunicorn(env, workers=1, threads=2) as host:
+        def get(path, headers):
+            return requests.get(host.url + path, headers=headers, timeout=30)
+
+        me = get("/api/v1/auths/", user["headers"])  # a JWT issued by the SQLite deployment
+        assert me.status_code == 200 and me.json()["email"] == user["email"]
+        assert get("/api/v1/auths/", deployment["key"]).json()["id"] == user["id"]
+        assert get("/api/v1/auths/", deployment["revoked"]).status_code == 401
+        assert get("/api/v1/auths/", admin["headers"]).json()["name"] == "Ada\ufffdAdmin"
+        zephyr = deployment["zephyr"]["id"]
+        assert "7-alpha-9" in get(f"/api/v1/files/{zephyr}/data/content", user["headers"]).json()["content"]
+        assert get(f"/api/v1/files/{zephyr}/content", user["headers"]).content == ZEPHYR
+        kb = get(f"/api/v1/knowledge/{deployment['kb']['id']}", user["headers"]).json()
+        assert sorted(f["id"] for f in kb["files"]) == sorted([zephyr, deployment["harbor"]["id"]])
+        preset = get("/api/v1/models/model?id=travel-bot", user["headers"]).json()
+        assert preset["params"] == {"temperature": 0.2} and preset["is_active"] is True
+        assert collection_query(host.url, user["headers"], [kb["id"]], "ferry at dawn") == deployment["hits"]
+
+        fresh = requests.post(f"{host.url}/api/v1/files/", headers=user["headers"], timeout=60,
+                              files={"file": ("new.txt", b"Fresh notes about the glacier.\n", "text/plain")})
+        assert fresh.status_code == 200, fresh.text
+    new_ids = target_query(postgres_url, f"SELECT id FROM chunk WHERE file_id = '{fresh.json()['id']}'")
+    assert new_ids and min(row[0] for row in new_ids) > max(source_ids)  # the sequence went on past them
+
+
+def test_refuses_a_used_target_and_verify_only_catches_a_missing_chunk(client, user, source_url, postgres_url):
+    upload_ok(client, user["headers"], "zephyr.txt", ZEPHYR)
+    assert migrate("--from", source_url, "--to", postgres_url).returncode == 0
+    ok = migrate("--from", source_url, "--to", postgres_url, "--verify-only")
+    assert ok.returncode == 0 and "MISMATCH" not in ok.stdout and "copied" not in ok.stdout
+
+    again = migrate("--from", source_url, "--to", postgres_url)
+    assert again.returncode == 1 and again.stderr.strip().count("\n") == 0
+    assert again.stderr.startswith("webui-api: error: the target database already holds data (user")
+
+    target_query(postgres_url, "DELETE FROM chunk WHERE id = (SELECT max(id) FROM chunk)")
+    caught = migrate("--from", source_url, "--to", postgres_url, "--verify-only")
+    assert caught.returncode == 3 and "verification failed: chunk, chunk id sum" in caught.stderr
+    mismatched = [line.split()[0] for line in caught.stdout.splitlines() if line.endswith("MISMATCH")]
+    assert mismatched == ["chunk", "chunk", "chunk"]  # its count, id sum and checksum; nothing else
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--from", "sqlite:////nonexistent/webui.db"], "no SQLite database at /nonexistent/webui.db"),
+    (["--from", "postgresql://x@h/db"], "--from must be sqlite:///"),
+    (["--to", "sqlite:///elsewhere.db"], "--to must be postgresql://"),
+    (["--skip", "user"], "--skip user: "),
+])
+def test_bad_arguments_are_one_line_errors(client, admin, source_url, postgres_url, args, fragment):
+    given = {"--from": source_url, "--to": postgres_url}
+    given.update(zip(args[::2], args[1::2]))
+    result = migrate(*[part for pair in given.items() for part in pair])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("webui-api: error: ") and fragment in result.stderr, result.stderr
