@@ -153,6 +153,28 @@ def test_refuses_a_used_target_and_verify_only_catches_a_missing_chunk(client, u
     assert mismatched == ["chunk", "chunk", "chunk"]  # its count, id sum and checksum; nothing else
 
 
+def test_a_copy_taken_while_the_server_writes_is_one_consistent_snapshot(client, user, source_url,
+                                                                          postgres_url):
+    for n in range(3):
+        upload_ok(client, user["headers"], f"before-{n}.txt", b"Before %d. " % n + ZEPHYR)
+    command = [str(BIN / "webui-api"), "migrate-to-postgres", "--from", source_url, "--to", postgres_url,
+               "--batch-size", "1"]  # a row per insert: the copy lasts while the uploads below go on
+    running = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "WEBUI_SECRET_KEY": SECRET})
+    written = 0
+    while running.poll() is None and written < 40:
+        upload_ok(client, user["headers"], f"during-{written}.txt", b"During %d. " % written + HARBOR)
+        written += 1
+    out, err = running.communicate(timeout=300)
+    assert running.returncode == 0 and "MISMATCH" not in out, out + err
+    copied = target_query(postgres_url, "SELECT count(*), (SELECT count(*) FROM chunk) FROM file")[0]
+    source = sqlite3.connect(source_url[len("sqlite:///"):])
+    assert copied[0] >= 3 and copied[0] <= source.execute("SELECT count(*) FROM file").fetchone()[0]
+    files_without_chunks = target_query(postgres_url, "SELECT count(*) FROM file WHERE status = 'completed' "
+                                        "AND NOT EXISTS (SELECT 1 FROM chunk WHERE file_id = file.id)")
+    assert files_without_chunks == [(0,)]  # a file and its chunks are copied together or not at all
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--from", "sqlite:////nonexistent/webui.db"], "no SQLite database at /nonexistent/webui.db"),
     (["--from", "postgresql://x@h/db"], "--from must be sqlite:///"),

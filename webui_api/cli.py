@@ -421,16 +421,15 @@ def cmd_migrate_to_postgres(args) -> int:
         tables = tables_to_copy(args.skip)
         open_target(args.target)
         with db.database.connection_context():
-            started, copied = time.monotonic(), 0
             if not args.verify_only:
                 refuse_used_target(tables)
+                started = time.monotonic()
                 copied = copy_tables(source, tables, args.batch_size)
-            checks = compare_databases(source, tables)
-        mismatches = print_verification(checks)
-        if copied:
-            elapsed = time.monotonic() - started
-            print(f"copied {copied:,} rows in {elapsed:.1f} s ({copied / max(elapsed, 1e-9):,.0f} rows/s), "
-                  "verification included")
+                elapsed = time.monotonic() - started
+                print(f"copied {copied:,} rows in {elapsed:.1f} s ({copied / max(elapsed, 1e-9):,.0f} rows/s)")
+            started = time.monotonic()
+            mismatches = print_verification(compare_databases(source, tables))
+            print(f"verified in {time.monotonic() - started:.1f} s")
     finally:
         source.close()
         db.close_database()
