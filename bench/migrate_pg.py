@@ -49,17 +49,28 @@ def build_source(data_dir: str, files: int, chunks: int) -> None:
         owner = accounts.add_user(ext.settings, "Bench", "bench@example.com", "correct horse battery", "admin")
         headers = {"Authorization": f"Bearer {accounts.issue_session(ext.settings, owner).token}"}
         client = app.test_client()
+        kb = client.post("/api/v1/knowledge/create", headers=headers, json={"name": "Reports"}).get_json()
         for i in range(REAL_UPLOADS):
             text = f"Report {i}.\n\n" + " ".join(f"River {i} passes mill {j}." for j in range(400))
             response = client.post("/api/v1/files/", headers=headers, content_type="multipart/form-data",
                                    data={"file": (io.BytesIO(text.encode()), f"r{i}.txt")})
             assert response.status_code == 200, response.get_json()
+            ok(client.post(f"/api/v1/knowledge/{kb['id']}/file/add", headers=headers,
+                           json={"file_id": response.get_json()["id"]}))
+        ok(client.post("/api/v1/auths/api_key", headers=headers))
+        ok(client.post("/api/v1/models/create", headers=headers, json={
+            "id": "reports-bot", "base_model_id": "llama3.2:latest", "name": "Reports", "meta": {},
+            "params": {}}))
         insert_synthetic(owner.id, files, chunks)
         ext.jobs.drain(30)
     finally:
         app.extensions["webui_api"].close()
         backend.stop()
         db.close_database()
+
+
+def ok(response) -> None:
+    assert response.status_code == 200, response.get_json()
 
 
 def insert_synthetic(owner_id: str, files: int, chunks: int) -> None:
