@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import resource
 import os
 import shutil
 import subprocess
@@ -138,8 +139,9 @@ def main() -> None:
         result = subprocess.run(command, capture_output=True, text=True)
         elapsed = time.perf_counter() - started
         print(result.stdout, end="")
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"exit {result.returncode}; wall time of the whole command (start-up, schema, copy, "
-              f"verification): {elapsed:.1f} s")
+              f"verification): {elapsed:.1f} s; peak RSS {peak:.0f} MB")
         if result.returncode:
             print(result.stderr[-2000:], file=sys.stderr)
         print(f"$ {' '.join(command)} --verify-only")
