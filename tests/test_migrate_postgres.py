@@ -58,9 +58,13 @@ def migrate(*args: str) -> subprocess.CompletedProcess:
 def target_query(url: str, sql: str):
     import psycopg2
 
-    with psycopg2.connect(url) as connection, connection.cursor() as cursor:
-        cursor.execute(sql)
-        return cursor.fetchall() if cursor.description else None
+    connection = psycopg2.connect(url)
+    try:
+        with connection, connection.cursor() as cursor:  # commits on success
+            cursor.execute(sql)
+            return cursor.fetchall() if cursor.description else None
+    finally:
+        connection.close()
 
 
 def collection_query(base, headers, names, text):
@@ -103,6 +107,10 @@ def test_migrated_deployment_serves_the_same_data_from_postgres(deployment, user
     assert result.returncode == 0, result.stderr
     assert "MISMATCH" not in result.stdout and "chunk (id, sha256(vector))" in result.stdout
     assert "copy chunk [" in result.stderr  # the progress bar, per table
+    counts = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.endswith(" ok")}
+    for table in ("api_key", "revoked_token", "signin_attempt", "preset", "knowledge"):
+        assert counts[table] == ["1", "1", "ok"], result.stdout
+    assert counts["knowledge_file"] == ["2", "2", "ok"]
     source_ids = [row[0] for row in sqlite3.connect(source_url[len("sqlite:///"):]).execute(
         "SELECT id FROM chunk ORDER BY id")]
     assert [row[0] for row in target_query(postgres_url, "SELECT id FROM chunk ORDER BY id")] == source_ids

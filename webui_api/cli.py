@@ -447,7 +447,7 @@ def open_source_snapshot(url: str) -> sqlite3.Connection:
     from . import db
     from .dialect import SqliteDialect
 
-    if not url.startswith("sqlite:"):
+    if not url.startswith("sqlite:///"):
         raise CliError("--from must be sqlite:///<path of the server's database file>")
     path = SqliteDialect(url).path
     if not os.path.isfile(path):
@@ -528,6 +528,8 @@ def copy_tables(source: sqlite3.Connection, models: list, batch: int) -> int:
             copied += copy_table(source, model, batch)
         continue_sequences(source, models)
         set_triggers(models, "ENABLE")
+    for model in models:  # planner statistics now, not when autovacuum gets to the freshly filled tables
+        db.execute(f'ANALYZE "{model._meta.table_name}"')
     return copied
 
 
