@@ -185,13 +185,15 @@ def test_a_copy_taken_while_the_server_writes_is_one_consistent_snapshot(client,
 
 @pytest.mark.parametrize("args,fragment", [
     (["--from", "sqlite:////nonexistent/webui.db"], "no SQLite database at /nonexistent/webui.db"),
+    (["--from", "sqlite:///{empty}"], "empty.db holds no webui_api database"),
     (["--from", "postgresql://x@h/db"], "--from must be sqlite:///"),
     (["--to", "sqlite:///elsewhere.db"], "--to must be postgresql://"),
     (["--skip", "user"], "--skip user: "),
 ])
-def test_bad_arguments_are_one_line_errors(client, admin, source_url, postgres_url, args, fragment):
+def test_bad_arguments_are_one_line_errors(client, admin, source_url, postgres_url, tmp_path, args, fragment):
+    (tmp_path / "empty.db").touch()
     given = {"--from": source_url, "--to": postgres_url}
-    given.update(zip(args[::2], args[1::2]))
+    given.update((name, value.format(empty=tmp_path / "empty.db")) for name, value in zip(args[::2], args[1::2]))
     result = migrate(*[part for pair in given.items() for part in pair])
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]

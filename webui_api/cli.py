@@ -456,6 +456,9 @@ def open_source_snapshot(url: str) -> sqlite3.Connection:
                                  isolation_level=None, timeout=30, check_same_thread=False)
     connection.execute("BEGIN")  # the snapshot starts with the first read, just below
     version = source_schema_version(connection)
+    if version == 0:
+        connection.close()
+        raise CliError(f"{path} holds no webui_api database")
     if version != db.SCHEMA_VERSION:
         connection.close()
         raise CliError(f"the source database is at schema version {version} and this webui-api at "
