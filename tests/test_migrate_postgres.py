@@ -16,7 +16,6 @@ from .rag_helpers import _drain_background, rag_settings, upload_ok  # noqa: F40
 from .servers import BIN, Gunicorn
 from .test_files import ZEPHYR
 
-SECRET = "migration-test-secret-key"
 ADMIN_URL = os.environ.get("WEBUI_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
 HARBOR = b"Harbor log.\n\nThe ferry to Kestrel Island leaves at dawn from pier nine.\n"
 
@@ -42,7 +41,7 @@ def postgres_url():
 
 @pytest.fixture
 def settings_overrides(fake_backend):
-    return rag_settings(fake_backend, WEBUI_SECRET_KEY=SECRET)
+    return rag_settings(fake_backend)  # the key is generated into DATA_DIR, as on most single hosts
 
 
 @pytest.fixture
@@ -52,7 +51,7 @@ def source_url(data_dir):
 
 def migrate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "webui-api"), "migrate-to-postgres", *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "WEBUI_SECRET_KEY": SECRET})
+                          text=True, timeout=300)
 
 
 def target_query(url: str, sql: str):
@@ -117,8 +116,9 @@ def test_migrated_deployment_serves_the_same_data_from_postgres(deployment, user
 
     host_dir = tmp_path / "pg-host"  # an empty cache: every vector must come from the database
     shutil.copytree(os.path.join(data_dir, "uploads"), host_dir / "uploads")
+    secret = open(os.path.join(data_dir, ".webui_secret_key")).read().strip()  # as the docs tell operators
     env = {**rag_settings(fake_backend), "DATA_DIR": str(host_dir), "DATABASE_URL": postgres_url,
-           "WEBUI_SECRET_KEY": SECRET}
+           "WEBUI_SECRET_KEY": secret}
     with Gunicorn(env, workers=1, threads=2) as host:
         def get(path, headers):
             return requests.get(host.url + path, headers=headers, timeout=30)
@@ -167,8 +167,7 @@ def test_a_copy_taken_while_the_server_writes_is_one_consistent_snapshot(client,
         upload_ok(client, user["headers"], f"before-{n}.txt", b"Before %d. " % n + ZEPHYR)
     command = [str(BIN / "webui-api"), "migrate-to-postgres", "--from", source_url, "--to", postgres_url,
                "--batch-size", "1"]  # a row per insert: the copy lasts while the uploads below go on
-    running = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "WEBUI_SECRET_KEY": SECRET})
+    running = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     written = 0
     while running.poll() is None and written < 40:
         upload_ok(client, user["headers"], f"during-{written}.txt", b"During %d. " % written + HARBOR)
