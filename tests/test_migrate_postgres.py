@@ -9,8 +9,12 @@ import subprocess
 import uuid
 from urllib.parse import urlsplit
 
+import peewee as pw
 import pytest
 import requests
+
+from webui_api import cli, db
+from webui_api.db import BaseModel, Chunk, File, Text, User
 
 from .rag_helpers import _drain_background, rag_settings, upload_ok  # noqa: F401  (fixture)
 from .servers import BIN, Gunicorn
@@ -76,8 +80,8 @@ def collection_query(base, headers, names, text):
 
 @pytest.fixture
 def deployment(client, admin, user, api_key_headers, data_dir):
-    """A small real deployment: two processed files, a collection, an API key, a preset, a signed-out
-    session and a failed sign-in; one legacy NUL character put in the file directly."""
+    """A small real deployment: two processed files (a third deleted), a collection, an API key, a preset,
+    a signed-out session and a failed sign-in; one legacy NUL character put in the file directly."""
     zephyr = upload_ok(client, user["headers"], "zephyr.txt", ZEPHYR)
     harbor = upload_ok(client, user["headers"], "harbor.txt", HARBOR)
     kb = client.post("/api/v1/knowledge/create", headers=user["headers"],
@@ -94,6 +98,8 @@ def deployment(client, admin, user, api_key_headers, data_dir):
     revoked = {"Authorization": f"Bearer {signed_out.get_json()['token']}"}
     assert client.post("/api/v1/auths/signout", headers=revoked).status_code == 200
     assert client.post("/api/v1/auths/signin", json={"email": user["email"], "password": "wrong"}).status_code == 400
+    doomed = upload_ok(client, user["headers"], "doomed.txt", b"Gone soon: the newest chunk ids leave with it.")
+    assert client.delete(f"/api/v1/files/{doomed['id']}", headers=user["headers"]).status_code == 200
     with sqlite3.connect(os.path.join(data_dir, "webui.db")) as connection:  # as an older version wrote it
         connection.execute('UPDATE "user" SET name = ? WHERE id = ?', ("Ada\x00Admin", admin["id"]))
     return {"zephyr": zephyr, "harbor": harbor, "kb": kb, "key": api_key_headers(user), "revoked": revoked,
@@ -141,7 +147,10 @@ def test_migrated_deployment_serves_the_same_data_from_postgres(deployment, user
                               files={"file": ("new.txt", b"Fresh notes about the glacier.\n", "text/plain")})
         assert fresh.status_code == 200, fresh.text
     new_ids = target_query(postgres_url, f"SELECT id FROM chunk WHERE file_id = '{fresh.json()['id']}'")
-    assert new_ids and min(row[0] for row in new_ids) > max(source_ids)  # the sequence went on past them
+    highest_ever = sqlite3.connect(source_url[len("sqlite:///"):]).execute(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'chunk'").fetchone()[0]
+    assert highest_ever > max(source_ids)  # the deleted file's chunks had the newest ids
+    assert new_ids and min(row[0] for row in new_ids) > highest_ever  # the sequence went on past them
 
 
 def test_refuses_a_used_target_and_verify_only_catches_a_missing_chunk(client, user, source_url, postgres_url):
@@ -197,3 +206,68 @@ def test_bad_arguments_are_one_line_errors(client, admin, source_url, postgres_u
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("webui-api: error: ") and fragment in result.stderr, result.stderr
+
+
+class ExtraState(BaseModel):
+    """Stand-ins for tables other slices add (a trigger-kept collection state and log, a lease on a file)."""
+    name = Text(primary_key=True)
+    version = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "test_extra_state"
+
+
+class ExtraLog(BaseModel):
+    name = Text()
+    version = pw.BigIntegerField()
+    chunk_id = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "test_extra_log"
+        primary_key = pw.CompositeKey("name", "version", "chunk_id")
+
+
+class ExtraLease(BaseModel):
+    file = pw.ForeignKeyField(File, primary_key=True, on_delete="CASCADE")
+    held = pw.BooleanField()
+
+    class Meta:
+        table_name = "test_extra_lease"
+
+
+def add_extra_tables(database) -> None:
+    database.create_tables([ExtraState, ExtraLog, ExtraLease], safe=True)
+    touched = "'file-' || new.file_id"
+    for statement in db.dialect.trigger("test_extra_chunk_ins", "AFTER INSERT ON chunk", [
+            f"INSERT INTO test_extra_state (name, version) SELECT {touched}, 0 WHERE true "
+            "ON CONFLICT (name) DO NOTHING",
+            f"UPDATE test_extra_state SET version = version + 1 WHERE name = {touched}",
+            "INSERT INTO test_extra_log (name, version, chunk_id) SELECT name, version, new.id "
+            f"FROM test_extra_state WHERE name = {touched}"]):
+        database.execute_sql(statement)
+
+
+def test_tables_added_later_are_copied_as_they_are(monkeypatch, tmp_path, postgres_url):
+    """Any model in db.TABLES is copied; rows triggers derive arrive once, as on the source, and the
+    triggers work again afterwards."""
+    version = db.SCHEMA_VERSION + 1
+    monkeypatch.setattr(db, "TABLES", [*db.TABLES, ExtraState, ExtraLog, ExtraLease])
+    monkeypatch.setattr(db, "SCHEMA_VERSION", version)
+    monkeypatch.setitem(db.MIGRATIONS, version, add_extra_tables)
+    source_url = f"sqlite:///{tmp_path}/source.db"
+    db.init_database(source_url)
+    with db.database.connection_context(), db.write_transaction():
+        owner = User.create(email="a@example.com", name="A", password_hash="x")
+        file = File.create(user=owner, filename="a.txt", storage_name="a", file_hash="h")
+        db.insert_rows(Chunk, ["file", "seq", "text", "start", "end", "vector", "dim", "model"],
+                       [(file.id, n, "text", 0, 4, bytes(16), 4, "m") for n in range(3)])
+        ExtraLease.create(file=file, held=True)
+    db.close_database()
+    assert cli.main(["migrate-to-postgres", "--from", source_url, "--to", postgres_url]) == cli.EXIT_OK
+
+    assert target_query(postgres_url, "SELECT name, version FROM test_extra_state") == [(f"file-{file.id}", 3)]
+    assert target_query(postgres_url, "SELECT held FROM test_extra_lease") == [(True,)]
+    target_query(postgres_url, f"INSERT INTO chunk (file_id, seq, text, start, \"end\", vector, dim, model) "
+                               f"VALUES ('{file.id}', 9, 'new', 0, 3, '\\x00', 1, 'm')")
+    assert target_query(postgres_url, "SELECT version FROM test_extra_state") == [(4,)]
+    assert target_query(postgres_url, "SELECT count(*) FROM test_extra_log") == [(4,)]
