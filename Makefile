@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test install clean bench
+.PHONY: run test test-postgres install clean bench
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -28,6 +28,10 @@ run: $(SERVE_STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
+
+# The same suite on a throwaway PostgreSQL cluster (tests/pgcluster.py; needs Debian's postgresql package).
+test-postgres: $(TEST_STAMP)
+	WEBUI_TEST_DATABASE=postgres $(BIN)/python -m pytest
 
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/gateway_overhead.py

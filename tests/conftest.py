@@ -1,4 +1,5 @@
-"""Shared fixtures: a temp DATA_DIR, the app and its test client, users of each role, the fake backend."""
+"""Shared fixtures: a temp DATA_DIR, the database engine, the app and its test client, users of each role, the
+fake backend."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ from webui_api.auth import accounts
 from webui_api import create_app
 from webui_api.db import User
 
+from . import engine, pgcluster
 from .fake_backend import fake_backend, live_server, make_backend, module_backend  # noqa: F401  (fixtures)
 
 FAST_HASH = 2**10  # scrypt cost for tests; production default is 2**14
@@ -20,6 +22,30 @@ def data_dir(tmp_path):
     return str(path)
 
 
+def pytest_collection_modifyitems(config, items):
+    if engine.ON_POSTGRES:
+        for item in items:
+            if item.get_closest_marker("sqlite_only"):
+                item.add_marker(pytest.mark.skip(reason=engine.SQLITE_ONLY))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    pgcluster.shutdown()
+
+
+@pytest.fixture
+def database_settings(request):
+    """The suite's engine for this test's app, CLI runs and servers: {} on SQLite, a DATABASE_URL on
+    PostgreSQL."""
+    return engine.database_settings(request)
+
+
+@pytest.fixture
+def postgres_url(request):
+    """A fresh PostgreSQL database for a test that needs one on either engine (skips without PostgreSQL)."""
+    return engine.postgres_database(request)
+
+
 @pytest.fixture
 def settings_overrides(data_dir):
     """Environment overrides for the app under test; test modules override this fixture to add more."""
@@ -27,9 +53,10 @@ def settings_overrides(data_dir):
 
 
 @pytest.fixture
-def app(data_dir, settings_overrides):
+def app(data_dir, database_settings, settings_overrides):
     config = {
         "DATA_DIR": data_dir,
+        **database_settings,
         "PASSWORD_HASH_COST": FAST_HASH,
         "OLLAMA_BASE_URLS": "http://127.0.0.1:9",  # discard port: nothing listens
         "OPENAI_API_BASE_URLS": "",

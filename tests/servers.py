@@ -11,6 +11,8 @@ from pathlib import Path
 
 import requests
 
+from . import engine
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -68,6 +70,7 @@ class Gunicorn(ServerProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers),
                     "GUNICORN_THREADS": str(threads), "PASSWORD_HASH_COST": "1024", **env}
+        engine.require_database(self.env)
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -102,11 +105,12 @@ class Nginx(ServerProcess):
     user); every proxy setting under test is the deployed file's own. A rewrite that no longer matches the
     file fails loudly, so the test cannot drift away from the config it claims to test."""
 
-    def __init__(self, upstream_port: int, workdir: str | Path, client_max_body_size: str | None = None):
+    def __init__(self, upstream_port: int | list[int], workdir: str | Path, client_max_body_size: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir = Path(workdir)
         self.upstream_port = upstream_port
+        self.ports = upstream_port if isinstance(upstream_port, list) else [upstream_port]  # round-robin
         self.client_max_body_size = client_max_body_size
         self.access_log = self.dir / "access.log"
         self.error_log = self.dir / "error.log"
@@ -126,7 +130,7 @@ class Nginx(ServerProcess):
             (r"(?m)^error_log .*;$", f"error_log {self.error_log} info;"),
             (r"(?m)^(\s*)access_log \S+ gateway;$", rf"\g<1>access_log {self.access_log} gateway;"),
             (r"(?m)^http \{$", "http {\n" + temp),
-            (r"server 127\.0\.0\.1:8080;", f"server 127.0.0.1:{self.upstream_port};"),
+            (r"server 127\.0\.0\.1:8080;", " ".join(f"server 127.0.0.1:{port};" for port in self.ports)),
             (r"(?m)^(\s*)listen 80;$", rf"\g<1>listen 127.0.0.1:{self.port};"),
         ]
         if self.client_max_body_size:

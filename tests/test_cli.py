@@ -20,8 +20,8 @@ def settings_overrides(fake_backend):
 
 
 @pytest.fixture
-def run(data_dir, fake_backend):
-    env = {**os.environ, "DATA_DIR": data_dir, "OLLAMA_BASE_URLS": fake_backend.url,
+def run(data_dir, database_settings, fake_backend):
+    env = {**os.environ, "DATA_DIR": data_dir, **database_settings, "OLLAMA_BASE_URLS": fake_backend.url,
            "OPENAI_API_BASE_URLS": "", "PASSWORD_HASH_COST": "1024",
            "RAG_EMBEDDING_MODEL": "nomic-embed-text"}
     env.pop("WEBUI_ADMIN_PASSWORD", None)
@@ -140,6 +140,7 @@ def test_reindex_and_check_find_and_repair_drift(run, client, admin, corpus, dat
     assert "alpaca" in query(client, admin["headers"], kb.id, "alpaca plateau")[0]
 
 
+@pytest.mark.sqlite_only
 def test_check_sees_a_drifted_bm25_index_and_reindex_rebuilds_it(run, client, admin, corpus):
     from webui_api import db
 

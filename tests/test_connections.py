@@ -13,11 +13,12 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-def make_app(data_dir):
+def make_app(data_dir, database_settings):
     apps = []
 
     def make(**config):
-        app = create_app({"DATA_DIR": data_dir, "PASSWORD_HASH_COST": FAST_HASH, "OPENAI_API_BASE_URLS": "",
+        app = create_app({"DATA_DIR": data_dir, **database_settings, "PASSWORD_HASH_COST": FAST_HASH,
+                          "OPENAI_API_BASE_URLS": "",
                           **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in config.items()}})
         apps.append(app)
         client = app.test_client()

@@ -3,9 +3,12 @@ import multiprocessing
 import sqlite3
 import threading
 
+import pytest
+
 from webui_api import db
 
 
+@pytest.mark.sqlite_only
 def test_pragmas_and_schema_version(app):
     assert db.database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -14,6 +17,7 @@ def test_pragmas_and_schema_version(app):
     assert set(db.database.get_tables()) >= {m._meta.table_name for m in db.TABLES}
 
 
+@pytest.mark.sqlite_only
 def test_a_new_file_locked_by_another_process_is_waited_for(tmp_path):
     """A worker booting while another connection holds a write lock on a new (not yet WAL) file used to die
     at once with "database is locked": switching to WAL does not wait on busy_timeout."""
@@ -50,6 +54,7 @@ def _hammer(path, worker, count, errors):
         errors.put(repr(exc))
 
 
+@pytest.mark.sqlite_only
 def test_concurrent_writers_never_see_database_locked(tmp_path):
     path = str(tmp_path / "webui.db")
     db.init_database(f"sqlite:///{path}")

@@ -29,9 +29,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture
-def docs_server(module_backend, tmp_path):
-    env = {"ENV": "dev", "DATA_DIR": str(tmp_path / "data"), "OLLAMA_BASE_URLS": module_backend.url,
-           "OPENAI_API_BASE_URLS": ""}
+def docs_server(module_backend, tmp_path, database_settings):
+    env = {"ENV": "dev", "DATA_DIR": str(tmp_path / "data"), **database_settings,
+           "OLLAMA_BASE_URLS": module_backend.url, "OPENAI_API_BASE_URLS": ""}
     with Gunicorn(env, workers=1, threads=4, log_path=str(tmp_path / "gunicorn.log")) as server:
         yield server
 

@@ -2,6 +2,7 @@
 other worker on its very next request (the database's change stamps), while unchanged reads stay cached."""
 import pytest
 
+from . import engine
 from .servers import Gunicorn
 from .test_integration_workers import call, only, post, wait_for_workers
 
@@ -11,9 +12,10 @@ CHAT = {"model": "llama3.2:latest", "messages": [{"role": "user", "content": "hi
 
 
 @pytest.fixture(scope="module")
-def two_workers(module_backend, tmp_path_factory):
+def two_workers(request, module_backend, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    env = {"DATA_DIR": str(data), "OLLAMA_BASE_URLS": module_backend.url, "OPENAI_API_BASE_URLS": ""}
+    env = {"DATA_DIR": str(data), **engine.database_settings(request), "OLLAMA_BASE_URLS": module_backend.url,
+           "OPENAI_API_BASE_URLS": ""}
     server = Gunicorn(env, workers=2, threads=4, log_path=str(data / "gunicorn.log")).start()
     try:
         workers = wait_for_workers(server, 2)

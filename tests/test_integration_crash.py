@@ -3,7 +3,6 @@ completed and searchable, or failed with a reason and re-processable; the databa
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -11,6 +10,7 @@ import time
 import pytest
 import requests
 
+from . import engine
 from .fake_backend import FakeBackend
 from .servers import BIN, Gunicorn
 
@@ -27,11 +27,11 @@ def backend():
 
 
 @pytest.fixture
-def env(backend, tmp_path):
+def env(backend, tmp_path, database_settings):
     return {"DATA_DIR": str(tmp_path / "data"), "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "",
             "RAG_EMBEDDING_MODEL": "nomic-embed-text", "RAG_EMBEDDING_BATCH_SIZE": "4", "CHUNK_SIZE": "200",
             "CHUNK_OVERLAP": "20", "WEBUI_ADMIN_EMAIL": "admin@example.com",
-            "WEBUI_ADMIN_PASSWORD": "admin-pw"}
+            "WEBUI_ADMIN_PASSWORD": "admin-pw", **database_settings}
 
 
 def start(env, workers=2, log="gunicorn.log") -> Gunicorn:
@@ -97,15 +97,14 @@ def searchable(server, headers, file: dict) -> bool:
 
 
 def statuses_on_disk(env) -> dict:
-    """File statuses as the killed server left them (read straight from SQLite)."""
-    with sqlite3.connect(os.path.join(env["DATA_DIR"], "webui.db")) as conn:
-        return dict(conn.execute("SELECT status, COUNT(*) FROM file GROUP BY status").fetchall())
+    """File statuses as the killed server left them (read straight from the database)."""
+    return dict(engine.query(env, "SELECT status, COUNT(*) FROM file GROUP BY status"))
 
 
 def consistent(env) -> None:
     """`webui-api check`: index files readable, ids == chunk rows, no stray temp files, nothing abandoned."""
     check = subprocess.run([str(BIN / "webui-api"), "check"], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "DATA_DIR": env["DATA_DIR"]})
+                           env={**os.environ, **engine.storage_of(env)})
     assert check.returncode == 0, check.stdout + check.stderr
     index_dir = os.path.join(env["DATA_DIR"], "vector_db")
     assert not [n for _dir, _subdirs, names in os.walk(index_dir) for n in names if ".tmp-" in n]

@@ -12,6 +12,7 @@ import jwt
 import pytest
 import requests
 
+from . import engine
 from .servers import BIN, ROOT, Gunicorn
 
 pytestmark = pytest.mark.integration
@@ -35,8 +36,8 @@ def call_on_fresh_connection(url, headers=None):
         return session.get(url, headers=headers, timeout=10)
 
 
-def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path):
-    env = {"DATA_DIR": str(tmp_path), "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
+def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path, database_settings):
+    env = {"DATA_DIR": str(tmp_path), **database_settings, "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
     server = Gunicorn(env, workers=2, threads=2).start()
     try:
         workers = server.worker_pids()
@@ -68,9 +69,7 @@ def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path):
     finally:
         server.stop()
 
-    secret_file = tmp_path / ".webui_secret_key"
-    secret = secret_file.read_text().strip()
-    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = signing_secret(env)
     assert jwt.decode(session["token"], secret, algorithms=["HS256"])["id"] == session["id"]
 
     with Gunicorn(env, workers=2, threads=2) as restarted:
@@ -78,7 +77,18 @@ def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path):
                                json={"email": "a@example.com", "password": "pw"}).json()
         assert call_on_fresh_connection(restarted.url + "/api/v1/auths/",
                                         {"Authorization": f"Bearer {signin['token']}"}).status_code == 200
-    assert secret_file.read_text().strip() == secret
+    assert signing_secret(env) == secret
+
+
+def signing_secret(env: dict) -> str:
+    """The key tokens are signed with: the configured one (required on PostgreSQL), else the one the
+    service generated in DATA_DIR, private to its user."""
+    if env.get("WEBUI_SECRET_KEY"):
+        return env["WEBUI_SECRET_KEY"]
+    secret_file = os.path.join(env["DATA_DIR"], ".webui_secret_key")
+    assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+    with open(secret_file) as handle:
+        return handle.read().strip()
 
 
 def test_gunicorn_binds_loopback_unless_host_says_otherwise(tmp_path):
@@ -94,13 +104,14 @@ def test_gunicorn_binds_loopback_unless_host_says_otherwise(tmp_path):
     assert resolved_bind(HOST="0.0.0.0", PORT="9000") == "['0.0.0.0:9000']"
 
 
-def test_master_logs_backends_and_warns_once_while_no_account_exists(tmp_path, module_backend):
+def test_master_logs_backends_and_warns_once_while_no_account_exists(tmp_path, module_backend,
+                                                                     database_settings):
     """Start-up names each backend and whether it answered (a silent one costs ~2 s, not its whole timeout),
     and warns loudly, once for all workers, while the first sign-up would become admin."""
     with socket.socket() as silent:  # accepts connections (kernel backlog) and never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        env = {"DATA_DIR": str(tmp_path), "AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST": "30",
+        env = {"DATA_DIR": str(tmp_path), **database_settings, "AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST": "30",
                "OLLAMA_BASE_URLS": f"{module_backend.url};http://127.0.0.1:{silent.getsockname()[1]}"}
         log = tmp_path / "gunicorn.log"
         started = time.monotonic()
@@ -146,7 +157,8 @@ def test_gunicorn_own_refusals_are_json(gunicorn_server, request_bytes, status):
 
 
 @pytest.fixture(scope="module")
-def gunicorn_server(tmp_path_factory):
-    env = {"DATA_DIR": str(tmp_path_factory.mktemp("data")), "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
+def gunicorn_server(request, tmp_path_factory):
+    env = {"DATA_DIR": str(tmp_path_factory.mktemp("data")), **engine.database_settings(request),
+           "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
     with Gunicorn(env, workers=1, threads=2) as server:
         yield server

@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 
+from . import engine
 from .servers import Gunicorn, Nginx, free_port, nginx_binary
 
 pytestmark = [
@@ -27,12 +28,13 @@ def backend(module_backend):
 
 
 @pytest.fixture(scope="module")
-def stack(backend, tmp_path_factory):
+def stack(request, backend, tmp_path_factory):
     """gunicorn (2 workers) behind nginx. TRUSTED_PROXY_HOPS=2: nginx plus the load balancer the test client
     plays, whose X-Forwarded-For is therefore trusted."""
     data = tmp_path_factory.mktemp("data")
-    env = {"DATA_DIR": str(data), "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "",
-           "RAG_FILE_MAX_SIZE": str(LIMIT_MB), "RAG_EMBEDDING_MODEL": "nomic-embed-text",
+    env = {"DATA_DIR": str(data), **engine.database_settings(request), "OLLAMA_BASE_URLS": backend.url,
+           "OPENAI_API_BASE_URLS": "", "RAG_FILE_MAX_SIZE": str(LIMIT_MB),
+           "RAG_EMBEDDING_MODEL": "nomic-embed-text",
            "TRUSTED_PROXY_HOPS": "2", "LOG_FORMAT": "json", "MODELS_CACHE_TTL": "60"}
     gunicorn = Gunicorn(env, workers=2, threads=8, log_path=str(data / "gunicorn.log")).start()
     nginx = Nginx(gunicorn.port, tmp_path_factory.mktemp("nginx"), client_max_body_size=f"{LIMIT_MB + 1}m")

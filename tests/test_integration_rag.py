@@ -31,9 +31,9 @@ def search(server, pid, headers, kb, text):
     return response.json()["documents"][0]
 
 
-def test_index_written_by_one_worker_is_read_by_the_other(tmp_path, fake_backend):
-    env = {"DATA_DIR": str(tmp_path), "OLLAMA_BASE_URLS": fake_backend.url, "OPENAI_API_BASE_URLS": "",
-           "RAG_EMBEDDING_MODEL": "nomic-embed-text"}
+def test_index_written_by_one_worker_is_read_by_the_other(tmp_path, fake_backend, database_settings):
+    env = {"DATA_DIR": str(tmp_path), **database_settings, "OLLAMA_BASE_URLS": fake_backend.url,
+           "OPENAI_API_BASE_URLS": "", "RAG_EMBEDDING_MODEL": "nomic-embed-text"}
     server = Gunicorn(env, workers=2, threads=2).start()
     try:
         a, b = server.worker_pids()

@@ -12,6 +12,7 @@ from webui_api.db import File, Knowledge, KnowledgeFile, User
 from webui_api.rag import index_sync
 from webui_api.rag.vectors import VectorStore
 
+from . import engine
 from .fake_backend import FakeBackend
 from .servers import Gunicorn
 
@@ -28,28 +29,27 @@ def backend():
 
 
 @pytest.fixture
-def env(backend, tmp_path):
+def env(backend, tmp_path, database_settings):
     return {"DATA_DIR": str(tmp_path / "data"), "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "",
             "RAG_EMBEDDING_MODEL": "nomic-embed-text", "WEBUI_ADMIN_EMAIL": "admin@example.com",
-            "WEBUI_ADMIN_PASSWORD": "admin-pw"}
+            "WEBUI_ADMIN_PASSWORD": "admin-pw", **database_settings}
 
 
-def fill_collection(data_dir: str) -> str:
+def fill_collection(env: dict) -> str:
     """A knowledge collection of ROWS chunks written through the project's store modules."""
-    db.init_database("sqlite:///" + os.path.join(data_dir, "webui.db"))
+    db.init_database(engine.url_of(env))
     admin = User.get(User.email == "admin@example.com")
     file = File.create(user=admin.id, filename="big.txt", storage_name="big", file_hash="h",
                        status="completed")
     rows = np.random.default_rng(0).normal(size=(ROWS, DIM)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     with db.write_transaction():
-        db.database.cursor().executemany(
-            "INSERT INTO chunk (file_id, seq, text, start, end, vector, dim, model) VALUES (?,?,?,?,?,?,?,?)",
-            [(file.id, i, f"chunk {i}", 0, 1, rows[i].tobytes(), DIM, "m") for i in range(ROWS)])
+        db.insert_rows(db.Chunk, ["file", "seq", "text", "start", "end", "vector", "dim", "model"],
+                       [(file.id, i, f"chunk {i}", 0, 1, rows[i].tobytes(), DIM, "m") for i in range(ROWS)])
     kb = Knowledge.create(user=admin.id, name="big")
     KnowledgeFile.create(knowledge=kb.id, file=file.id)
-    index_sync.rebuild_all(VectorStore(os.path.join(data_dir, "vector_db")))
-    db.database.close()
+    index_sync.rebuild_all(VectorStore(os.path.join(env["DATA_DIR"], "vector_db")))
+    db.close_database()
     return kb.id
 
 
@@ -80,7 +80,7 @@ def test_two_workers_share_one_copy_of_the_vectors(env):
     os.makedirs(env["DATA_DIR"], exist_ok=True)
     server.start()
     try:
-        kb_id = fill_collection(env["DATA_DIR"])
+        kb_id = fill_collection(env)
         token = requests.post(server.url + "/api/v1/auths/signin", timeout=30,
                               json={"email": "admin@example.com", "password": "admin-pw"}).json()["token"]
         headers = {"Authorization": f"Bearer {token}"}
@@ -100,7 +100,7 @@ def test_two_workers_share_one_copy_of_the_vectors(env):
 def test_a_restart_repairs_an_index_behind_the_database_once(env):
     os.makedirs(env["DATA_DIR"], exist_ok=True)
     Gunicorn(env, workers=1).start().stop()  # creates the database and the admin
-    kb_id = fill_collection(env["DATA_DIR"])
+    kb_id = fill_collection(env)
     index_dir = os.path.join(env["DATA_DIR"], "vector_db")
     VectorStore(index_dir).remove(kb_id, range(1, 101))  # as if killed between a commit and its index write
     log = os.path.join(env["DATA_DIR"], "gunicorn.log")

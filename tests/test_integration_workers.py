@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import pytest
 import requests
 
+from . import engine
 from .servers import BIN, Gunicorn
 
 pytestmark = pytest.mark.integration
@@ -25,10 +26,11 @@ def backend(module_backend):
 
 
 @pytest.fixture(scope="module")
-def cluster(backend, tmp_path_factory):
+def cluster(request, backend, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    env = {"DATA_DIR": str(data), "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "",
-           "RAG_EMBEDDING_MODEL": "nomic-embed-text", "CHUNK_SIZE": "200", "CHUNK_OVERLAP": "20"}
+    env = {"DATA_DIR": str(data), **engine.database_settings(request), "OLLAMA_BASE_URLS": backend.url,
+           "OPENAI_API_BASE_URLS": "", "RAG_EMBEDDING_MODEL": "nomic-embed-text", "CHUNK_SIZE": "200",
+           "CHUNK_OVERLAP": "20"}
     server = Gunicorn(env, workers=WORKERS, threads=THREADS, log_path=str(data / "gunicorn.log")).start()
     try:
         wait_for_workers(server, WORKERS)
@@ -36,7 +38,7 @@ def cluster(backend, tmp_path_factory):
                        {"name": "Admin", "email": "admin@example.com", "password": "admin-password"})
         bearer = {"Authorization": f"Bearer {session['token']}"}
         key = post(server.url, "/api/v1/auths/api_key", bearer)["api_key"]
-        yield {"server": server, "headers": {"Authorization": f"Bearer {key}"}, "data": data}
+        yield {"server": server, "headers": {"Authorization": f"Bearer {key}"}, "data": data, "env": env}
     finally:
         server.stop()
 
@@ -170,7 +172,7 @@ def test_32_clients_uploading_editing_and_signing_in_lose_nothing(cluster):
     log = (cluster["data"] / "gunicorn.log").read_text()
     assert "database is locked" not in log and "Traceback" not in log
     check = subprocess.run([str(BIN / "webui-api"), "check"], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "DATA_DIR": str(cluster["data"])})
+                           env={**os.environ, **engine.storage_of(cluster["env"])})
     assert check.returncode == 0, check.stdout + check.stderr  # every index file matches the database
 
 
@@ -201,10 +203,10 @@ def test_metrics_count_every_worker_s_requests(cluster):
 # --- streams: the worker timeout and a graceful stop -----------------------------------------------
 
 @pytest.fixture
-def short_fuse(backend, tmp_path):
+def short_fuse(backend, tmp_path, database_settings):
     """2 workers whose `timeout` (2 s) is shorter than the generations they serve."""
-    env = {"DATA_DIR": str(tmp_path), "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "",
-           "GUNICORN_TIMEOUT": "2", "GUNICORN_GRACEFUL_TIMEOUT": "10"}
+    env = {"DATA_DIR": str(tmp_path), **database_settings, "OLLAMA_BASE_URLS": backend.url,
+           "OPENAI_API_BASE_URLS": "", "GUNICORN_TIMEOUT": "2", "GUNICORN_GRACEFUL_TIMEOUT": "10"}
     server = Gunicorn(env, workers=2, threads=4, log_path=str(tmp_path / "gunicorn.log")).start()
     session = post(server.url, "/api/v1/auths/signup", None,
                    {"name": "A", "email": "a@example.com", "password": "a-password"})

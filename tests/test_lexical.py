@@ -77,7 +77,7 @@ def test_a_process_killed_mid_transaction_leaves_index_and_rows_in_step(client, 
     script = textwrap.dedent(f"""
         import os
         from webui_api import db
-        db.init_database({"sqlite:///" + db.database.database!r})
+        db.init_database({app.extensions["webui_api"].settings.DATABASE_URL!r})
         with db.write_transaction():
             db.Chunk.delete().where(db.Chunk.file == {file['id']!r}).execute()
             db.Chunk.create(file={file['id']!r}, seq=0, text="phantom zeppelin", start=0, end=1, vector=b"",
@@ -89,6 +89,7 @@ def test_a_process_killed_mid_transaction_leaves_index_and_rows_in_step(client, 
     assert lexical.is_consistent()
 
 
+@pytest.mark.sqlite_only
 def test_a_drifted_index_is_detected_and_rebuilt_from_the_chunk_rows(client, user):
     file = upload_ok(client, user["headers"], "x.txt", b"Supersonic wind tunnel tests.")
     db.database.execute_sql(f"INSERT INTO {db.CHUNK_FTS}({db.CHUNK_FTS}) VALUES ('delete-all')")
@@ -97,6 +98,7 @@ def test_a_drifted_index_is_detected_and_rebuilt_from_the_chunk_rows(client, use
     assert lexical.is_consistent() and found("tunnel", [file["id"]]) == {file["id"]}
 
 
+@pytest.mark.sqlite_only
 def test_migrating_an_older_database_indexes_its_existing_chunks(client, user):
     file = upload_ok(client, user["headers"], "x.txt", b"Hypersonic boundary layers.")
     for statement in (f"DROP TABLE {db.CHUNK_FTS}", *(f"DROP TRIGGER {db.CHUNK_FTS}_{event}"
@@ -107,6 +109,7 @@ def test_migrating_an_older_database_indexes_its_existing_chunks(client, user):
     assert found("hypersonic", [file["id"]]) == {file["id"]} and lexical.is_consistent()
 
 
+@pytest.mark.sqlite_only
 def test_changing_the_tokenizer_rebuilds_and_a_bad_one_keeps_the_index(client, user):
     file = upload_ok(client, user["headers"], "run.txt", b"The runner runs every morning.")
     assert lexical.use_tokenizer("unicode61") is True

@@ -13,6 +13,7 @@ from schemathesis.specs.openapi.examples import get_strategies_from_examples
 from webui_api import create_app
 from webui_api.api.deps import view_access
 
+from . import engine
 from .conftest import FAST_HASH, PASSWORD
 
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -48,11 +49,12 @@ def resolve(spec, obj):
     return obj
 
 
-def test_every_schema_has_its_own_name(data_dir):
+def test_every_schema_has_its_own_name(data_dir, database_settings):
     """apispec renames a second schema with a taken name (`Grant1`) and only warns: two shapes, one name."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        app = create_app({"DATA_DIR": data_dir, "ENV": "dev", "OLLAMA_BASE_URLS": "http://127.0.0.1:9"})
+        app = create_app({"DATA_DIR": data_dir, **database_settings, "ENV": "dev",
+                          "OLLAMA_BASE_URLS": "http://127.0.0.1:9"})
     app.extensions["webui_api"].close()
 
 
@@ -113,10 +115,10 @@ def test_a_page_past_any_sql_offset_is_422(client, admin, path):
 # ----------------------------------------------------------------------------- schemathesis
 
 @pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory, module_backend):
+def fuzzed(request, tmp_path_factory, module_backend):
     """The app in dev mode over the fake backend, with an admin's JWT for every generated call."""
-    app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("data")), "ENV": "dev",
-                      "PASSWORD_HASH_COST": FAST_HASH, "OLLAMA_BASE_URLS": module_backend.url,
+    app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("data")), **engine.database_settings(request),
+                      "ENV": "dev", "PASSWORD_HASH_COST": FAST_HASH, "OLLAMA_BASE_URLS": module_backend.url,
                       "OPENAI_API_BASE_URLS": module_backend.openai_url,
                       "OPENAI_API_KEYS": module_backend.openai_key, "AIOHTTP_CLIENT_TIMEOUT": "2"})
     session = app.test_client().post("/api/v1/auths/signup", json={

@@ -10,14 +10,16 @@ from webui_api import db
 from webui_api.auth import policy
 from webui_api.errors import BadRequest
 
+from . import engine
+
 PUBLIC = {"principal_type": "user", "principal_id": "*", "permission": "read"}
 
 
 @pytest.fixture
-def database(tmp_path):
-    db.init_database(f"sqlite:///{tmp_path}/webui.db")
+def database(request, tmp_path):
+    db.init_database(engine.database_url(request, str(tmp_path)))
     yield db.database
-    db.database.close()
+    db.close_database()
 
 
 @pytest.fixture
