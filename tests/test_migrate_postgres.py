@@ -6,8 +6,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import uuid
-from urllib.parse import urlsplit
 
 import peewee as pw
 import pytest
@@ -20,27 +18,13 @@ from .rag_helpers import _drain_background, rag_settings, upload_ok  # noqa: F40
 from .servers import BIN, Gunicorn
 from .test_files import ZEPHYR
 
-ADMIN_URL = os.environ.get("WEBUI_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
 HARBOR = b"Harbor log.\n\nThe ferry to Kestrel Island leaves at dawn from pier nine.\n"
 
 
 @pytest.fixture
-def postgres_url():
-    """A fresh mig_* database, dropped afterwards. Stand-in until the shared tests/pgcluster.py is merged."""
-    import psycopg2
-
-    try:
-        server = psycopg2.connect(ADMIN_URL, connect_timeout=3)
-    except psycopg2.Error as exc:
-        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {str(exc).strip().splitlines()[0]}")
-    server.autocommit = True
-    name = f"mig_{uuid.uuid4().hex[:12]}"
-    with server.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    yield urlsplit(ADMIN_URL)._replace(path=f"/{name}").geturl()
-    with server.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    server.close()
+def database_settings():
+    """The source of a migration is SQLite whatever engine the suite runs on (postgres_url: conftest.py)."""
+    return {}
 
 
 @pytest.fixture
