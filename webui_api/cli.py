@@ -1,4 +1,5 @@
-"""`webui-api` command line: accounts, bulk ingest, index rebuild and database/index consistency check."""
+"""`webui-api` command line: accounts, bulk ingest, index rebuild, database/index consistency check and the
+move of a SQLite deployment to PostgreSQL."""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +8,12 @@ import hashlib
 import logging
 import mimetypes
 import os
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
+from urllib.parse import quote
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DRIFT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -90,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
                                           "prune the index log (INDEX_LOG_RETENTION)")
     cmd.add_argument("--collection", metavar="NAME", help="only this collection: a knowledge id or file-<id>")
     cmd.set_defaults(handler=cmd_compact)
+
+    cmd = sub.add_parser(
+        "migrate-to-postgres", help="copy a SQLite deployment into an empty PostgreSQL database and verify it",
+        description="Copy every table of a (possibly running) SQLite deployment, read from one snapshot, into "
+        "an empty PostgreSQL database (schema created by the normal migrations), then compare row counts "
+        "and a checksum of the chunk vectors on both sides; exit 3 on a mismatch. Uploaded bytes are not "
+        "in the database: give the PostgreSQL hosts the upload folder, and the source's secret key "
+        "(WEBUI_SECRET_KEY, else DATA_DIR/.webui_secret_key) so sign-in sessions stay valid.")
+    cmd.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH")
+    cmd.add_argument("--to", dest="target", required=True, metavar="postgresql://USER:PASS@HOST:PORT/DB")
+    cmd.add_argument("--skip", action="append", default=[], metavar="TABLE",
+                     help="leave out a table no other table refers to (e.g. signin_attempt); repeatable")
+    cmd.add_argument("--batch-size", type=int, default=MIGRATE_BATCH, metavar="ROWS",
+                     help=f"rows per insert (default {MIGRATE_BATCH})")
+    cmd.add_argument("--verify-only", action="store_true",
+                     help="copy nothing: compare the source with an already migrated target")
+    cmd.set_defaults(handler=cmd_migrate_to_postgres)
     return parser
 
 
@@ -398,6 +418,255 @@ def cmd_compact(args) -> int:
     pruned = index_sync.prune_log(ext.settings.INDEX_LOG_RETENTION)
     print(f"compacted {len(merged)} collection(s); pruned {pruned} index log row(s)")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- migrate-to-postgres
+
+MIGRATE_BATCH = 1000  # rows per insert: memory stays bounded (a chunk row carries its vector)
+CHECKSUM_PAGE = 10_000  # chunk hashes read from PostgreSQL per query (hashed there: 32 bytes per row back)
+
+
+def cmd_migrate_to_postgres(args) -> int:
+    from . import db
+
+    if args.batch_size < 1:
+        raise CliError("--batch-size must be at least 1")
+    source = open_source_snapshot(args.source)
+    try:
+        tables = tables_to_copy(args.skip)
+        open_target(args.target)
+        with db.database.connection_context():
+            if not args.verify_only:
+                refuse_used_target(tables)
+                started = time.monotonic()
+                copied = copy_tables(source, tables, args.batch_size)
+                elapsed = time.monotonic() - started
+                print(f"copied {copied:,} rows in {elapsed:.1f} s ({copied / max(elapsed, 1e-9):,.0f} rows/s)")
+            started = time.monotonic()
+            mismatches = print_verification(compare_databases(source, tables))
+            print(f"verified in {time.monotonic() - started:.1f} s")
+    finally:
+        source.close()
+        db.close_database()
+    if mismatches:
+        print(f"webui-api: verification failed: {', '.join(mismatches)} differ "
+              "(was the target written meanwhile? empty it and migrate again)", file=sys.stderr)
+        return EXIT_DRIFT
+    return EXIT_OK
+
+
+def open_source_snapshot(url: str) -> sqlite3.Connection:
+    """The source file read-only inside one read transaction, kept open to the end. Under WAL that is a
+    snapshot: every table is read as of the same instant while the server goes on writing (its later
+    writes are not copied), and no temporary copy of a file that may hold gigabytes of vectors is needed."""
+    from . import db
+    from .dialect import SqliteDialect
+
+    if not url.startswith("sqlite:///"):
+        raise CliError("--from must be sqlite:///<path of the server's database file>")
+    path = SqliteDialect(url).path
+    if not os.path.isfile(path):
+        raise CliError(f"no SQLite database at {path}")
+    connection = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True,
+                                 isolation_level=None, timeout=30, check_same_thread=False)
+    connection.execute("BEGIN")  # the snapshot starts with the first read, just below
+    version = source_schema_version(connection)
+    if version == 0:
+        connection.close()
+        raise CliError(f"{path} holds no webui_api database")
+    if version != db.SCHEMA_VERSION:
+        connection.close()
+        raise CliError(f"the source database is at schema version {version} and this webui-api at "
+                       f"{db.SCHEMA_VERSION}: run the server of this version on it once, then migrate")
+    return connection
+
+
+def source_schema_version(connection: sqlite3.Connection) -> int:
+    try:
+        row = connection.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if "no such table" not in str(exc):
+            raise CliError(f"the source is not a readable SQLite database: {exc}") from exc
+        row = None
+    return row[0] if row else connection.execute("PRAGMA user_version").fetchone()[0]
+
+
+def tables_to_copy(skipped: list[str]) -> list:
+    """Every model of db.TABLES, parents before children (foreign keys hold at each insert), less --skip."""
+    import peewee as pw
+    from . import db
+
+    models = pw.sort_models(db.TABLES)
+    names = {model._meta.table_name for model in models}
+    for name in skipped:
+        if name not in names:
+            raise CliError(f"--skip {name}: no such table (tables: {', '.join(sorted(names))})")
+        referring = [m._meta.table_name for m in models if any(
+            parent._meta.table_name == name for parent in m._meta.refs.values())]
+        if referring:
+            raise CliError(f"--skip {name}: {', '.join(referring)} refer(s) to it")
+    return [model for model in models if model._meta.table_name not in skipped]
+
+
+def open_target(url: str) -> None:
+    """Bind the database proxy to the target and create its schema through the normal migrations."""
+    from . import db
+    from .dialect import for_url
+
+    if for_url(url).name != "postgres":
+        raise CliError("--to must be postgresql://user:pass@host:port/database")
+    db.init_database(url, pool_size=2)
+
+
+def standalone(model) -> bool:
+    """A table no other refers to and that refers to none (stamps, revoked tokens, sign-in attempts, logs):
+    the migrations may seed it and it means nothing without the users and files it was written about."""
+    return not model._meta.refs and not model._meta.backrefs
+
+
+def refuse_used_target(models: list) -> None:
+    used = [model._meta.table_name for model in models
+            if not standalone(model) and model.select().exists()]
+    if used:
+        raise CliError(f"the target database already holds data ({', '.join(used)}): migrate into an empty "
+                       "database (drop and re-create it, or give another one)")
+
+
+def copy_tables(source: sqlite3.Connection, models: list, batch: int) -> int:
+    """Copy every table in one target transaction (an interrupted run leaves the target empty again).
+    Triggers are off meanwhile: the rows they would write (change stamps, derived logs) are copied as they
+    are, instead of being generated a second time."""
+    from . import db
+
+    copied = 0
+    with db.write_transaction():
+        set_triggers(models, "DISABLE")
+        for model in models:
+            db.execute(f'DELETE FROM "{model._meta.table_name}"')  # only what the migrations seeded
+            copied += copy_table(source, model, batch)
+        continue_sequences(source, models)
+        set_triggers(models, "ENABLE")
+    for model in models:  # planner statistics now, not when autovacuum gets to the freshly filled tables
+        db.execute(f'ANALYZE "{model._meta.table_name}"')
+    return copied
+
+
+def set_triggers(models: list, action: str) -> None:
+    """USER: our triggers only; the foreign key checks stay on."""
+    from . import db
+
+    for model in models:
+        db.execute(f'ALTER TABLE "{model._meta.table_name}" {action} TRIGGER USER')
+
+
+def copy_table(source: sqlite3.Connection, model, batch: int) -> int:
+    """Stream one table in batches. Each raw SQLite value goes through its field's python_value, and
+    insert_rows applies db_value: 0/1 become booleans, JSON is parsed and written again, NUL becomes U+FFFD."""
+    from . import db
+
+    table, fields = model._meta.table_name, model._meta.sorted_fields
+    total = source.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+    progress = Progress(max(1, -(-total // batch)), f"copy {table}")
+    cursor = source.execute(select_in_key_order(model))
+    copied = 0
+    while rows := cursor.fetchmany(batch):
+        db.insert_rows(model, [f.name for f in fields],
+                       [tuple(f.python_value(value) for f, value in zip(fields, row)) for row in rows])
+        copied += len(rows)
+        progress.step(f"{copied:,}/{total:,} rows")
+    if not total:
+        progress.step("0 rows")
+    return copied
+
+
+def select_in_key_order(model) -> str:
+    columns = ", ".join(f'"{f.column_name}"' for f in model._meta.sorted_fields)
+    keys = ", ".join(f'"{f.column_name}"' for f in model._meta.get_primary_keys()) or "rowid"
+    return f'SELECT {columns} FROM "{model._meta.table_name}" ORDER BY {keys}'
+
+
+def continue_sequences(source: sqlite3.Connection, models: list) -> None:
+    """Auto-increment ids go on past the largest the source ever handed out, deleted rows included (SQLite
+    AUTOINCREMENT remembers them in sqlite_sequence): chunk ids are FAISS ids and are never reused."""
+    import peewee as pw
+    from . import db
+
+    for model in models:
+        key = model._meta.primary_key
+        if not isinstance(key, pw.AutoField):
+            continue
+        table = model._meta.table_name
+        highest = source.execute(f'SELECT max("{key.column_name}") FROM "{table}"').fetchone()[0] or 0
+        try:
+            row = source.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        except sqlite3.OperationalError:  # no AUTOINCREMENT table in the file at all
+            row = None
+        last = max(highest, row[0] if row else 0)
+        if last:
+            db.execute("SELECT setval(pg_get_serial_sequence(?, ?), ?)", (f'"{table}"', key.column_name, last))
+
+
+# ------------------------------------------------ verification
+
+
+def compare_databases(source: sqlite3.Connection, models: list) -> list[tuple[str, object, object]]:
+    """(what, source value, target value): each table's row count, then the chunk ids and vectors."""
+    from . import db
+
+    checks = []
+    for model in models:
+        table = model._meta.table_name
+        checks.append((table, source.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0],
+                       db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]))
+    if db.Chunk in models:
+        source_sum, source_digest = source_chunk_checksum(source)
+        target_sum, target_digest = target_chunk_checksum()
+        checks += [("chunk id sum", source_sum, target_sum),
+                   ("chunk (id, sha256(vector))", source_digest, target_digest)]
+    return checks
+
+
+def chunk_digest_step(digest, chunk_id: int, vector_sha256: bytes) -> None:
+    digest.update(chunk_id.to_bytes(8, "big", signed=True) + vector_sha256)
+
+
+def source_chunk_checksum(source: sqlite3.Connection) -> tuple[int, str]:
+    """Sum of chunk ids and a SHA-256 over (id, sha256(vector)) in id order, read from the snapshot."""
+    total, digest = 0, hashlib.sha256()
+    for chunk_id, vector in source.execute("SELECT id, vector FROM chunk ORDER BY id"):
+        total += chunk_id
+        chunk_digest_step(digest, chunk_id, hashlib.sha256(vector).digest())
+    return total, digest.hexdigest()[:16]
+
+
+def target_chunk_checksum() -> tuple[int, str]:
+    """The same on PostgreSQL, which hashes each vector itself; pages by id so memory stays bounded."""
+    from . import db
+
+    total, digest, after = 0, hashlib.sha256(), None
+    while True:
+        rows = db.execute("SELECT id, sha256(vector) FROM chunk WHERE id > ? ORDER BY id LIMIT ?",
+                          (-1 if after is None else after, CHECKSUM_PAGE)).fetchall()
+        for chunk_id, vector_sha256 in rows:
+            total += chunk_id
+            chunk_digest_step(digest, chunk_id, bytes(vector_sha256))
+        if len(rows) < CHECKSUM_PAGE:
+            return total, digest.hexdigest()[:16]
+        after = rows[-1][0]
+
+
+def print_verification(checks: list[tuple[str, object, object]]) -> list[str]:
+    """Print the table of checks; return the names of those that differ."""
+    width = max(len(name) for name, _s, _t in checks)
+    print(f"{'check':<{width}}  {'source':>18}  {'target':>18}")
+    for name, source_value, target_value in checks:
+        verdict = "ok" if source_value == target_value else "MISMATCH"
+        print(f"{name:<{width}}  {_cell(source_value):>18}  {_cell(target_value):>18}  {verdict}")
+    return [name for name, source_value, target_value in checks if source_value != target_value]
+
+
+def _cell(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 if __name__ == "__main__":
