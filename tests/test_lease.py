@@ -130,3 +130,15 @@ def test_the_sweep_resumes_a_file_whose_host_died(ext, unsettled):
         time.sleep(0.1)
     assert holder(unsettled.id) is None and File.get_by_id(unsettled.id).status == "completed"
     assert ext.vectors.ids(f"file-{unsettled.id}")
+
+
+def test_a_zombie_owner_is_gone():
+    """A killed worker nobody has reaped yet (a container's PID 1 may be slow to) still answers kill(0)."""
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and lease._zombie(child.pid) is False:
+        time.sleep(0.01)
+    try:
+        assert lease.owner_gone(f"{lease.PLACE}/{child.pid}/x")  # exited, not yet reaped
+    finally:
+        child.wait()

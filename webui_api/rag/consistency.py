@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from . import lexical
-from .index_sync import Drift, index_drift
+from .index_sync import Drift, catch_up_cached, index_drift
 from .jobs import abandoned_files as unheld_files
 
 
 def find_drift(ext, progress=None) -> list[Drift]:
-    """Every disagreement between SQLite and the index directory, plus files nobody will ever finish."""
+    """Every disagreement between the database and this host's index cache (once it caught up with what
+    other hosts wrote, as its next query would), plus files nobody will ever finish."""
+    catch_up_cached(ext.vectors)
     return index_drift(ext.vectors, progress) + lexical_drift() + abandoned_files(ext)
 
 

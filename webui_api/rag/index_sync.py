@@ -155,9 +155,10 @@ def expected_rows() -> dict[str, int]:
 
 
 def quick_drift(store: VectorStore, wanted: dict[str, int] | None = None) -> list[str]:
-    """Collections whose vector count on disk (from file names) differs from the database's."""
+    """Cached collections whose vector count on disk (from file names) differs from the database's. One
+    without a directory is not cached here (a new host, or never queried): its first query builds it."""
     wanted, have = expected_rows() if wanted is None else wanted, store.rows_on_disk()
-    return sorted(n for n in set(wanted) | set(have) if wanted.get(n, 0) != have.get(n, 0))
+    return sorted(n for n in have if wanted.get(n, 0) != have[n])
 
 
 def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
@@ -166,9 +167,7 @@ def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
     under a lock, so the first one repairs and the others find nothing to do."""
     with locks.exclusive(os.path.join(store.index_dir, ".startup.lock")):
         wanted = expected_rows()
-        cached = [name for name in store.index_files()[0] if name in wanted]
-        moved = sum(catch_up(store, cached[start:start + CATCH_UP_BATCH])
-                    for start in range(0, len(cached), CATCH_UP_BATCH))
+        moved = catch_up_cached(store)
         if moved:
             log.info("start-up repair: %d collection(s) caught up with the index log", moved)
         drifted = quick_drift(store, wanted)
@@ -204,6 +203,13 @@ def _majority(rows: list[tuple[int, int]]) -> set[int]:
     return {i for i, d in rows if d == dim}
 
 
+def catch_up_cached(store: VectorStore) -> int:
+    """Every collection this host caches catches up with the index log, as its next query would."""
+    cached = list(store.index_files()[0])
+    return sum(catch_up(store, cached[start:start + CATCH_UP_BATCH])
+               for start in range(0, len(cached), CATCH_UP_BATCH))
+
+
 def index_drift(store: VectorStore, progress=None) -> list[Drift]:
     """Every disagreement between SQLite and the index directory (index files read as they are)."""
     wanted = expected_ids()
@@ -220,10 +226,8 @@ def index_drift(store: VectorStore, progress=None) -> list[Drift]:
 
 
 def _compare(store: VectorStore, name: str, path: str | None, expected: set[int]) -> list[Drift]:
-    if path is None:
-        if not expected:
-            return []
-        return [Drift(name, f"index file missing ({len(expected)} vectors in the database)")]
+    if path is None:  # not cached on this host: the first query builds it from the database
+        return []
     have = store.ids_on_disk(name)
     if have is None:
         return [Drift(name, "index file unreadable")]

@@ -57,7 +57,18 @@ def owner_gone(owner: str) -> bool:
         return True
     except OSError:  # exists under another user
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """A killed worker stays a zombie until someone reaps it (a container's PID 1 may take its time, or
+    never): it answers kill(0) but will never renew or release anything."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
 
 
 def is_live(owner: str | None, expires_at: float | None, now: float | None = None) -> bool:
