@@ -21,11 +21,13 @@ pytestmark = [pytest.mark.integration,
 SECRET = "multi-host-test-secret-0123456789abcdef0123456789"
 PASSWORD = "multi-host-pw"
 VISIBLE_WITHIN = 1.0  # seconds: a write on one host must be served by the other within this
+LEASE_SECONDS = 4
+TAKE_OVER_WITHIN = 3 * LEASE_SECONDS  # expiry, then the next sweep (every half lease), then processing
 
 
 class Hosts:
-    def __init__(self, a: Gunicorn, b: Gunicorn, nginx: Nginx, envs: dict):
-        self.a, self.b, self.nginx, self.envs = a, b, nginx, envs
+    def __init__(self, a: Gunicorn, b: Gunicorn, nginx: Nginx, envs: dict, backend: FakeBackend):
+        self.a, self.b, self.nginx, self.envs, self.backend = a, b, nginx, envs, backend
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +38,14 @@ def hosts(tmp_path_factory):
     shared = {"DATABASE_URL": url, "WEBUI_SECRET_KEY": SECRET, "UPLOAD_DIR": str(base / "shared-uploads"),
               "OLLAMA_BASE_URLS": backend.url, "OPENAI_API_BASE_URLS": "", "ENABLE_SIGNUP": "true",
               "DEFAULT_USER_ROLE": "user", "RAG_EMBEDDING_MODEL": "nomic-embed-text", "CHUNK_SIZE": "200",
-              "CHUNK_OVERLAP": "20"}
+              "CHUNK_OVERLAP": "20", "INGEST_LEASE_SECONDS": str(LEASE_SECONDS)}
     envs = {name: {**shared, "DATA_DIR": str(base / name)} for name in ("a", "b")}
     servers = [Gunicorn(envs[name], workers=2, threads=4, log_path=str(base / f"{name}.log")) for name in envs]
     for server, env in zip(servers, envs.values()):
         os.makedirs(env["DATA_DIR"], exist_ok=True)
         server.start()
     nginx = Nginx([s.port for s in servers], base / "nginx").start()
-    yield Hosts(servers[0], servers[1], nginx, envs)
+    yield Hosts(servers[0], servers[1], nginx, envs, backend)
     nginx.stop()
     for server in servers:
         server.stop()
@@ -160,6 +162,8 @@ def test_round_robin_through_nginx_sees_one_service(hosts, admin):
 
 
 def test_kill_9_of_a_during_uploads_loses_nothing_acknowledged(hosts, admin):
+    """Worker 0 uploads in the background (acknowledged when stored: B must finish what A left), the others
+    wait for processing (acknowledged when searchable)."""
     acknowledged, stop = [], threading.Event()
 
     def keep_uploading(worker: int) -> None:
@@ -169,23 +173,29 @@ def test_kill_9_of_a_during_uploads_loses_nothing_acknowledged(hosts, admin):
             text = f"Manifest {worker}-{i}: crate w{worker}n{i} holds salted herring for the winter."
             try:
                 response = call(hosts.a.url, "POST", "/api/v1/files/", admin,
+                                params={"process_in_background": str(worker == 0).lower()},
                                 files={"file": (f"m{worker}-{i}.txt", text.encode(), "text/plain")})
             except requests.RequestException:
                 return
             if response.status_code == 200:
                 acknowledged.append((response.json()["id"], f"w{worker}n{i}"))
 
+    hosts.backend.fault = {"kind": "slow", "path": "/api/embed", "delay": 1}  # A dies mid-embedding
     threads = [threading.Thread(target=keep_uploading, args=(w,)) for w in range(3)]
     for thread in threads:
         thread.start()
-    within(60, lambda: len(acknowledged) >= 6)
+    within(60, lambda: sum(m.startswith("w0") for _, m in acknowledged) >= 4 and
+           sum(not m.startswith("w0") for _, m in acknowledged) >= 2)
     os.killpg(hosts.a.proc.pid, signal.SIGKILL)  # master and workers at once: the host is gone
     stop.set()
+    hosts.backend.fault = None
     for thread in threads:
         thread.join(60)
     assert call(hosts.b.url, "GET", "/health").status_code == 200
-    for file_id, marker in acknowledged:
-        assert marker in found(hosts.b.url, admin, f"file-{file_id}", f"crate {marker} herring"), marker
+    assert any(marker.startswith("w0") for _, marker in acknowledged)
+    for file_id, marker in acknowledged:  # A's leases die with it: B's sweep takes its files over
+        within(TAKE_OVER_WITHIN, lambda: marker in found(hosts.b.url, admin, f"file-{file_id}",
+                                                         f"crate {marker} herring"))
 
 
 def test_check_is_clean_on_each_host(hosts, admin):

@@ -167,7 +167,7 @@ def repair_on_drift(store: VectorStore) -> tuple[int, list[str]]:
     under a lock, so the first one repairs and the others find nothing to do."""
     with locks.exclusive(os.path.join(store.index_dir, ".startup.lock")):
         wanted = expected_rows()
-        moved = catch_up_cached(store)
+        moved = catch_up_cached(store, wanted)
         if moved:
             log.info("start-up repair: %d collection(s) caught up with the index log", moved)
         drifted = quick_drift(store, wanted)
@@ -203,11 +203,17 @@ def _majority(rows: list[tuple[int, int]]) -> set[int]:
     return {i for i, d in rows if d == dim}
 
 
-def catch_up_cached(store: VectorStore) -> int:
-    """Every collection this host caches catches up with the index log, as its next query would."""
+def catch_up_cached(store: VectorStore, wanted: dict[str, int] | None = None) -> int:
+    """Every collection this host caches catches up with the index log, as its next query would; one
+    deleted on another host (caught up to empty, gone from the database) leaves the cache."""
     cached = list(store.index_files()[0])
-    return sum(catch_up(store, cached[start:start + CATCH_UP_BATCH])
-               for start in range(0, len(cached), CATCH_UP_BATCH))
+    moved = sum(catch_up(store, cached[start:start + CATCH_UP_BATCH])
+                for start in range(0, len(cached), CATCH_UP_BATCH))
+    wanted = expected_rows() if wanted is None else wanted
+    for name in cached:
+        if name not in wanted and store.count(name) == 0:
+            store.drop(name)
+    return moved
 
 
 def index_drift(store: VectorStore, progress=None) -> list[Drift]:
