@@ -145,7 +145,6 @@ def main() -> None:
         token = call(a.url, "POST", "/api/v1/auths/signup",
                      json={"name": "B", "email": "bench@example.com", "password": "bench-pw"}).json()["token"]
         kid = seed(a, token, args.files)
-        chunks = call(a.url, "GET", f"/api/v1/knowledge/{kid}", token).json()
         print(f"collection: {args.files} files (~{args.files * 40} chunks), fake embeddings\n")
         cold, warm = cold_and_warm(base, env, token, kid, args.repeats)
         up, link = visibility(a, b, token, kid, 20)
