@@ -7,7 +7,7 @@ an empty mig_bench_* database on the PostgreSQL server of --admin-url, runs the 
 subprocess, prints its verification table and the elapsed time, and drops the database.
 
     .venv/bin/python bench/migrate_pg.py [--chunks 20000] [--files 200] \
-        [--admin-url postgresql://postgres@127.0.0.1:55432/postgres]
+        [--admin-url postgresql://user@host:port/postgres]   (default: a throwaway cluster)
 """
 from __future__ import annotations
 
@@ -116,13 +116,24 @@ def drop_database(admin_url: str, url: str) -> None:
     server.close()
 
 
+def _throwaway_cluster() -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests import pgcluster  # stopped at exit by its own atexit hook
+
+    reason = pgcluster.available()
+    if reason:
+        sys.exit(reason)
+    return pgcluster.cluster().url("postgres")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, default=20_000, help="synthetic chunks (plus the real uploads')")
     parser.add_argument("--files", type=int, default=200, help="synthetic files holding them")
-    parser.add_argument("--admin-url", default=os.environ.get(
-        "WEBUI_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres"))
+    parser.add_argument("--admin-url", default=os.environ.get("WEBUI_TEST_POSTGRES_ADMIN_URL"),
+                        help="a PostgreSQL server to use (default: a throwaway cluster, tests/pgcluster.py)")
     args = parser.parse_args()
+    args.admin_url = args.admin_url or _throwaway_cluster()
     logging.getLogger("webui_api").setLevel(logging.WARNING)
     data_dir = tempfile.mkdtemp(prefix="migrate-bench-")
     target = create_database(args.admin_url)
