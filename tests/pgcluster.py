@@ -12,6 +12,8 @@ import tempfile
 import threading
 from urllib.parse import urlsplit
 
+from webui_api.locks import alive
+
 from . import servers
 
 DIR_PREFIX = "webui-pg-"
@@ -203,15 +205,7 @@ def remove_stale_clusters() -> None:
                 owner = int(handle.read().strip())
         except (OSError, ValueError):
             continue  # being created right now, or not ours
-        if owner != os.getpid() and not _alive(owner):
+        if owner != os.getpid() and not alive(owner):
             Cluster(path).stop()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another user's
-    return True

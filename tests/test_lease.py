@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from webui_api import locks
 from webui_api.db import File, ProcessingLease, User
 from webui_api.rag import files, jobs, lease, pipeline
 
@@ -136,7 +137,7 @@ def test_a_zombie_owner_is_gone():
     """A killed worker nobody has reaped yet (a container's PID 1 may be slow to) still answers kill(0)."""
     child = subprocess.Popen(["true"])
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and lease._zombie(child.pid) is False:
+    while time.monotonic() < deadline and locks._zombie(child.pid) is False:
         time.sleep(0.01)
     try:
         assert lease.owner_gone(f"{lease.PLACE}/{child.pid}/x")  # exited, not yet reaped

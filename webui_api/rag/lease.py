@@ -12,7 +12,7 @@ from typing import Iterator
 
 import peewee as pw
 
-from .. import db
+from .. import db, locks
 from ..db import File, ProcessingLease
 
 log = logging.getLogger("webui_api.rag")
@@ -51,24 +51,7 @@ def owner_gone(owner: str) -> bool:
     pid = rest.partition("/")[0]
     if place != PLACE or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists under another user
-        return False
-    return _zombie(int(pid))
-
-
-def _zombie(pid: int) -> bool:
-    """A killed worker stays a zombie until someone reaps it (a container's PID 1 may take its time, or
-    never): it answers kill(0) but will never renew or release anything."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            state = handle.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state in ("Z", "X")
+    return not locks.alive(int(pid))
 
 
 def is_live(owner: str | None, expires_at: float | None, now: float | None = None) -> bool:

@@ -632,7 +632,7 @@ def _tag() -> str:
 
 def _stale_temp(path: str) -> bool:
     match = _TEMP.match(os.path.basename(path))
-    return bool(match) and (not _alive(int(match["pid"])) or _age(path) > STALE_TEMP_SECONDS)
+    return bool(match) and (not locks.alive(int(match["pid"])) or _age(path) > STALE_TEMP_SECONDS)
 
 
 def _as_ids(ids) -> np.ndarray:
@@ -642,16 +642,6 @@ def _as_ids(ids) -> np.ndarray:
 def _as_matrix(vectors) -> np.ndarray:
     matrix = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     return matrix.reshape(1, -1) if matrix.ndim == 1 else matrix
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _age(path: str) -> float:
