@@ -10,6 +10,7 @@ import time
 import pytest
 
 from webui_api import locks
+from webui_api import db
 from webui_api.db import File, ProcessingLease, User
 from webui_api.rag import files, jobs, lease, pipeline
 
@@ -59,8 +60,11 @@ def race(file_id: str, claimants: int = 8) -> list[str]:
 
     def attempt(owner: str) -> None:
         gate.wait()
-        if lease.claim(file_id, owner, 30):
-            winners.append(owner)
+        try:
+            if lease.claim(file_id, owner, 30):
+                winners.append(owner)
+        finally:
+            db.database.close()  # a thread that ends holding a pooled connection keeps its slot
     threads = [threading.Thread(target=attempt, args=(lease.new_owner(),)) for _ in range(claimants)]
     for thread in threads:
         thread.start()

@@ -437,10 +437,10 @@ def execute(sql: str, params: tuple = ()):
     return database.execute_sql(dialect.sql(sql), params)
 
 
-def open_request_connection() -> None:
-    """Before a request: on PostgreSQL, draw a checked connection from the pool."""
-    if dialect.connection_per_request():
-        database.connect(reuse_if_open=True)
+def close_thread_connection() -> None:
+    """A thread that ends must not keep its connection: on PostgreSQL it would hold a pool slot for ever."""
+    if database.obj is not None and not database.is_closed():
+        database.close()
 
 
 def close_request_connection() -> None:

@@ -101,8 +101,7 @@ class Jobs:
 
 def _background(ext, file_id: str) -> None:
     # A pooled thread outlives requests: use a fresh connection per job, never one left from earlier.
-    if not db.database.is_closed():
-        db.database.close()
+    db.close_thread_connection()
     try:
         finish_unsettled(ext, file_id)  # skipped when another process holds it or it is settled already
     except ApiError as exc:
@@ -110,8 +109,7 @@ def _background(ext, file_id: str) -> None:
     except Exception:
         log.exception("background processing of file %s failed", file_id)
     finally:
-        if not db.database.is_closed():
-            db.database.close()
+        db.close_thread_connection()
 
 
 def abandoned_files() -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import faiss
 import numpy as np
 
-from .. import locks
+from .. import db, locks
 from ..errors import BadRequest, Conflict
 from .collection_rows import collection_vectors
 from .index_types import build_index, index_rows, search_segment
@@ -540,6 +540,8 @@ class VectorStore:
             self._merge(name, full=False)
         except Exception:  # noqa: BLE001 - a background merge must never take the worker down; retried later
             log.exception("merging vector segments of %s failed", name)
+        finally:
+            db.close_thread_connection()  # a rebuild reads the database: the thread's connection goes back
 
     def _merge(self, name: str, full: bool) -> bool:
         """Build one segment from several without holding the writer lock (writers keep adding), then
