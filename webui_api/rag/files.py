@@ -103,9 +103,18 @@ def upload(ext, user: User, stream: BinaryIO, filename: str | None, content_type
         file = _reuse(ext, existing, process, background)
     elif process:
         if link_to is not None:
-            link_row(link_to, file.id)  # its vectors join the collection when processing completes
+            _link_new(ext, link_to, file)  # its vectors join the collection when processing completes
         file = _run(ext, file, background, new=True)
     return file, existing is None
+
+
+def _link_new(ext, knowledge_id: str, file: File) -> None:
+    """A collection deleted while its file was arriving: the upload is refused whole, nothing stays behind."""
+    try:
+        link_row(knowledge_id, file.id)
+    except NotFound:
+        _delete(ext, file)
+        raise
 
 
 def _same_upload(user: User, sha256: str) -> File | None:
