@@ -3,6 +3,7 @@ duplicate rows from racing identical uploads, a file deleted while being added, 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -128,6 +129,20 @@ def test_deleting_a_file_while_it_is_added_is_never_a_500(app, user):
         added, deleted = together(2, lambda i: actions[i]())
         assert added in (200, 404) and deleted == 200, (trial, added, deleted)
         assert not KnowledgeFile.select().where(KnowledgeFile.file == fid).exists()
+
+
+
+def test_deleting_a_collection_while_a_file_is_uploaded_into_it_is_never_a_500(app, user):
+    for trial in range(8):
+        kid = collection(app.test_client(), user, f"Target {trial}")
+        meta = json.dumps({"knowledge_id": kid})
+        actions = (lambda: upload(app.test_client(), user["headers"], "u.txt", SECRET + str(trial).encode(),
+                                  metadata=meta).status_code,
+                   lambda: app.test_client().delete(f"/api/v1/knowledge/{kid}/delete",
+                                                    headers=user["headers"]).status_code)
+        uploaded, deleted = together(2, lambda i: actions[i]())
+        assert uploaded in (200, 404) and deleted == 200, (trial, uploaded, deleted)
+        assert not KnowledgeFile.select().where(KnowledgeFile.knowledge == kid).exists()
 
 
 # ---------------------------------------------------------------- item 18: keys are for verified users
