@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import uuid
 
+import peewee as pw
+
 from ..db import File, Knowledge, KnowledgeFile, Preset, User
 from ..errors import BadRequest, Forbidden, NotFound
 
@@ -90,14 +92,12 @@ def exposed(query):
     """`query` (over KnowledgeFile) narrowed to the links that show their file to the collection's readers:
     those whose collection owner may write the file (`linkable_or_403`), re-checked at every read, so a link
     made before that rule (or by an admin since demoted) shows nothing."""
-    return query.where(KnowledgeFile.id.in_(_exposing_links()))
-
-
-def _exposing_links():
-    owner = User.alias()
-    return (KnowledgeFile.select(KnowledgeFile.id).join(Knowledge).join(owner, on=(Knowledge.user == owner.id))
-            .switch(KnowledgeFile).join(File)
-            .where((File.user == Knowledge.user) | (owner.role == "admin")))
+    linked, holder, admin = File.alias(), Knowledge.alias(), User.alias()
+    file_owner = linked.select(linked.user).where(linked.id == KnowledgeFile.file)  # per link: index look-ups
+    collection_owner = holder.select(holder.user).where(holder.id == KnowledgeFile.knowledge)
+    admins = admin.select(admin.id).where(admin.role == "admin")
+    return query.where(pw.Expression(file_owner, "=", collection_owner) |
+                       pw.Expression(collection_owner, "IN", admins))
 
 
 def _public_files():
