@@ -8,7 +8,7 @@ import pytest
 
 from webui_api import db
 from webui_api.auth import policy
-from webui_api.errors import BadRequest
+from webui_api.errors import BadRequest, Forbidden, NotFound
 
 from . import engine
 
@@ -61,9 +61,26 @@ def test_a_file_in_a_private_collection_stays_private(people):
     file = make("file", people["owner"], public=False)
     db.Knowledge.create(user=people["other"].id, name="private too", is_public=False)
     assert not policy.is_public(file) and not policy.can_read(people["other"], file)
-    public = db.Knowledge.create(user=people["other"].id, name="shared", is_public=True)
+    public = db.Knowledge.create(user=people["owner"].id, name="shared", is_public=True)
     db.KnowledgeFile.create(knowledge=public.id, file=file.id)
     assert policy.is_public(file) and policy.can_read(people["other"], file)
+
+
+def test_a_link_shows_a_file_only_while_the_collection_owner_may_write_it(people):
+    """Un-sharing revokes: someone else's public collection holding the file (a link made before the
+    add rule, or by an admin since demoted) does not make it public."""
+    file = make("file", people["owner"], public=False)
+    theirs = db.Knowledge.create(user=people["other"].id, name="theirs", is_public=True)
+    db.KnowledgeFile.create(knowledge=theirs.id, file=file.id)
+    assert not policy.is_public(file) and not policy.can_read(people["pending"], file)
+    assert policy.readable_rows(people["pending"], db.File.select()).count() == 0
+    db.User.update(role="admin").where(db.User.id == people["other"].id).execute()
+    assert policy.is_public(file)  # an admin may write every file, so an admin's collection shows it
+    with pytest.raises(Forbidden):  # readable through that collection, yet not theirs to link elsewhere
+        policy.linkable_or_403(people["pending"], file)
+    with pytest.raises(NotFound):
+        policy.linkable_or_403(people["pending"], None)
+    assert policy.linkable_or_403(people["owner"], file) is file
 
 
 @pytest.mark.parametrize("model", [db.File, db.Knowledge, db.Preset])

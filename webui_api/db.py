@@ -16,7 +16,7 @@ from .dialect import Dialect, SqliteDialect, for_url
 database = pw.DatabaseProxy()
 dialect: Dialect = SqliteDialect("sqlite:///:memory:")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def now() -> int:
@@ -132,6 +132,8 @@ class File(BaseModel):
     content_type = Text(default="application/octet-stream")
     size = pw.IntegerField(default=0)
     file_hash = Text(index=True)      # sha256 of the uploaded bytes
+    dedup_key = Text(null=True)       # file_hash on a user's one copy of those bytes (unique); NULL on older
+                                      # duplicates kept from before the constraint (migration 7)
     text_hash = Text(null=True)       # sha256 of the extracted text
     content = Text(null=True)         # extracted text
     status = Text(default="pending")  # pending | processing | completed | failed
@@ -142,7 +144,7 @@ class File(BaseModel):
 
     class Meta:
         table_name = "file"
-        indexes = ((("user", "file_hash"), False),)
+        indexes = ((("user", "file_hash"), False), (("user", "dedup_key"), True))
 
 
 class Chunk(BaseModel):
@@ -515,3 +517,25 @@ def _add_processing_lease(database) -> None:
 
 
 MIGRATIONS[6] = _add_processing_lease
+
+
+# --- one row per user and bytes, decided by the database (issue 11) ---------------------------------
+
+# The oldest row of each (user, bytes) group takes the key; later duplicates (racing uploads before the
+# constraint) keep NULL, stay readable and are never chosen as the key holder again.
+_FIRST_COPIES_TAKE_THE_KEY = (
+    'UPDATE "file" SET dedup_key = file_hash WHERE dedup_key IS NULL AND NOT EXISTS ('
+    'SELECT 1 FROM "file" AS older WHERE older.user_id = "file".user_id '
+    'AND older.file_hash = "file".file_hash AND (older.created_at < "file".created_at '
+    'OR (older.created_at = "file".created_at AND older.id < "file".id)))')
+
+
+def _add_dedup_key(database) -> None:
+    if "dedup_key" not in {column.name for column in database.get_columns("file")}:
+        database.execute_sql('ALTER TABLE "file" ADD COLUMN dedup_key TEXT')
+    database.execute_sql(_FIRST_COPIES_TAKE_THE_KEY)
+    database.execute_sql('CREATE UNIQUE INDEX IF NOT EXISTS "file_user_id_dedup_key" '
+                         'ON "file" ("user_id", "dedup_key")')
+
+
+MIGRATIONS[7] = _add_dedup_key

@@ -127,7 +127,7 @@ class AddUser(MethodView):
 
 @blp.route("/api_key")
 class ApiKeyView(MethodView):
-    @access("authenticated")
+    @access("verified")  # keys are for verified users: a pending account waits for an admin first
     @blp.response(200, ApiKeySchema)
     def post(self):
         """Create (or replace) the caller's API key. The full key is shown only in this answer."""

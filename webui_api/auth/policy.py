@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import uuid
 
+import peewee as pw
+
 from ..db import File, Knowledge, KnowledgeFile, Preset, User
 from ..errors import BadRequest, Forbidden, NotFound
 
@@ -18,6 +20,8 @@ _READ_ONLY = {  # the 403 a reader gets when trying to change what they may only
     Knowledge: "This knowledge collection is read-only for you; only its owner or an admin may change it.",
     Preset: "Only the owner or an administrator may change this model.",
 }
+NOT_YOUR_FILE = ("Only your own files can be added to a knowledge collection (a file shared with you stays "
+                 "its owner's to share or un-share).")
 
 
 # ---------------------------------------------------------------- one row
@@ -51,6 +55,16 @@ def writable_or_403(user: User, resource):
     return resource
 
 
+def linkable_or_403(user: User, file: File | None) -> File:
+    """A file the caller may put into a knowledge collection: only one they may write (their own; any for
+    an admin). A link shows the file to the collection's readers, so it must not pass on a read right the
+    caller holds only through someone else's sharing, which its owner may take back."""
+    readable_or_404(user, file)
+    if not can_write(user, file):
+        raise Forbidden(NOT_YOUR_FILE)
+    return file
+
+
 def is_public(resource: File | Knowledge | Preset) -> bool:
     """A collection or preset shared with everyone; a file is public through a public collection."""
     if isinstance(resource, File):
@@ -74,9 +88,21 @@ def writable_rows(user: User, query):
     return query if is_admin(user) else query.where(query.model.user == user.id)
 
 
+def exposed(query):
+    """`query` (over KnowledgeFile) narrowed to the links that show their file to the collection's readers:
+    those whose collection owner may write the file (`linkable_or_403`), re-checked at every read, so a link
+    made before that rule (or by an admin since demoted) shows nothing."""
+    linked, holder, admin = File.alias(), Knowledge.alias(), User.alias()
+    file_owner = linked.select(linked.user).where(linked.id == KnowledgeFile.file)  # per link: index look-ups
+    collection_owner = holder.select(holder.user).where(holder.id == KnowledgeFile.knowledge)
+    admins = admin.select(admin.id).where(admin.role == "admin")
+    return query.where(pw.Expression(file_owner, "=", collection_owner) |
+                       pw.Expression(collection_owner, "IN", admins))
+
+
 def _public_files():
-    return (KnowledgeFile.select(KnowledgeFile.file).join(Knowledge)
-            .where(Knowledge.is_public == True))  # noqa: E712
+    return exposed(KnowledgeFile.select(KnowledgeFile.file).join(Knowledge)
+                   .where(Knowledge.is_public == True))  # noqa: E712
 
 
 # ---------------------------------------------------------------- sharing on the wire

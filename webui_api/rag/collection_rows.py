@@ -10,7 +10,9 @@ from peewee import fn
 import numpy as np
 
 from .. import db
-from ..db import Chunk, IndexLog, KnowledgeFile
+from ..auth import policy
+from ..db import Chunk, File, IndexLog, Knowledge, KnowledgeFile
+from ..errors import NotFound
 
 log = logging.getLogger("webui_api.rag")
 
@@ -27,15 +29,21 @@ def linked_knowledge(file_id: str) -> list[str]:
 
 
 def member_file_ids(knowledge_id: str) -> list[str]:
-    """A collection's files as ids only, from the (knowledge_id, file_id) index: no file row is read."""
-    return [row[0] for row in KnowledgeFile.select(KnowledgeFile.file)
-            .where(KnowledgeFile.knowledge == knowledge_id).tuples()]
+    """The ids of the files a collection exposes to its readers (policy.exposed: not every stored link)."""
+    return [row[0] for row in policy.exposed(KnowledgeFile.select(KnowledgeFile.file)
+                                             .where(KnowledgeFile.knowledge == knowledge_id)).tuples()]
 
 
 def link_row(knowledge_id: str, file_id: str) -> None:
-    """Membership only; the file's vectors join the collection's index through index_sync."""
+    """Membership only; the file's vectors join the collection's index through index_sync. Both rows are
+    looked up again under the write lock: one deleted meanwhile is a 404, never a foreign-key failure."""
     with db.write_transaction():
+        if not File.select().where(File.id == file_id).exists():
+            raise NotFound("The file was deleted.")
+        if not Knowledge.select().where(Knowledge.id == knowledge_id).exists():
+            raise NotFound("The knowledge collection was deleted.")
         KnowledgeFile.get_or_create(knowledge=knowledge_id, file=file_id)
+        Knowledge.update(updated_at=db.now()).where(Knowledge.id == knowledge_id).execute()
 
 
 def chunk_ids(file_id: str) -> list[int]:

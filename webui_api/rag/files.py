@@ -9,6 +9,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import peewee as pw
+
 from .. import db
 from ..auth import policy
 from ..db import Chunk, File, KnowledgeFile, User
@@ -95,17 +97,40 @@ def upload(ext, user: User, stream: BinaryIO, filename: str | None, content_type
             extract.check_supported(staged.head, name, ctype)
         existing = _same_upload(user, staged.sha256)
         if existing is None:
-            file = storage.store(settings, user.id, staged, name, ctype, metadata or {},
-                                 "pending" if process else "stored")
+            file, created = _first_copy(settings, user, staged, name, ctype, metadata, process)
+            existing = None if created else file
     finally:
         staged.discard()
     if existing is not None:
         file = _reuse(ext, existing, process, background)
     elif process:
         if link_to is not None:
-            link_row(link_to, file.id)  # its vectors join the collection when processing completes
+            _link_new(ext, link_to, file)  # its vectors join the collection when processing completes
         file = _run(ext, file, background, new=True)
     return file, existing is None
+
+
+def _link_new(ext, knowledge_id: str, file: File) -> None:
+    """A collection deleted while its file was arriving: the upload is refused whole, nothing stays behind."""
+    try:
+        link_row(knowledge_id, file.id)
+    except NotFound:
+        _delete(ext, file)
+        raise
+
+
+def _first_copy(settings, user: User, staged, name: str, ctype: str, metadata: dict | None,
+                process: bool) -> tuple[File, bool]:
+    """(file, created): a new row, or the row of a racing upload of the same bytes that committed first.
+    The unique (user, dedup_key) index decides, not the look-up before it."""
+    try:
+        return storage.store(settings, user.id, staged, name, ctype, metadata or {},
+                             "pending" if process else "stored"), True
+    except pw.IntegrityError:
+        winner = _same_upload(user, staged.sha256)
+        if winner is None:  # not the dedup key (the account was deleted meanwhile, ...)
+            raise
+        return winner, False
 
 
 def _same_upload(user: User, sha256: str) -> File | None:

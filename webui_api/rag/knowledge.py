@@ -82,9 +82,9 @@ def member_page(user: User, knowledge_id: str, ask: MemberQuery) -> tuple[list[F
     rows = (File.select(*files.listed_columns(ask.include_content), User.id, User.name, User.role)
             .join(KnowledgeFile, on=(KnowledgeFile.file == File.id))
             .switch(File).join(User, on=(File.user == User.id)))
-    rows = _member_filter(user, rows.where(KnowledgeFile.knowledge == knowledge_id), ask)
-    total = _member_filter(user, KnowledgeFile.select().join(File).where(
-        KnowledgeFile.knowledge == knowledge_id), ask).count()
+    rows = _member_filter(user, policy.exposed(rows.where(KnowledgeFile.knowledge == knowledge_id)), ask)
+    total = _member_filter(user, policy.exposed(KnowledgeFile.select().join(File).where(
+        KnowledgeFile.knowledge == knowledge_id)), ask).count()
     return list(rows.order_by(*_member_order(ask)).paginate(ask.page, ask.limit)), total
 
 
@@ -131,8 +131,9 @@ def list_for(user: User, page: int | None = None) -> tuple[list[Collection], int
 
 def _file_counts(knowledge_ids: list[str]) -> dict[str, int]:
     """Each collection's number of files, in one grouped query."""
-    return dict(KnowledgeFile.select(KnowledgeFile.knowledge, fn.COUNT(KnowledgeFile.id))
-                .where(KnowledgeFile.knowledge.in_(knowledge_ids)).group_by(KnowledgeFile.knowledge).tuples())
+    return dict(policy.exposed(KnowledgeFile.select(KnowledgeFile.knowledge, fn.COUNT(KnowledgeFile.id))
+                               .where(KnowledgeFile.knowledge.in_(knowledge_ids)))
+                .group_by(KnowledgeFile.knowledge).tuples())
 
 
 def get(user: User, knowledge_id: str, page: int = 1) -> Collection:
@@ -218,14 +219,12 @@ def add_file(ext, user: User, knowledge_id: str, file_id: str) -> Collection:
     A file still processing is waited for; if it is not done in time it is linked and joins the index
     when its processing completes."""
     kb = writable(user, knowledge_id)
-    file = files.readable(user, file_id)
+    file = policy.linkable_or_403(user, files.find(file_id))
     if file.status in pipeline.UNSETTLED:
         file = pipeline.wait_settled(file.id, ext.settings.AIOHTTP_CLIENT_TIMEOUT) or file
     files.require_processed(file)
     index_sync.check_dimension(ext.vectors, kb.id, _file_dim(file.id))
-    with db.write_transaction():
-        KnowledgeFile.get_or_create(knowledge=kb.id, file=file.id)
-        Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
+    collection_rows.link_row(kb.id, file.id)
     fresh = File.get_or_none(File.id == file.id)
     if fresh is not None and fresh.status == "completed":  # else the pipeline adds them when it completes
         index_sync.link(ext.vectors, kb.id, file.id)

@@ -99,6 +99,7 @@ def store(settings, user_id: str, staged: Staged, filename: str, content_type: s
         with db.write_transaction():
             return File.create(id=file_id, user=user_id, filename=filename, storage_name=file_id,
                                content_type=content_type, size=staged.size, file_hash=staged.sha256,
+                               dedup_key=staged.sha256,
                                status=status, meta={"data": meta or {}})
     except BaseException:
         os.unlink(stored)
