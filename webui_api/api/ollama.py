@@ -101,15 +101,16 @@ def json_body() -> dict:
     return proxy.require_json_object(request.get_json(force=True, silent=True))
 
 
-def forwarded_user():
-    """Whom to name to the backend (ENABLE_FORWARD_USER_INFO_HEADERS); looked up only when that is on."""
-    caller = current_caller() if ext().settings.ENABLE_FORWARD_USER_INFO_HEADERS else None
+def calling_user():
+    """Who calls: told of failing backends as their role allows, and named to the backend when
+    ENABLE_FORWARD_USER_INFO_HEADERS is on (the route's access check has already looked them up)."""
+    caller = current_caller()
     return caller.user if caller is not None else None
 
 
 def _call(path: str, method: str, url_idx, **options) -> Response:
     return respond(proxy.ollama_call(ext().catalog, method, path, json_body(), url_idx=url_idx,
-                                     user=forwarded_user(), **options))
+                                     user=calling_user(), **options))
 
 
 def _route(path: str, name: str, methods: tuple[str, ...], level: str, doc: str, body: type[OpenSchema],

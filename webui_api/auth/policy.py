@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from ..db import File, Knowledge, KnowledgeFile, Preset, User
 from ..errors import BadRequest, Forbidden, NotFound
+from ..upstream import without_locations
 
 # The one grant we support, in Open WebUI's shape: everyone may read. No grant at all = private.
 PUBLIC_GRANT = {"principal_type": "user", "principal_id": "*", "permission": "read"}
@@ -24,6 +26,14 @@ _READ_ONLY = {  # the 403 a reader gets when trying to change what they may only
 
 def is_admin(user: User) -> bool:
     return getattr(user, "role", None) == "admin"
+
+
+def as_shown_to(user: User | None, detail: Any) -> Any:
+    """A caller-facing text as this caller may read it: an admin learns where each backend lives (as on
+    /health/ready), anyone else only its kind and index ("Ollama backend 0")."""
+    if is_admin(user) or not isinstance(detail, str):
+        return detail
+    return without_locations(detail)
 
 
 def can_write(user: User, resource: File | Knowledge | Preset) -> bool:
