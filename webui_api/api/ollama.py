@@ -13,7 +13,8 @@ from .schemas import JsonSchema, OpenSchema, Relayed, StatusSchema
 blp = Blueprint("ollama", __name__, url_prefix="/ollama",
                 description="Ollama API passthrough: model routing across backends, merged lists, admin-only "
                             "model management. An untagged model name means `:latest`; a `/{url_idx}` suffix "
-                            "picks a backend. Unknown model: 404 `Model 'x' was not found`.")
+                            "picks a backend. Unknown model: 404 `Model 'x' was not found` (502 naming the "
+                            "backend when a backend's model list did not arrive).")
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -77,7 +77,7 @@ def failures(results: list[tuple]) -> dict[str, list[str]]:
     for (backend, what), result in results:
         if what in MODEL_LISTS and isinstance(result, BaseException):
             reason = result.detail if isinstance(result, ApiError) else type(result).__name__
-            out[backend.kind].append(reason if backend.name in reason else f"{backend.label}: {reason}")
+            out[backend.kind].append(reason if backend.label in reason else f"{backend.label}: {reason}")
     return out
 
 
