@@ -11,6 +11,8 @@ import openai
 import pytest
 import requests
 
+from webui_api.upstream import Backend, without_locations
+
 HELLO = [{"role": "user", "content": "Why is the sky blue?"}]
 # route -> (request body, the backend path it reaches, the backend it names)
 PASSTHROUGH = {
@@ -246,3 +248,12 @@ def test_readiness_and_errors_agree_on_what_a_user_sees(client, user, fake_backe
     ready = client.get("/health/ready", headers=user["headers"]).get_data(as_text=True)
     reply = chat(client, user, "llama3.2").get_data(as_text=True)
     assert str(fake_backend.port) not in ready + reply
+
+
+def test_a_label_cuts_to_its_name_whatever_the_url_holds():
+    odd = Backend("openai", 3, "https://user:pw@llm.internal:8443/a path(1)/v1", "sk-x")
+    assert odd.label == "OpenAI backend 3 (https://llm.internal:8443/a%20path%281%29/v1)"
+    text = f"{odd.label} failed: connection refused; {Backend('reranker', 0, 'http://r:9').label}: boom"
+    assert without_locations(text) == "OpenAI backend 3 failed: connection refused; reranker: boom"
+    assert without_locations("OpenAI backend 3 failed (HTTP 500): bad (really)") == \
+        "OpenAI backend 3 failed (HTTP 500): bad (really)"  # a backend's own words are left alone
