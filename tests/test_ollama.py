@@ -140,10 +140,11 @@ def test_ps_merges_loaded_models(client, key, fake_backend, second):
     assert [(m["model"], m["urls"]) for m in models] == [("llama3.2:latest", [0, 1])]
 
 
-def test_backend_http_error_passes_through_as_detail(client, key, fake_backend):
+def test_backend_http_error_is_502_naming_the_backend(client, key, fake_backend):
     fake_backend.fault = {"kind": "http500", "path": "/api/chat"}
     resp = client.post("/ollama/api/chat/0", headers=key, json={"model": "llama3.2", "messages": HELLO})
-    assert resp.status_code == 500 and resp.get_json()["detail"] == "upstream exploded"
+    assert resp.status_code == 502
+    assert resp.get_json()["detail"] == f"Ollama backend 0 ({fake_backend.url}) failed (HTTP 500): upstream exploded"
 
 
 def test_slow_backend_is_504(client, key, fake_backend):

@@ -52,7 +52,8 @@ def test_http_errors_are_returned_not_raised(up, fake_backend):
     resp = up.request(up.ollama[0], "POST", "/api/chat", json={"model": "llama3.2", "messages": []})
     assert resp.status_code == 500
     err = http_error(resp)
-    assert isinstance(err, ApiError) and err.status == 500 and err.detail == "upstream exploded"
+    assert isinstance(err, UpstreamError) and err.status == 502
+    assert err.detail == f"Ollama backend 0 ({fake_backend.url}) failed (HTTP 500): upstream exploded"
     with pytest.raises(ApiError) as info:
         up.json(up.ollama[0], "POST", "/api/show", json={"model": "nope"})
     assert info.value.status == 404 and "not found" in info.value.detail

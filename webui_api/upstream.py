@@ -5,6 +5,7 @@ import itertools
 import json as jsonlib
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,14 +40,29 @@ class Backend:
     tags: tuple = ()             # tag names added to each of its models
     headers: tuple = field(default=(), repr=False)  # extra (name, value) pairs sent with every call
 
+    @cached_property
+    def name(self) -> str:
+        """What a caller who is not an admin is told: the kind and position, not where it lives."""
+        if self.kind == "reranker":
+            return "reranker"
+        return f"{'Ollama' if self.kind == 'ollama' else 'OpenAI'} backend {self.idx}"
+
     @cached_property  # asked on every call (metrics, errors): parsed once
     def label(self) -> str:
+        """The name and where the backend lives, for logs, metrics and admins; never its credentials."""
         parts = urlsplit(self.url)
         port = f":{parts.port}" if parts.port else ""
-        shown = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"  # userinfo dropped
-        if self.kind == "reranker":
-            return f"reranker ({shown})"
-        return f"{'Ollama' if self.kind == 'ollama' else 'OpenAI'} backend {self.idx} ({shown})"
+        path = quote(parts.path, safe="/:@!$&'*+,;=-._~%")  # no space or parenthesis: without_locations
+        return f"{self.name} ({parts.scheme}://{parts.hostname or ''}{port}{path})"  # userinfo dropped
+
+
+# A Backend.label inside a text: the name, then the URL in parentheses.
+_LOCATED_NAME = re.compile(r"\b((?:Ollama|OpenAI) backend \d+|reranker) \([a-z][a-z0-9+.-]*://[^\s()]*\)")
+
+
+def without_locations(text: str) -> str:
+    """`text` with every backend label cut to the backend's name: "Ollama backend 0", not its host and port."""
+    return _LOCATED_NAME.sub(r"\1", text)
 
 
 def _label(item: Any) -> str:
@@ -142,14 +158,19 @@ def error_message(response: requests.Response) -> str:
 
 
 def http_error(response: requests.Response, backend: Backend | None = None) -> ApiError:
-    """ApiError for a non-2xx backend answer: same status and message, except that a backend refusing
-    *our* credentials (401/403) becomes 502 so the caller does not think its own credential is bad."""
+    """The one rule for a backend's error answer reaching our client. A 4xx keeps its status and the
+    backend's message (a 429 its Retry-After): the request was refused as sent. A 5xx becomes 502 naming the
+    backend: it failed, not the caller's request. A refusal of *our* credentials (401/403) becomes 502 too,
+    so the caller does not think its own credential is bad."""
     message = error_message(response)
     backend = backend or getattr(response, "backend", None)
+    label = backend.label if backend else "upstream backend"
     if response.status_code in (401, 403):
-        label = backend.label if backend else "upstream backend"
         return UpstreamError(f"{label} rejected the configured credentials: {message}")
-    return ApiError(message, status=response.status_code)
+    if response.status_code >= 500:
+        return UpstreamError(f"{label} failed (HTTP {response.status_code}): {message}")
+    retry = response.headers.get("Retry-After") if response.status_code == 429 else None
+    return ApiError(message, status=response.status_code, headers={"Retry-After": retry} if retry else None)
 
 
 def connections(kind: str, urls: list[str], keys: list[str], configs: dict) -> list[Backend]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import importlib
 import logging
 
-from flask import jsonify, request
+from flask import g, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from ..auth.policy import as_shown_to
 from ..errors import ApiError, error_message, openai_error
 from .schemas import ErrorSchema
 
@@ -57,6 +58,8 @@ def handle_api_error(error: ApiError):
 
 
 def error_response(detail, status: int, headers: dict | None = None):
+    caller = g.get("caller")
+    detail = as_shown_to(caller.user if caller is not None else None, detail)
     response = jsonify({"detail": detail, **client_error(request.path, detail, status)})
     response.status_code = status
     for key, value in (headers or {}).items():

@@ -92,7 +92,8 @@ class ChatCompletions(MethodView):
     def post(self, body):
         """Chat with a model (OpenAI format). `stream: true` answers `text/event-stream`.
 
-        Unknown or inaccessible model → 400 `Model not found`. `files` adds retrieved context and a
+        Unknown or inaccessible model → 400 `Model not found`; 502 naming the backend when a backend's model
+        list did not arrive (the model may be its) or the backend failed. `files` adds retrieved context and a
         top-level `sources` list (streaming: on the first chunk that has `choices`)."""
         return _reply(gateway.chat_completion(ext(), current_user(), body))
 

@@ -13,7 +13,8 @@ from .schemas import JsonSchema, OpenSchema, Relayed, StatusSchema
 blp = Blueprint("ollama", __name__, url_prefix="/ollama",
                 description="Ollama API passthrough: model routing across backends, merged lists, admin-only "
                             "model management. An untagged model name means `:latest`; a `/{url_idx}` suffix "
-                            "picks a backend. Unknown model: 404 `Model 'x' was not found`.")
+                            "picks a backend. Unknown model: 404 `Model 'x' was not found` (502 naming the "
+                            "backend when a backend's model list did not arrive).")
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -101,15 +102,16 @@ def json_body() -> dict:
     return proxy.require_json_object(request.get_json(force=True, silent=True))
 
 
-def forwarded_user():
-    """Whom to name to the backend (ENABLE_FORWARD_USER_INFO_HEADERS); looked up only when that is on."""
-    caller = current_caller() if ext().settings.ENABLE_FORWARD_USER_INFO_HEADERS else None
+def calling_user():
+    """Who calls: told of failing backends as their role allows, and named to the backend when
+    ENABLE_FORWARD_USER_INFO_HEADERS is on (the route's access check has already looked them up)."""
+    caller = current_caller()
     return caller.user if caller is not None else None
 
 
 def _call(path: str, method: str, url_idx, **options) -> Response:
     return respond(proxy.ollama_call(ext().catalog, method, path, json_body(), url_idx=url_idx,
-                                     user=forwarded_user(), **options))
+                                     user=calling_user(), **options))
 
 
 def _route(path: str, name: str, methods: tuple[str, ...], level: str, doc: str, body: type[OpenSchema],

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 
 from ..gateway import proxy
 from .deps import ext
-from .ollama import SSE, forwarded_user, respond
+from .ollama import SSE, calling_user, respond
 from .schemas import OpenSchema, Relayed
 
 blp = Blueprint("openai", __name__, url_prefix="/openai",
@@ -53,7 +53,7 @@ def _body(schema: type[OpenAIBody]) -> dict:
 
 def _forward(path: str, url_idx: int | None):
     body = request.get_json(force=True, silent=True)  # `curl -d` sends a form content type
-    return respond(proxy.openai_call(ext().catalog, path, body, url_idx, user=forwarded_user()))
+    return respond(proxy.openai_call(ext().catalog, path, body, url_idx, user=calling_user()))
 
 
 @blp.route("/models", endpoint="models")

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import peewee as pw
 
 from ..db import File, Knowledge, KnowledgeFile, Preset, User
 from ..errors import BadRequest, Forbidden, NotFound
+from ..upstream import without_locations
 
 # The one grant we support, in Open WebUI's shape: everyone may read. No grant at all = private.
 PUBLIC_GRANT = {"principal_type": "user", "principal_id": "*", "permission": "read"}
@@ -28,6 +30,14 @@ NOT_YOUR_FILE = ("Only your own files can be added to a knowledge collection (a 
 
 def is_admin(user: User) -> bool:
     return getattr(user, "role", None) == "admin"
+
+
+def as_shown_to(user: User | None, detail: Any) -> Any:
+    """A caller-facing text as this caller may read it: an admin learns where each backend lives (as on
+    /health/ready), anyone else only its kind and index ("Ollama backend 0")."""
+    if is_admin(user) or not isinstance(detail, str):
+        return detail
+    return without_locations(detail)
 
 
 def can_write(user: User, resource: File | Knowledge | Preset) -> bool:

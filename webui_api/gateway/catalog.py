@@ -12,7 +12,7 @@ import peewee as pw
 from . import model_lists, presets
 from .. import db
 from ..auth import policy
-from ..errors import MODEL_NOT_FOUND, BadRequest, NotFound, ServiceUnavailable, UpstreamError
+from ..errors import MODEL_NOT_FOUND, ApiError, BadRequest, NotFound, ServiceUnavailable, UpstreamError
 from ..upstream import Backend
 
 MAX_PRESET_DEPTH = 5  # presets may wrap presets; deeper chains (or cycles) resolve to "Model not found"
@@ -35,7 +35,7 @@ class Snapshot:
 
     ollama: list[dict]
     openai: list[dict]
-    answered: frozenset  # the kinds of which at least one backend sent its list
+    unanswered: dict  # kind -> why each backend whose model list did not arrive is missing (names it)
     fetched_at: float
     openai_hosts: dict = field(default_factory=dict)  # OpenAI model id -> every connection index listing it
     by_id: dict[str, dict] = field(init=False, repr=False)  # both kinds; the first of an id wins
@@ -84,6 +84,7 @@ class Catalog:
         self._changes = itertools.count(1)
         self._last_change = 0       # bumped by invalidate()
         self._snapshot_change = -1  # _last_change when the cached snapshot's fetch began
+        self._last_lists: dict[tuple, list] = {}  # (backend, "tags"|"models") -> the last list it sent
         # Other gunicorn workers and hosts learn of a change through the database's "models" stamp.
         self._seen_stamp = self._shared_stamp()
 
@@ -134,10 +135,10 @@ class Catalog:
 
     def _fetch(self) -> Snapshot:
         results = model_lists.fetch(self.upstream, self.settings.AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST)
-        answered = frozenset(kind for kind, what in (("ollama", "tags"), ("openai", "models"))
-                             if model_lists.answered(results, what))
+        unanswered = model_lists.failures(results)
+        results = model_lists.remembered(results, self._last_lists)  # under self._lock (snapshot())
         return Snapshot(model_lists.ollama_entries(results), model_lists.openai_entries(results),
-                        answered, time.monotonic(), model_lists.openai_hosts(results))
+                        unanswered, time.monotonic(), model_lists.openai_hosts(results))
 
     def find(self, model_id: str, kind: str | None = None) -> dict | None:
         """The base entry for `model_id` (untagged means `:latest`). On a miss the backends are asked
@@ -205,7 +206,8 @@ class Catalog:
     # --- resolution --------------------------------------------------------------------------
 
     def resolve(self, user, model_id: Any) -> Resolved:
-        """Chat's target for `model_id` (a base model or a preset), or BadRequest("Model not found")."""
+        """Chat's target for `model_id` (a base model or a preset), or BadRequest("Model not found"), or
+        UpstreamError when it may be missing because a backend's model list did not arrive."""
         if not isinstance(model_id, str) or not model_id.strip():
             raise BadRequest(MODEL_NOT_FOUND)
         return self._resolve(user, model_id, ())
@@ -224,7 +226,7 @@ class Catalog:
             return Resolved(entry, inner.hosts, inner.upstream_model, row, params)
         entry = listed or self.find(model_id)
         if entry is None:
-            raise BadRequest(MODEL_NOT_FOUND)
+            raise self.missing(model_id, None, BadRequest(MODEL_NOT_FOUND))
         return self._resolve_base(entry)
 
     def _resolve_base(self, entry: dict) -> Resolved:
@@ -243,8 +245,8 @@ class Catalog:
 
     def hosts_for(self, kind: str, model: Any) -> tuple[list[Backend], str]:
         """A passthrough's backends of `kind` serving `model` and the name they know. NotFound("Model
-        'x' was not found"), UpstreamError when no backend sent its list, ServiceUnavailable when `kind`
-        is off."""
+        'x' was not found"), UpstreamError when a backend's list did not arrive, ServiceUnavailable when
+        `kind` is off."""
         self.pool(kind)
         if not isinstance(model, str) or not model:
             raise NotFound(f"Model '{model or ''}' was not found")
@@ -252,9 +254,17 @@ class Catalog:
         hosts = self.hosts_of(entry) if entry is not None else []
         if hosts:
             return hosts, upstream_name(entry, hosts[0])
-        if kind not in self.snapshot().answered:
-            raise UpstreamError(f"No {_NAMES[kind]} backend answered its model list")
-        raise NotFound(f"Model '{model}' was not found")
+        raise self.missing(model, kind, NotFound(f"Model '{model}' was not found"))
+
+    def missing(self, model: str, kind: str | None, not_found: ApiError) -> ApiError:
+        """The error for a model no model list names: `not_found` when every backend (of `kind`) sent its
+        list, else a 502 naming those that did not: the model may be theirs."""
+        unanswered = self.snapshot().unanswered
+        reasons = [r for k in ([kind] if kind else list(unanswered)) for r in unanswered.get(k, [])]
+        if not reasons:
+            return not_found
+        return UpstreamError(f"Model '{model}' could not be found: a backend's model list did not arrive "
+                             f"({'; '.join(reasons)})")
 
     def pool(self, kind: str) -> list[Backend]:
         """The enabled backends of `kind`; ServiceUnavailable when there is none (the API is off)."""

@@ -207,10 +207,10 @@ def _openai_chat(upstream, user, target, body: dict, params: dict, sources: list
         data = _json_body(resp, resp.backend)
         _count_tokens(data)
         return {"sources": sources, **data} if sources else data
-    return Streamed(_sse_passthrough(upstream, resp, sources))
+    return Streamed(_sse_passthrough(upstream, resp, sources, user))
 
 
-def _sse_passthrough(upstream, resp, sources: list) -> Iterator[bytes]:
+def _sse_passthrough(upstream, resp, sources: list, user) -> Iterator[bytes]:
     """The backend's SSE bytes as they arrive; `sources` goes into the first chunk that has choices."""
     chunks = upstream.stream_chunks(resp)
     try:
@@ -225,7 +225,7 @@ def _sse_passthrough(upstream, resp, sources: list) -> Iterator[bytes]:
         if pending:
             yield pending
     except Exception as exc:  # the response has started: end it with an error event, never hang
-        yield from _stream_error(exc)
+        yield from _stream_error(exc, user)
     finally:
         chunks.close()
 
@@ -283,10 +283,10 @@ def _ollama_chat(upstream, user, target, requested: str, body: dict, params: dic
         _count_tokens(completion)
         return {"sources": sources, **completion} if sources else completion
     converter = convert.OllamaStreamConverter(requested, completion_id, created, include_usage)
-    return Streamed(_ollama_sse(upstream, resp, converter, sources))
+    return Streamed(_ollama_sse(upstream, resp, converter, sources, user))
 
 
-def _ollama_sse(upstream, resp, converter, sources: list) -> Iterator[bytes]:
+def _ollama_sse(upstream, resp, converter, sources: list, user) -> Iterator[bytes]:
     """NDJSON from Ollama → `chat.completion.chunk` events, `[DONE]` last; failures → an error event."""
     lines = upstream.stream_lines(resp)
     label = resp.backend.label if getattr(resp, "backend", None) else "backend"
@@ -314,15 +314,15 @@ def _ollama_sse(upstream, resp, converter, sources: list) -> Iterator[bytes]:
             yield convert.sse(chunk)
         yield convert.SSE_DONE
     except Exception as exc:  # the response has started: end it with an error event, never hang
-        yield from _stream_error(exc)
+        yield from _stream_error(exc, user)
     finally:
         lines.close()
 
 
-def _stream_error(exc: Exception) -> Iterator[bytes]:
+def _stream_error(exc: Exception, user) -> Iterator[bytes]:
     if isinstance(exc, ApiError):
         log.warning("chat stream failed: %s", exc.detail)
-        detail, status = exc.detail, exc.status
+        detail, status = policy.as_shown_to(user, exc.detail), exc.status
     else:
         log.exception("chat stream failed")
         detail, status = "internal error", 500
@@ -385,17 +385,11 @@ def _token_ids(inputs: list) -> bool:
 # --- shared ------------------------------------------------------------------------------------
 
 def backend_error(resp, backend) -> ApiError:
-    """A backend's error answer for our client: 4xx keep their status; 5xx become 502 naming the backend."""
+    """A backend's error answer as upstream.http_error words it for our client; closes the response."""
     try:
-        err = http_error(resp, backend)
+        return http_error(resp, backend)
     finally:
         resp.close()
-    if err.status >= 500 and not isinstance(err, UpstreamError):
-        return UpstreamError(f"{backend.label} failed (HTTP {resp.status_code}): {err.detail}")
-    retry = resp.headers.get("Retry-After")
-    if retry and err.status == 429:
-        err.headers["Retry-After"] = retry
-    return err
 
 
 def _json_body(resp, backend) -> Any:

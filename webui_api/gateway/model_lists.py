@@ -8,13 +8,14 @@ from datetime import datetime
 from typing import Any
 
 from . import presets
-from ..errors import UpstreamError
+from ..errors import ApiError, UpstreamError
 
 log = logging.getLogger(__name__)
 
 _PATHS = {"tags": "/api/tags", "ps": "/api/ps", "models": "/models"}
 _LIST_KEYS = {"tags": "models", "ps": "models", "models": "data"}
 _API_MODELS_ONLY = ("tags", "actions", "filters")  # not in /openai/models entries
+MODEL_LISTS = ("tags", "models")  # the lists that name a backend's models ("ps" only says which are loaded)
 
 
 def fetch(upstream, timeout: float) -> list[tuple]:
@@ -70,9 +71,29 @@ def as_configured(backend, models: list[dict]) -> list[dict]:
     return out
 
 
-def answered(results: list[tuple], what: str) -> bool:
-    """Whether any backend sent its `what` list."""
-    return any(w == what and not isinstance(r, BaseException) for (_, w), r in results)
+def failures(results: list[tuple]) -> dict[str, list[str]]:
+    """Per kind, why each backend's model list is missing; every reason names its backend."""
+    out: dict[str, list[str]] = {"ollama": [], "openai": []}
+    for (backend, what), result in results:
+        if what in MODEL_LISTS and isinstance(result, BaseException):
+            reason = result.detail if isinstance(result, ApiError) else type(result).__name__
+            out[backend.kind].append(reason if backend.label in reason else f"{backend.label}: {reason}")
+    return out
+
+
+def remembered(results: list[tuple], last: dict) -> list[tuple]:
+    """`results` with each failed model list replaced by the last one its backend sent (kept in `last`): a
+    failed fetch is not an empty list, so a backend failing for a moment keeps its models, and a call to one
+    of them names the backend failing instead of answering "Model not found"."""
+    out = []
+    for (backend, what), result in results:
+        if what in MODEL_LISTS:
+            if isinstance(result, BaseException):
+                result = last.get((backend, what), result)
+            else:
+                last[(backend, what)] = result
+        out.append(((backend, what), result))
+    return out
 
 
 def merge_tags(lists: list[tuple]) -> list[dict]:

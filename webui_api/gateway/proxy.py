@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 from . import convert, model_lists
 from .catalog import Catalog
 from .fields import WEBUI_FIELDS, WEBUI_PARAMS
+from ..auth import policy
 from ..errors import BadRequest, UpstreamError
 from ..upstream import Backend, Upstream, http_error
 
@@ -48,10 +49,11 @@ def _pick(catalog: Catalog, kind: str, body: dict, model_key: str | None, url_id
     return [catalog.backend_at(kind, default_idx) if default_idx else catalog.pool(kind)[0]]
 
 
-def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | None = None
+def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | None = None, user=None
           ) -> Iterator[bytes]:
     """Yield the backend's bytes as they arrive. If the backend fails mid-stream, end with an error the
-    client's parser understands (an NDJSON `{"error": ...}` line, or an SSE error event and [DONE])."""
+    client's parser understands (an NDJSON `{"error": ...}` line, or an SSE error event and [DONE]), worded
+    for `user`."""
     last = b"\n"
     try:
         for chunk in upstream.stream_chunks(response):
@@ -60,11 +62,12 @@ def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | N
     except UpstreamError as exc:
         log.warning("stream from %s broke: %s", getattr(response, "backend", None), exc.detail)
         sep = b"" if last == b"\n" else b"\n"
+        detail = policy.as_shown_to(user, exc.detail)
         if sse:
-            event = json.dumps(convert.error_event(exc.detail, exc.status)).encode()
+            event = json.dumps(convert.error_event(detail, exc.status)).encode()
             yield sep + b"data: " + event + b"\n\ndata: [DONE]\n\n"
         else:
-            yield sep + json.dumps({"error": exc.detail}).encode() + b"\n"
+            yield sep + json.dumps({"error": detail}).encode() + b"\n"
     finally:
         if after:
             after()
@@ -73,8 +76,8 @@ def relay(upstream: Upstream, response, sse: bool, after: Callable[[], None] | N
 def forward(upstream: Upstream, hosts: list[Backend], method: str, path: str, body: dict | None,
             after: Callable[[], None] | None = None, user=None) -> Reply:
     """Send the call (to another host once if the first fails before answering) and turn the answer into
-    a Reply: streamed when the backend streams, else buffered. Backend HTTP errors become ApiError with
-    the backend's status and message."""
+    a Reply: streamed when the backend streams, else buffered. Backend HTTP errors become ApiError as
+    upstream.http_error words them. `user`: the caller (forwarded user headers, stream errors' wording)."""
     response = upstream.send(hosts, method, path, json=body, stream=True, user=user)
     if response.status_code >= 400:
         upstream.read_body(response)
@@ -84,7 +87,7 @@ def forward(upstream: Upstream, hosts: list[Backend], method: str, path: str, bo
     content_type = response.headers.get("Content-Type", "application/json")
     if any(kind in content_type for kind in STREAM_TYPES):
         return Reply(response.status_code, content_type,
-                     relay(upstream, response, "event-stream" in content_type, after), streaming=True)
+                     relay(upstream, response, "event-stream" in content_type, after, user), streaming=True)
     try:
         return Reply(response.status_code, content_type, upstream.read_body(response))
     finally:
