@@ -198,7 +198,13 @@ def test_kill_9_of_a_during_uploads_loses_nothing_acknowledged(hosts, admin):
                                                          f"crate {marker} herring"))
 
 
-def test_check_is_clean_on_each_host(hosts, admin):
+def test_a_host_that_comes_back_catches_up_and_check_is_clean_on_each(hosts, admin):
+    """A restarts on its old DATA_DIR (its start-up clears what its killed writes left) and serves what B
+    wrote meanwhile; then `webui-api check` exits 0 with either host's settings."""
+    hosts.a.proc.wait(30)
+    hosts.a.start()
+    file = upload(hosts.b.url, admin, "return.txt", "The returning ferry docks at pier eleven.")
+    assert "pier eleven" in found(hosts.a.url, admin, f"file-{file['id']}", "returning ferry")
     for name, env in hosts.envs.items():
         check = subprocess.run([str(BIN / "webui-api"), "check"], capture_output=True, text=True, timeout=300,
                                env={**os.environ, **env})
