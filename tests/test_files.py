@@ -160,6 +160,8 @@ def test_backend_failure_keeps_the_file_failed_and_reprocessable(client, user, f
     assert file.id in detail and file.status == "failed" and "GPU on fire" in file.error
     shown = client.get(f"/api/v1/files/{file.id}/process/status", headers=user["headers"]).get_json()
     assert shown["status"] == "failed" and "GPU on fire" in shown["error"]
+    location = fake_backend.url.split("//", 1)[1]  # host:port, for admins' eyes only
+    assert "Ollama backend 0" in file.error and location not in file.error and location not in detail
     fake_backend.fault = None
     again = client.post("/api/v1/retrieval/process/file", headers=user["headers"], json={"file_id": file.id})
     assert again.status_code == 200 and again.get_json()["collection_name"] == f"file-{file.id}"

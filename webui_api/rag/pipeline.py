@@ -10,6 +10,7 @@ import numpy as np
 from .. import db
 from ..db import Chunk, File
 from ..errors import EMPTY_CONTENT, ApiError, Conflict, NotFound, UnusableContent
+from ..upstream import without_locations
 from . import index_sync, lease
 from .chunk import split_text
 from .collection_rows import linked_knowledge
@@ -94,7 +95,8 @@ def _extract(settings, file: File, content: str | None) -> Extracted:
 
 
 def _failure_text(exc: ApiError) -> str:
-    return exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    """The reason stored on a failed file, shown to its (non-admin) owner: backends named, never located."""
+    return without_locations(exc.detail if isinstance(exc.detail, str) else str(exc.detail))
 
 
 def _dimension_refusal(ext, file_id: str, dim: int) -> Conflict | None:
