@@ -7,6 +7,7 @@ import logging
 from flask import jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.routing import BaseConverter
 
 from ..errors import ApiError, error_message, openai_error
 from .schemas import ErrorSchema
@@ -28,10 +29,22 @@ _LOCATIONS = {"json": "body", "form": "form", "files": "files", "query": "query"
               "headers": "header", "view_args": "path"}
 
 
+class ObjectIdConverter(BaseConverter):
+    """An id the server made (a file's, a collection's): never the name of a static route beside it, so
+    `/knowledge/create` and `/files/all` answer for their own methods alone (405 with their own `Allow`)."""
+
+    STATIC_SIBLINGS = ("create", "all")
+    regex = rf"(?!(?:{'|'.join(STATIC_SIBLINGS)})$)[^/]+"
+
+
 class WebuiApi(Api):
     """flask-smorest's Api, with every error turned into `{"detail": ...}` and documented so."""
 
     ERROR_SCHEMA = ErrorSchema
+
+    def init_app(self, app, **kwargs):
+        app.url_map.converters["object_id"] = ObjectIdConverter
+        super().init_app(app, **kwargs)
 
     def _register_error_handlers(self):
         # On the app, not the blueprints: errors raised in before_request hooks take the same path.
@@ -122,3 +135,4 @@ def register_blueprints(api: WebuiApi) -> None:
 # The one Api: `create_app` binds it to each app it builds, and the app built last owns its spec (one app
 # per process in production; tests import it to add probe blueprints to the app they just built).
 api = WebuiApi()
+api.register_converter(ObjectIdConverter, lambda _converter: {"type": "string"})

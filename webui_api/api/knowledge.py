@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..rag import knowledge
 from .deps import access, current_user, ext
 from .files import FileMetaSchema, FileSchema
+from .json_input import Blueprint
 from .schemas import (TRUE, AccessGrantSchema, rendered_grants, OwnerSchema, Schema, UploaderSchema, Whole, derived,
-                      hide_owner_email_from_readers, page_number)
+                      description_field, hide_owner_email_from_readers, name_field, page_number)
 
 blp = Blueprint("knowledge", __name__, url_prefix="/api/v1/knowledge", description="Knowledge collections")
 
@@ -45,8 +45,8 @@ class GrantSchema(Schema):
 
 
 class CreateSchema(Schema):
-    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=255))
-    description = ma.fields.String(load_default="")
+    name = name_field(required=True)
+    description = description_field(load_default="")
     meta = ma.fields.Dict(load_default=None, allow_none=True)
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), load_default=None, allow_none=True,
                                    metadata={"description": (
@@ -55,8 +55,8 @@ class CreateSchema(Schema):
 
 
 class UpdateSchema(Schema):
-    name = ma.fields.String(validate=ma.validate.Length(min=1, max=255))
-    description = ma.fields.String(allow_none=True)
+    name = name_field()
+    description = description_field(allow_none=True)
     meta = ma.fields.Dict(allow_none=True)
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), allow_none=True)
 
@@ -193,7 +193,7 @@ class KnowledgeCreate(MethodView):
                                 body["meta"])
 
 
-@blp.route("/<string:knowledge_id>")
+@blp.route("/<object_id:knowledge_id>")
 class KnowledgeItem(MethodView):
     @blp.arguments(CollectionArgs, location="query")
     @blp.response(200, KnowledgeFilesSchema)
@@ -203,7 +203,7 @@ class KnowledgeItem(MethodView):
         return knowledge.get(current_user(), knowledge_id, args["page"])
 
 
-@blp.route("/<string:knowledge_id>/files")
+@blp.route("/<object_id:knowledge_id>/files")
 class KnowledgeFiles(MethodView):
     @blp.arguments(MemberArgs, location="query")
     @blp.response(200, FileEntryPageSchema)
@@ -213,7 +213,7 @@ class KnowledgeFiles(MethodView):
         return knowledge.files_of(current_user(), knowledge_id, knowledge.MemberQuery(**args))
 
 
-@blp.route("/<string:knowledge_id>/update")
+@blp.route("/<object_id:knowledge_id>/update")
 class KnowledgeUpdate(MethodView):
     @blp.arguments(UpdateSchema)
     @blp.response(200, KnowledgeFilesSchema)
@@ -222,7 +222,7 @@ class KnowledgeUpdate(MethodView):
         return knowledge.update(current_user(), knowledge_id, body)
 
 
-@blp.route("/<string:knowledge_id>/access/update")
+@blp.route("/<object_id:knowledge_id>/access/update")
 class KnowledgeAccess(MethodView):
     @blp.arguments(AccessSchema)
     @blp.response(200, KnowledgeFilesSchema)
@@ -231,7 +231,7 @@ class KnowledgeAccess(MethodView):
         return knowledge.update_access(current_user(), knowledge_id, body["access_grants"])
 
 
-@blp.route("/<string:knowledge_id>/file/add")
+@blp.route("/<object_id:knowledge_id>/file/add")
 class KnowledgeFileAdd(MethodView):
     @blp.arguments(FileRefSchema)
     @blp.response(200, KnowledgeFilesSchema)
@@ -241,7 +241,7 @@ class KnowledgeFileAdd(MethodView):
         return knowledge.add_file(ext(), current_user(), knowledge_id, body["file_id"])
 
 
-@blp.route("/<string:knowledge_id>/file/remove")
+@blp.route("/<object_id:knowledge_id>/file/remove")
 class KnowledgeFileRemove(MethodView):
     @blp.arguments(FileRefSchema)
     @blp.arguments(RemoveArgs, location="query")
@@ -252,7 +252,7 @@ class KnowledgeFileRemove(MethodView):
                                      args["delete_file"])
 
 
-@blp.route("/<string:knowledge_id>/reset")
+@blp.route("/<object_id:knowledge_id>/reset")
 class KnowledgeReset(MethodView):
     @blp.response(200, KnowledgeFilesSchema)
     def post(self, knowledge_id):
@@ -260,7 +260,7 @@ class KnowledgeReset(MethodView):
         return knowledge.reset(ext(), current_user(), knowledge_id)
 
 
-@blp.route("/<string:knowledge_id>/delete")
+@blp.route("/<object_id:knowledge_id>/delete")
 class KnowledgeDelete(MethodView):
     @access("verified")
     @blp.response(200, TRUE)

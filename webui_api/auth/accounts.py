@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import peewee as pw
@@ -14,6 +15,7 @@ from ..errors import (ACCESS_PROHIBITED, INVALID_TOKEN, BadRequest, Conflict, Fo
                      RateLimited, Unauthorized)
 
 ROLES = ("pending", "user", "admin")
+MAX_EMAIL_LENGTH = 254
 _EMAIL = re.compile(r"^[^@\s]+@([^@\s]+\.[^@\s]+|localhost)$")
 EMAIL_TAKEN = ("Uh-oh! This email is already registered. Sign in with your existing account or "
                "choose another email to start anew.")
@@ -77,11 +79,18 @@ def issue_session(settings: Settings, user: User) -> Session:
 # --- sign-up / sign-in -------------------------------------------------------------------------
 
 def normalise_email(email: str) -> str:
-    email = (email or "").strip().lower()
-    if not _EMAIL.match(email):
+    """The one form of an address: NFKC, lower-case; no invisible or control characters (look-alike
+    accounts), at most 254 characters (RFC 5321)."""
+    email = unicodedata.normalize("NFKC", email or "").strip().lower()
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email) or any(map(_invisible, email)):
         raise BadRequest("The email format you entered is invalid. Please double-check and make sure "
                          "you're using a valid email address (e.g., yourname@domain.com).")
     return email
+
+
+def _invisible(char: str) -> bool:
+    # Cc control (NUL), Cf format (zero-width space/joiner, bidi marks), Cs/Co/Cn surrogate, private, unassigned
+    return unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn")
 
 
 def signup_open(settings: Settings) -> bool:
