@@ -13,7 +13,7 @@ blp = Blueprint("auths", __name__, url_prefix="/api/v1/auths", description="Acco
 
 
 class SignupSchema(Schema):
-    name = name_field(required=True)
+    name = name_field(min_length=0, required=True)  # empty: accounts answers 400 as Open WebUI does
     email = ma.fields.String(required=True)
     password = ma.fields.String(required=True)
     profile_image_url = image_url_field(load_default=None)

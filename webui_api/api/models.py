@@ -40,7 +40,7 @@ class ModelGrantSchema(OpenSchema):
 class ModelFormSchema(Schema):
     """Open WebUI's ModelForm. Access: `is_public`, or `access_grants` with a `user`/`*`/`read` grant."""
 
-    id = name_field(metadata={"description": "The id clients send as `model`"})
+    id = ma.fields.String(metadata={"description": "The id clients send as `model`"})
     base_model_id = ma.fields.String(allow_none=True)
     name = name_field()
     meta = ma.fields.Dict(allow_none=True)
@@ -52,7 +52,7 @@ class ModelFormSchema(Schema):
 
 
 class ModelCreateFormSchema(ModelFormSchema):
-    id = name_field(required=True)
+    id = ma.fields.String(required=True)
 
 
 class ModelAccessFormSchema(Schema):

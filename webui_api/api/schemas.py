@@ -148,9 +148,9 @@ IMAGE_URL_MAX = 2 * 1024 * 1024  # a data:image/ URL carries the picture itself
 _IMAGE_URL = re.compile(r"^(https?://[^\s]+|data:image/[-+.\w]+[;,][^\s]*)$", re.IGNORECASE)
 
 
-def name_field(**kwargs) -> ma.fields.String:
-    """A stored name: not empty, at most NAME_MAX characters."""
-    return ma.fields.String(validate=ma.validate.Length(min=1, max=NAME_MAX), **kwargs)
+def name_field(min_length: int = 1, **kwargs) -> ma.fields.String:
+    """A stored name: not empty (unless a later rule words that itself), at most NAME_MAX characters."""
+    return ma.fields.String(validate=ma.validate.Length(min=min_length, max=NAME_MAX), **kwargs)
 
 
 def description_field(**kwargs) -> ma.fields.String:
