@@ -104,11 +104,18 @@ class GuardedRequest(flask.Request):
 
     def get_data(self, *args, **kwargs):
         try:
-            return super().get_data(*args, **kwargs)
+            data = super().get_data(*args, **kwargs)
         except RequestEntityTooLarge:
-            limit_mb = flask.current_app.extensions["webui_api"].settings.MAX_JSON_BODY_MB
-            raise PayloadTooLarge(f"The request body exceeds the {limit_mb:g} MB limit (MAX_JSON_BODY_MB).") \
-                from None
+            raise self._too_large() from None
+        limit = self.max_content_length
+        # werkzeug cuts a chunked body (no Content-Length) at the limit without a word: reaching it is over it
+        if self.content_length is None and limit is not None and len(data) >= limit:
+            raise self._too_large()
+        return data
+
+    def _too_large(self) -> PayloadTooLarge:
+        limit_mb = flask.current_app.extensions["webui_api"].settings.MAX_JSON_BODY_MB
+        return PayloadTooLarge(f"The request body exceeds the {limit_mb:g} MB limit (MAX_JSON_BODY_MB).")
 
 
 class GuardedJSONProvider(DefaultJSONProvider):

@@ -78,10 +78,15 @@ def issue_session(settings: Settings, user: User) -> Session:
 
 # --- sign-up / sign-in -------------------------------------------------------------------------
 
+def canonical_email(email: str) -> str:
+    """The one form of an address (NFKC, lower-case): `ＢＯＢ@Example.com` is `bob@example.com`."""
+    return unicodedata.normalize("NFKC", email or "").strip().lower()
+
+
 def normalise_email(email: str) -> str:
-    """The one form of an address: NFKC, lower-case; no invisible or control characters (look-alike
-    accounts), at most 254 characters (RFC 5321)."""
-    email = unicodedata.normalize("NFKC", email or "").strip().lower()
+    """An address to store, in its canonical form; refused with invisible or control characters (look-alike
+    accounts) or past 254 characters (RFC 5321)."""
+    email = canonical_email(email)
     if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email) or any(map(_invisible, email)):
         raise BadRequest("The email format you entered is invalid. Please double-check and make sure "
                          "you're using a valid email address (e.g., yourname@domain.com).")
@@ -127,7 +132,7 @@ def _insert_user(name: str, email: str, password_hash: str, role: str, profile_i
 
 
 def signin(settings: Settings, email: str, password: str) -> User:
-    email = (email or "").strip().lower()
+    email = canonical_email(email)
     _check_rate_limit(settings, email)
     user = User.get_or_none(User.email == email)
     # Hash even for unknown emails so response time does not reveal which accounts exist.
