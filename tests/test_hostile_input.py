@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from webui_api.api import api
+from webui_api.api import PathSegmentConverter, api
 from webui_api.api.json_input import MAX_JSON_DEPTH
 from webui_api.db import File, Knowledge, User
 
@@ -235,6 +235,15 @@ def test_static_routes_answer_for_their_own_methods(client, admin, path, allowed
         response = client.open(path, method=method, headers=admin["headers"])
         assert response.status_code == 405, (method, response.get_json())
         assert set(response.headers["Allow"].split(", ")) == allowed
+
+
+def test_every_static_route_beside_an_id_route_is_kept_from_it(app):
+    """A new `/x/<string:id>` beside a new static `/x/name` cannot shadow it: the name must be listed."""
+    rules = [rule.rule for rule in app.url_map.iter_rules()]
+    split = [rule.rsplit("/", 1) for rule in rules]
+    shadowed = {name for parent, name in split if name and "<" not in name
+                and any(other.startswith(f"{parent}/<string:") for other in rules)}
+    assert {"create", "all"} <= shadowed <= set(PathSegmentConverter.STATIC_SIBLINGS)
 
 
 def test_id_routes_still_take_other_ids(client, user):

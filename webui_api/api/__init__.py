@@ -29,9 +29,10 @@ _LOCATIONS = {"json": "body", "form": "form", "files": "files", "query": "query"
               "headers": "header", "view_args": "path"}
 
 
-class ObjectIdConverter(BaseConverter):
-    """An id the server made (a file's, a collection's): never the name of a static route beside it, so
-    `/knowledge/create` and `/files/all` answer for their own methods alone (405 with their own `Allow`)."""
+class PathSegmentConverter(BaseConverter):
+    """`<string:...>` that is never the name of a static route beside it, so `/knowledge/create` and
+    `/files/all` answer for their own methods alone (405 with their own `Allow`) instead of the
+    `/{id}` route's. Rule texts (and the `route` label of the metrics) stay as they are."""
 
     STATIC_SIBLINGS = ("create", "all")
     regex = rf"(?!(?:{'|'.join(STATIC_SIBLINGS)})$)[^/]+"
@@ -43,7 +44,7 @@ class WebuiApi(Api):
     ERROR_SCHEMA = ErrorSchema
 
     def init_app(self, app, **kwargs):
-        app.url_map.converters["object_id"] = ObjectIdConverter
+        app.url_map.converters["string"] = PathSegmentConverter
         super().init_app(app, **kwargs)
 
     def _register_error_handlers(self):
@@ -135,4 +136,3 @@ def register_blueprints(api: WebuiApi) -> None:
 # The one Api: `create_app` binds it to each app it builds, and the app built last owns its spec (one app
 # per process in production; tests import it to add probe blueprints to the app they just built).
 api = WebuiApi()
-api.register_converter(ObjectIdConverter, lambda _converter: {"type": "string"})

@@ -194,7 +194,7 @@ class AllFiles(MethodView):
         return {"message": "All files deleted successfully"}
 
 
-@blp.route("/<object_id:file_id>")
+@blp.route("/<string:file_id>")
 class FileItem(MethodView):
     @blp.response(200, FileSchema)
     def get(self, file_id):
@@ -208,7 +208,7 @@ class FileItem(MethodView):
         return {"message": "File deleted successfully"}
 
 
-@blp.route("/<object_id:file_id>/content")
+@blp.route("/<string:file_id>/content")
 class FileContent(MethodView):
     @blp.arguments(ContentArgs, location="query")
     @blp.response(200, JsonSchema(type="string", format="binary"), content_type="application/octet-stream",
@@ -224,7 +224,7 @@ class FileContent(MethodView):
         return response
 
 
-@blp.route("/<object_id:file_id>/data/content")
+@blp.route("/<string:file_id>/data/content")
 class FileDataContent(MethodView):
     @blp.response(200, ContentSchema)
     def get(self, file_id):
@@ -232,7 +232,7 @@ class FileDataContent(MethodView):
         return files.readable(current_user(), file_id)
 
 
-@blp.route("/<object_id:file_id>/data/content/update")
+@blp.route("/<string:file_id>/data/content/update")
 class FileDataContentUpdate(MethodView):
     @blp.arguments(ContentUpdateSchema)
     @blp.response(200, ContentSchema)
@@ -241,7 +241,7 @@ class FileDataContentUpdate(MethodView):
         return files.reprocess(ext(), current_user(), file_id, body["content"])
 
 
-@blp.route("/<object_id:file_id>/process/status")
+@blp.route("/<string:file_id>/process/status")
 class FileStatus(MethodView):
     @blp.arguments(StatusArgs, location="query")
     @blp.response(200, FileStatusSchema)

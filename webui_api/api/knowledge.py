@@ -193,7 +193,7 @@ class KnowledgeCreate(MethodView):
                                 body["meta"])
 
 
-@blp.route("/<object_id:knowledge_id>")
+@blp.route("/<string:knowledge_id>")
 class KnowledgeItem(MethodView):
     @blp.arguments(CollectionArgs, location="query")
     @blp.response(200, KnowledgeFilesSchema)
@@ -203,7 +203,7 @@ class KnowledgeItem(MethodView):
         return knowledge.get(current_user(), knowledge_id, args["page"])
 
 
-@blp.route("/<object_id:knowledge_id>/files")
+@blp.route("/<string:knowledge_id>/files")
 class KnowledgeFiles(MethodView):
     @blp.arguments(MemberArgs, location="query")
     @blp.response(200, FileEntryPageSchema)
@@ -213,7 +213,7 @@ class KnowledgeFiles(MethodView):
         return knowledge.files_of(current_user(), knowledge_id, knowledge.MemberQuery(**args))
 
 
-@blp.route("/<object_id:knowledge_id>/update")
+@blp.route("/<string:knowledge_id>/update")
 class KnowledgeUpdate(MethodView):
     @blp.arguments(UpdateSchema)
     @blp.response(200, KnowledgeFilesSchema)
@@ -222,7 +222,7 @@ class KnowledgeUpdate(MethodView):
         return knowledge.update(current_user(), knowledge_id, body)
 
 
-@blp.route("/<object_id:knowledge_id>/access/update")
+@blp.route("/<string:knowledge_id>/access/update")
 class KnowledgeAccess(MethodView):
     @blp.arguments(AccessSchema)
     @blp.response(200, KnowledgeFilesSchema)
@@ -231,7 +231,7 @@ class KnowledgeAccess(MethodView):
         return knowledge.update_access(current_user(), knowledge_id, body["access_grants"])
 
 
-@blp.route("/<object_id:knowledge_id>/file/add")
+@blp.route("/<string:knowledge_id>/file/add")
 class KnowledgeFileAdd(MethodView):
     @blp.arguments(FileRefSchema)
     @blp.response(200, KnowledgeFilesSchema)
@@ -241,7 +241,7 @@ class KnowledgeFileAdd(MethodView):
         return knowledge.add_file(ext(), current_user(), knowledge_id, body["file_id"])
 
 
-@blp.route("/<object_id:knowledge_id>/file/remove")
+@blp.route("/<string:knowledge_id>/file/remove")
 class KnowledgeFileRemove(MethodView):
     @blp.arguments(FileRefSchema)
     @blp.arguments(RemoveArgs, location="query")
@@ -252,7 +252,7 @@ class KnowledgeFileRemove(MethodView):
                                      args["delete_file"])
 
 
-@blp.route("/<object_id:knowledge_id>/reset")
+@blp.route("/<string:knowledge_id>/reset")
 class KnowledgeReset(MethodView):
     @blp.response(200, KnowledgeFilesSchema)
     def post(self, knowledge_id):
@@ -260,7 +260,7 @@ class KnowledgeReset(MethodView):
         return knowledge.reset(ext(), current_user(), knowledge_id)
 
 
-@blp.route("/<object_id:knowledge_id>/delete")
+@blp.route("/<string:knowledge_id>/delete")
 class KnowledgeDelete(MethodView):
     @access("verified")
     @blp.response(200, TRUE)
