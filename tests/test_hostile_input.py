@@ -6,12 +6,14 @@ import io
 import json
 
 import pytest
+import requests
 
 from webui_api.api import PathSegmentConverter, api
 from webui_api.api.json_input import MAX_JSON_DEPTH
 from webui_api.db import File, Knowledge, User
 
 from .rag_helpers import _drain_background, rag_settings, upload, upload_ok  # noqa: F401
+from .servers import Gunicorn
 
 NESTED = "[" * 1000 + "]" * 1000
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -267,3 +269,23 @@ def test_stream_must_be_a_boolean(client, user, fake_backend, stream):
     assert response.status_code == 422, response.get_json()
     assert response.get_json()["detail"][0]["loc"] == ["body", "stream"]
     assert not fake_backend.requests_to("/api/chat")
+
+
+# --- the same attacks over real HTTP, through gunicorn ------------------------------------------
+
+def test_hostile_json_over_real_http(tmp_path, database_settings):
+    env = {"DATA_DIR": str(tmp_path), **database_settings, "OLLAMA_BASE_URLS": "http://127.0.0.1:9",
+           "MAX_JSON_BODY_MB": "1"}
+    with Gunicorn(env, workers=1, threads=2) as server:
+        signin = server.url + "/api/v1/auths/signin"
+        big = b'{"email": "' + b"a" * (2 * 1024 * 1024) + b'", "password": "x"}'
+        chunked = (big[i:i + 65536] for i in range(0, len(big), 65536))  # no Content-Length
+        for body in (big, chunked):
+            response = requests.post(signin, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+            assert response.status_code == 413 and "MAX_JSON_BODY_MB" in response.json()["detail"]
+        for text, words in (('{"email": ' + NESTED + "}", "nested too deeply"),
+                            ('{"email": %s, "password": "x"}' % LONE, "surrogate"),
+                            ('{"email": "a@b.co", "password": NaN}', "not finite")):
+            response = requests.post(signin, data=text, headers={"Content-Type": "application/json"}, timeout=30)
+            assert response.status_code == 400 and words in response.json()["detail"]
+        assert requests.get(server.url + "/health", timeout=10).status_code == 200
