@@ -170,6 +170,14 @@ def test_chat_numbers_out_of_range_are_422(client, user, fake_backend, field, va
     assert not fake_backend.requests_to("/api/chat")
 
 
+def test_chat_params_numbers_out_of_range_are_422(client, user, fake_backend):
+    response = client.post("/api/chat/completions", headers=user["headers"],
+                           json={"model": "llama3.2", "messages": HELLO, "params": {"temperature": 9, "system": "x"}})
+    assert response.status_code == 422
+    assert response.get_json()["detail"][0]["loc"] == ["body", "params", "temperature"]
+    assert not fake_backend.requests_to("/api/chat")
+
+
 def test_chat_numbers_in_range_are_forwarded(client, user, fake_backend):
     response = client.post("/api/chat/completions", headers=user["headers"], json={
         "model": "llama3.2", "messages": HELLO, "stream": False, "temperature": 2, "max_tokens": 2**31 - 1})

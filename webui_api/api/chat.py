@@ -30,7 +30,22 @@ blp = Blueprint("chat", __name__, description="Chat completions and embeddings (
 blp.ARGUMENTS_PARSER = JsonBodyParser()
 
 
-class ChatCompletionSchema(OpenSchema):
+class SamplingSchema(OpenSchema):
+    """The numbers the gateway converts for a backend, in OpenAI's ranges, at the top level and in `params`:
+    a value no backend takes is the client's mistake (422), not a backend failure (the JSON reader already
+    refuses NaN, Infinity and endless digits). Other keys pass untouched."""
+
+    temperature = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=0, max=2))
+    top_p = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=0, max=1))
+    frequency_penalty = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=-2, max=2))
+    presence_penalty = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=-2, max=2))
+    max_tokens = ma.fields.Integer(allow_none=True, strict=True, validate=ma.validate.Range(min=1, max=2**31 - 1))
+    max_completion_tokens = ma.fields.Integer(allow_none=True, strict=True,
+                                              validate=ma.validate.Range(min=1, max=2**31 - 1))
+    seed = ma.fields.Integer(allow_none=True, strict=True, validate=ma.validate.Range(min=-(2**63), max=2**63 - 1))
+
+
+class ChatCompletionSchema(SamplingSchema):
     """OpenAI's chat body plus Open WebUI's `files` (RAG), `params` and `top_k`; other keys are forwarded."""
 
     model = ma.fields.String(required=True, metadata={
@@ -41,18 +56,10 @@ class ChatCompletionSchema(OpenSchema):
     stream_options = ma.fields.Dict(allow_none=True)
     files = ma.fields.List(ma.fields.Dict(),
                            metadata={"description": 'RAG sources: [{"type": "file"|"collection", "id": ...}]'})
-    params = ma.fields.Dict(metadata={"description": "Model params merged over the preset's (request wins)"})
+    params = ma.fields.Nested(SamplingSchema, metadata={
+        "description": "Model params merged over the preset's (request wins)"})
     top_k = ma.fields.Integer(validate=ma.validate.Range(min=1, max=10_000),
                               metadata={"description": "Chunks to retrieve (default RAG_TOP_K)"})
-    # The numbers the gateway converts for a backend, in OpenAI's ranges: a value no backend takes is the
-    # client's mistake (422), not a backend failure (the JSON reader already refuses NaN and Infinity).
-    temperature = ma.fields.Float(validate=ma.validate.Range(min=0, max=2))
-    top_p = ma.fields.Float(validate=ma.validate.Range(min=0, max=1))
-    frequency_penalty = ma.fields.Float(validate=ma.validate.Range(min=-2, max=2))
-    presence_penalty = ma.fields.Float(validate=ma.validate.Range(min=-2, max=2))
-    max_tokens = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=1, max=2**31 - 1))
-    max_completion_tokens = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=1, max=2**31 - 1))
-    seed = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=-(2**63), max=2**63 - 1))
 
 
 class EmbeddingsRequestSchema(OpenSchema):
