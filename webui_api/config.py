@@ -102,6 +102,8 @@ class Settings:
     ENV: str = _setting("ENV", "prod")
     CORS_ALLOW_ORIGIN: list[str] = _setting("CORS_ALLOW_ORIGIN", [], parse_list)
     TRUSTED_PROXY_HOPS: int = _setting("TRUSTED_PROXY_HOPS", 0, int)
+    # Any request body but an upload (413 beyond, before parsing): room for a long chat with images inline.
+    MAX_JSON_BODY_MB: float = _setting("MAX_JSON_BODY_MB", 16.0, float)
     LOG_FORMAT: str = _setting("LOG_FORMAT", "text")
     # --- backends (gateway)
     ENABLE_OLLAMA_API: bool = _setting("ENABLE_OLLAMA_API", True, parse_bool)

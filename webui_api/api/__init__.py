@@ -7,6 +7,7 @@ import logging
 from flask import g, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.routing import BaseConverter
 
 from ..auth.policy import as_shown_to
 from ..errors import ApiError, error_message, openai_error
@@ -29,10 +30,23 @@ _LOCATIONS = {"json": "body", "form": "form", "files": "files", "query": "query"
               "headers": "header", "view_args": "path"}
 
 
+class PathSegmentConverter(BaseConverter):
+    """`<string:...>` that is never the name of a static route beside it, so `/knowledge/create` and
+    `/files/all` answer for their own methods alone (405 with their own `Allow`) instead of the
+    `/{id}` route's. Rule texts (and the `route` label of the metrics) stay as they are."""
+
+    STATIC_SIBLINGS = ("create", "all")
+    regex = rf"(?!(?:{'|'.join(STATIC_SIBLINGS)})$)[^/]+"
+
+
 class WebuiApi(Api):
     """flask-smorest's Api, with every error turned into `{"detail": ...}` and documented so."""
 
     ERROR_SCHEMA = ErrorSchema
+
+    def init_app(self, app, **kwargs):
+        app.url_map.converters["string"] = PathSegmentConverter
+        super().init_app(app, **kwargs)
 
     def _register_error_handlers(self):
         # On the app, not the blueprints: errors raised in before_request hooks take the same path.

@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..auth import accounts
 from .deps import access, bearer_token, current_caller, current_user, ext
-from .schemas import TRUE, Schema, StatusSchema, UserSchema
+from .json_input import Blueprint
+from .schemas import TRUE, Schema, StatusSchema, UserSchema, image_url_field, name_field
 
 blp = Blueprint("auths", __name__, url_prefix="/api/v1/auths", description="Accounts and credentials")
 
 
 class SignupSchema(Schema):
-    name = ma.fields.String(required=True)
+    name = name_field(min_length=0, required=True)  # empty: accounts answers 400 as Open WebUI does
     email = ma.fields.String(required=True)
     password = ma.fields.String(required=True)
-    profile_image_url = ma.fields.String(load_default=None)
+    profile_image_url = image_url_field(load_default=None)
 
 
 class AddUserSchema(SignupSchema):

@@ -4,17 +4,16 @@ from __future__ import annotations
 import marshmallow as ma
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
-from webargs import core
-from webargs.flaskparser import FlaskParser, is_json_request
+from webargs.flaskparser import is_json_request
 
 from ..errors import UnsupportedMediaType
 from ..gateway import chat as gateway
 from .deps import current_user, ext
-from .schemas import EVENT_STREAM, OpenSchema, Relayed
+from .json_input import Blueprint, GuardedParser, loads
+from .schemas import EVENT_STREAM, OpenSchema, Relayed, StrictBoolean
 
 
-class JsonBodyParser(FlaskParser):
+class JsonBodyParser(GuardedParser):
     """Reads the body as JSON whatever its label: `curl -d` sends JSON as a form (the /ollama routes take
     it too); a body that is not JSON is refused saying what is wanted, not as missing fields."""
 
@@ -22,7 +21,7 @@ class JsonBodyParser(FlaskParser):
         if is_json_request(req):
             return super()._raw_load_json(req)
         try:
-            return core.parse_json(req.get_data(cache=True))
+            return loads(req.get_data(cache=True))
         except ValueError:
             raise UnsupportedMediaType("The body must be JSON (Content-Type: application/json).") from None
 
@@ -31,19 +30,36 @@ blp = Blueprint("chat", __name__, description="Chat completions and embeddings (
 blp.ARGUMENTS_PARSER = JsonBodyParser()
 
 
-class ChatCompletionSchema(OpenSchema):
+class SamplingSchema(OpenSchema):
+    """The numbers the gateway converts for a backend, in OpenAI's ranges, at the top level and in `params`:
+    a value no backend takes is the client's mistake (422), not a backend failure (the JSON reader already
+    refuses NaN, Infinity and endless digits). Other keys pass untouched."""
+
+    temperature = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=0, max=2))
+    top_p = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=0, max=1))
+    frequency_penalty = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=-2, max=2))
+    presence_penalty = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=-2, max=2))
+    max_tokens = ma.fields.Integer(allow_none=True, strict=True, validate=ma.validate.Range(min=1, max=2**31 - 1))
+    max_completion_tokens = ma.fields.Integer(allow_none=True, strict=True,
+                                              validate=ma.validate.Range(min=1, max=2**31 - 1))
+    seed = ma.fields.Integer(allow_none=True, strict=True, validate=ma.validate.Range(min=-(2**63), max=2**63 - 1))
+
+
+class ChatCompletionSchema(SamplingSchema):
     """OpenAI's chat body plus Open WebUI's `files` (RAG), `params` and `top_k`; other keys are forwarded."""
 
     model = ma.fields.String(required=True, metadata={
         "description": "Model or preset id; `name` means `name:latest`", "example": "llama3.2"})
     messages = ma.fields.List(ma.fields.Dict(), required=True, metadata={
         "description": "OpenAI messages: {role, content}", "example": [{"role": "user", "content": "Hello"}]})
-    stream = ma.fields.Boolean(load_default=False)
+    stream = StrictBoolean(load_default=False)
     stream_options = ma.fields.Dict(allow_none=True)
     files = ma.fields.List(ma.fields.Dict(),
                            metadata={"description": 'RAG sources: [{"type": "file"|"collection", "id": ...}]'})
-    params = ma.fields.Dict(metadata={"description": "Model params merged over the preset's (request wins)"})
-    top_k = ma.fields.Integer(metadata={"description": "Chunks to retrieve (default RAG_TOP_K)"})
+    params = ma.fields.Nested(SamplingSchema, metadata={
+        "description": "Model params merged over the preset's (request wins)"})
+    top_k = ma.fields.Integer(validate=ma.validate.Range(min=1, max=10_000),
+                              metadata={"description": "Chunks to retrieve (default RAG_TOP_K)"})
 
 
 class EmbeddingsRequestSchema(OpenSchema):

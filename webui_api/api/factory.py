@@ -21,6 +21,7 @@ def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flas
     from ..services import build_services
     from . import api, observability, register_blueprints
     from .deps import authenticate_request
+    from .json_input import install as guard_json_input
 
     settings = Settings.from_env(overrides=config)
     os.makedirs(settings.DATA_DIR, exist_ok=True)
@@ -30,7 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flas
     app = Flask(__name__, static_folder=None)
     app.session_interface = _NoCookieSession()
     app.config.update(_flask_config(settings))
-    app.json.sort_keys = False  # keep Open WebUI's field order
+    guard_json_input(app)
     db.init_database(settings.DATABASE_URL, settings.database_pool_size)
     app.extensions["webui_api"] = build_services(settings, **services)
 

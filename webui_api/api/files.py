@@ -7,7 +7,6 @@ import time
 import marshmallow as ma
 from flask import Response, request, send_file
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..rag import files
@@ -15,6 +14,7 @@ from ..errors import BadRequest, Unprocessable
 from ..rag import knowledge, pipeline, storage
 from ..rag.collection_rows import collection_name
 from .deps import access, current_user, ext
+from .json_input import Blueprint, loads
 from .schemas import EVENT_STREAM, JsonSchema, MessageSchema, Schema, Whole, page_number
 
 blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded files")
@@ -176,7 +176,7 @@ def _multipart(settings):
     metadata = None
     if raw_meta not in (None, ""):
         try:
-            metadata = json.loads(raw_meta)
+            metadata = loads(raw_meta)
         except ValueError:
             metadata = None
         if not isinstance(metadata, dict):

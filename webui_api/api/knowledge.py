@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..rag import knowledge
 from .deps import access, current_user, ext
 from .files import FileMetaSchema, FileSchema
+from .json_input import Blueprint
 from .schemas import (TRUE, AccessGrantSchema, rendered_grants, OwnerSchema, Schema, UploaderSchema, Whole, derived,
-                      hide_owner_email_from_readers, page_number)
+                      description_field, hide_owner_email_from_readers, name_field, page_number)
 
 blp = Blueprint("knowledge", __name__, url_prefix="/api/v1/knowledge", description="Knowledge collections")
 
@@ -45,8 +45,8 @@ class GrantSchema(Schema):
 
 
 class CreateSchema(Schema):
-    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=255))
-    description = ma.fields.String(load_default="")
+    name = name_field(required=True)
+    description = description_field(load_default="")
     meta = ma.fields.Dict(load_default=None, allow_none=True)
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), load_default=None, allow_none=True,
                                    metadata={"description": (
@@ -55,8 +55,8 @@ class CreateSchema(Schema):
 
 
 class UpdateSchema(Schema):
-    name = ma.fields.String(validate=ma.validate.Length(min=1, max=255))
-    description = ma.fields.String(allow_none=True)
+    name = name_field()
+    description = description_field(allow_none=True)
     meta = ma.fields.Dict(allow_none=True)
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), allow_none=True)
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..gateway import presets
 from .deps import access, current_user, ext
+from .json_input import Blueprint
 from .schemas import (TRUE, AccessGrantSchema, rendered_grants, OpenSchema, OwnerSchema, Schema, derived,
-                      hide_owner_email_from_readers)
+                      hide_owner_email_from_readers, name_field)
 
 blp = Blueprint("models", __name__, description="Model listing and workspace models (presets)")
 
@@ -42,7 +42,7 @@ class ModelFormSchema(Schema):
 
     id = ma.fields.String(metadata={"description": "The id clients send as `model`"})
     base_model_id = ma.fields.String(allow_none=True)
-    name = ma.fields.String()
+    name = name_field()
     meta = ma.fields.Dict(allow_none=True)
     params = ma.fields.Dict(allow_none=True, metadata={"description": "`system` prompt and sampling params"})
     access_grants = ma.fields.List(ma.fields.Nested(ModelGrantSchema), allow_none=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import marshmallow as ma
 from flask import Response, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..gateway import proxy
 from .deps import access, current_caller, ext
-from .schemas import JsonSchema, OpenSchema, Relayed, StatusSchema
+from .json_input import Blueprint
+from .schemas import JsonSchema, OpenSchema, Relayed, StatusSchema, StrictBoolean
 
 blp = Blueprint("ollama", __name__, url_prefix="/ollama",
                 description="Ollama API passthrough: model routing across backends, merged lists, admin-only "
@@ -33,7 +33,7 @@ class ModelBody(OpenSchema):
 
 
 class StreamBody(ModelBody):
-    stream = ma.fields.Boolean(metadata={"description": "Ollama streams unless this is false"})
+    stream = StrictBoolean(metadata={"description": "Ollama streams unless this is false"})
     options = ma.fields.Dict()
     format = ma.fields.Raw()
 
@@ -57,7 +57,7 @@ class EmbedBody(ModelBody):
 
 class PromptBody(ModelBody):
     prompt = ma.fields.String()
-    stream = ma.fields.Boolean()
+    stream = StrictBoolean()
 
 
 class CopyBody(OpenSchema):
@@ -70,7 +70,7 @@ class ManageBody(OpenSchema):
 
     model = ma.fields.String()
     insecure = ma.fields.Boolean()
-    stream = ma.fields.Boolean()
+    stream = StrictBoolean()
 
 
 class OllamaReply(Relayed):

@@ -4,12 +4,12 @@ from __future__ import annotations
 import marshmallow as ma
 from flask import request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..gateway import proxy
 from .deps import ext
+from .json_input import Blueprint
 from .ollama import SSE, calling_user, respond
-from .schemas import OpenSchema, Relayed
+from .schemas import OpenSchema, Relayed, StrictBoolean
 
 blp = Blueprint("openai", __name__, url_prefix="/openai",
                 description="OpenAI API passthrough: each call goes to the connection that serves its model "
@@ -20,7 +20,7 @@ class OpenAIBody(OpenSchema):
     """OpenAI's request body: `model` picks the connection; everything is forwarded as sent."""
 
     model = ma.fields.String(required=True, metadata={"example": "gpt-4o-mini"})
-    stream = ma.fields.Boolean()
+    stream = StrictBoolean()
 
 
 class OpenAIChatBody(OpenAIBody):

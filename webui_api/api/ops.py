@@ -4,12 +4,12 @@ from __future__ import annotations
 import marshmallow as ma
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..gateway import readiness
 from .. import telemetry
 from ..auth.policy import is_admin
 from .deps import access, current_caller, ext
+from .json_input import Blueprint
 from .schemas import JsonSchema, Schema
 
 blp = Blueprint("ops", __name__, description="Readiness and metrics")

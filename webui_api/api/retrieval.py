@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..rag import knowledge
 from ..rag import retrieve
 from .deps import current_user, ext
+from .json_input import Blueprint
 from .schemas import Schema, derived
 
 blp = Blueprint("retrieval", __name__, url_prefix="/api/v1/retrieval", description="Retrieval and processing")

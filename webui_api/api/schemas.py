@@ -1,6 +1,8 @@
 """Wire shapes shared by several blueprints: the base Schema, the error body, and relayed backend JSON."""
 from __future__ import annotations
 
+import re
+
 import marshmallow as ma
 
 from ..auth import policy
@@ -137,3 +139,36 @@ MAX_PAGE = 1_000_000  # keeps the SQL offset (page - 1) * size a 64-bit integer
 def page_number(**kwargs) -> ma.fields.Integer:
     """A 1-based page number of a listing."""
     return ma.fields.Integer(validate=ma.validate.Range(min=1, max=MAX_PAGE), **kwargs)
+
+
+# Bounds of stored text: a name shows in every list, so a megabyte of it would be sent with each listing.
+NAME_MAX = 255
+DESCRIPTION_MAX = 10_000
+IMAGE_URL_MAX = 2 * 1024 * 1024  # a data:image/ URL carries the picture itself
+_IMAGE_URL = re.compile(r"^(https?://[^\s]+|data:image/[-+.\w]+[;,][^\s]*)$", re.IGNORECASE)
+
+
+def name_field(min_length: int = 1, **kwargs) -> ma.fields.String:
+    """A stored name: not empty (unless a later rule words that itself), at most NAME_MAX characters."""
+    return ma.fields.String(validate=ma.validate.Length(min=min_length, max=NAME_MAX), **kwargs)
+
+
+def description_field(**kwargs) -> ma.fields.String:
+    """A stored description: at most DESCRIPTION_MAX characters."""
+    return ma.fields.String(validate=ma.validate.Length(max=DESCRIPTION_MAX), **kwargs)
+
+
+def image_url_field(**kwargs) -> ma.fields.String:
+    """A picture a browser will load: an http(s): URL or a data:image/ URL (never javascript: and the like)."""
+    return ma.fields.String(validate=[
+        ma.validate.Length(max=IMAGE_URL_MAX),
+        ma.validate.Regexp(_IMAGE_URL, error="Must be an http(s): or data:image/ URL.")], **kwargs)
+
+
+class StrictBoolean(ma.fields.Boolean):
+    """JSON `true` or `false` only: "yes", "false" or 1 are refused, not read as a truth value."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..version import API_COMPAT_VERSION, __version__
 from ..auth import accounts
 from ..errors import ServiceUnavailable
 from ..gateway import readiness
 from .deps import access, current_caller, ext
+from .json_input import Blueprint
 from .schemas import Schema
 
 blp = Blueprint("system", __name__, description="Health, version and configuration")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..auth import accounts
 from ..rag import files, knowledge
 from .deps import access, ext
-from .schemas import TRUE, Schema, UserSchema, page_number
+from .json_input import Blueprint
+from .schemas import TRUE, Schema, UserSchema, image_url_field, name_field, page_number
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Admin user management")
 
@@ -33,10 +33,15 @@ class UserPageSchema(Schema):
 
 class UserUpdateSchema(Schema):
     role = ma.fields.String(validate=ma.validate.OneOf(accounts.ROLES), allow_none=True)
-    name = ma.fields.String(validate=ma.validate.Length(min=1), allow_none=True)
+    name = name_field(allow_none=True)
     email = ma.fields.String(allow_none=True)
     password = ma.fields.String(allow_none=True)
-    profile_image_url = ma.fields.String(allow_none=True)
+    profile_image_url = image_url_field(allow_none=True)
+
+    @ma.validates_schema
+    def _changes_something(self, data, **_kwargs):
+        if not data:  # an empty or missing body is a client mistake, not a successful update
+            raise ma.ValidationError("Give at least one of role, name, email, password, profile_image_url.")
 
 
 @blp.route("/")

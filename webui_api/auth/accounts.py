@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import peewee as pw
@@ -14,6 +15,7 @@ from ..errors import (ACCESS_PROHIBITED, INVALID_TOKEN, BadRequest, Conflict, Fo
                      RateLimited, Unauthorized)
 
 ROLES = ("pending", "user", "admin")
+MAX_EMAIL_LENGTH = 254
 _EMAIL = re.compile(r"^[^@\s]+@([^@\s]+\.[^@\s]+|localhost)$")
 EMAIL_TAKEN = ("Uh-oh! This email is already registered. Sign in with your existing account or "
                "choose another email to start anew.")
@@ -76,12 +78,24 @@ def issue_session(settings: Settings, user: User) -> Session:
 
 # --- sign-up / sign-in -------------------------------------------------------------------------
 
+def canonical_email(email: str) -> str:
+    """The one form of an address (NFKC, lower-case): `ＢＯＢ@Example.com` is `bob@example.com`."""
+    return unicodedata.normalize("NFKC", email or "").strip().lower()
+
+
 def normalise_email(email: str) -> str:
-    email = (email or "").strip().lower()
-    if not _EMAIL.match(email):
+    """An address to store, in its canonical form; refused with invisible or control characters (look-alike
+    accounts) or past 254 characters (RFC 5321)."""
+    email = canonical_email(email)
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email) or any(map(_invisible, email)):
         raise BadRequest("The email format you entered is invalid. Please double-check and make sure "
                          "you're using a valid email address (e.g., yourname@domain.com).")
     return email
+
+
+def _invisible(char: str) -> bool:
+    # Cc control (NUL), Cf format (zero-width space/joiner, bidi marks), Cs/Co/Cn surrogate, private, unassigned
+    return unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn")
 
 
 def signup_open(settings: Settings) -> bool:
@@ -118,7 +132,7 @@ def _insert_user(name: str, email: str, password_hash: str, role: str, profile_i
 
 
 def signin(settings: Settings, email: str, password: str) -> User:
-    email = (email or "").strip().lower()
+    email = canonical_email(email)
     _check_rate_limit(settings, email)
     user = User.get_or_none(User.email == email)
     # Hash even for unknown emails so response time does not reveal which accounts exist.
