@@ -377,3 +377,16 @@ def test_admin_only_routes_refuse_before_looking(client, world, carrier):
                for target in (world.a["id"], str(uuid.uuid4()))]
     assert [a.status_code for a in answers] == [403, 403], [a.get_json() for a in answers]
     assert answers[0].get_json() == answers[1].get_json()
+
+
+LISTS = ["/api/v1/files/?content=true", "/api/v1/knowledge/", "/api/v1/knowledge/?page=1", "/api/v1/models/",
+         "/api/v1/models/list", "/api/models", "/api/v1/knowledge/{b_knowledge}/files?include_content=true"]
+
+
+@pytest.mark.parametrize("url", LISTS)
+def test_b_lists_show_nothing_of_a(client, world, url):
+    """The lists B reads never name A's private objects nor carry A's text."""
+    response = client.get(url.format(b_knowledge=world.b_knowledge), headers=world.b["headers"])
+    assert response.status_code == 200, response.get_json()
+    for secret in (world.private.file, world.private.knowledge, world.private.preset, A_TEXT.decode()):
+        assert secret not in response.get_data(as_text=True)
