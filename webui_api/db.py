@@ -352,11 +352,40 @@ INDEX_LOG_TRIGGERS = {  # name: (event, statements)
 }
 
 
+# Where the engine has statement triggers (PostgreSQL), the chunk triggers run once per statement over its
+# transition table: row by row, a bulk insert bumped one collection_state row thousands of times in one
+# transaction, each update walking the chain of row versions the earlier ones left (20,000 chunks took 10 s,
+# growing as the square). One version per statement and collection; the log rows share it.
+_CHUNK_PAIRS = ("(SELECT 'file-' || r.file_id AS name, r.id AS chunk_id FROM changed_rows r UNION ALL "
+                "SELECT l.knowledge_id, r.id FROM changed_rows r JOIN knowledge_file l ON l.file_id = r.file_id)")
+
+
+def _statement_log(op: int) -> tuple[str, ...]:
+    return (f"INSERT INTO collection_state (name, version) SELECT DISTINCT name, 0 FROM {_CHUNK_PAIRS} AS p "
+            "WHERE true ON CONFLICT (name) DO NOTHING",
+            f"UPDATE collection_state SET version = version + 1 WHERE name IN (SELECT name FROM {_CHUNK_PAIRS} AS p)",
+            "INSERT INTO index_log (collection, version, chunk_id, op, created_at) "
+            f"SELECT p.name, s.version, p.chunk_id, {op}, {{now}} FROM {_CHUNK_PAIRS} AS p "
+            "JOIN collection_state s ON s.name = p.name")
+
+
+INDEX_LOG_STATEMENT_TRIGGERS = {  # name: (event, transition table, statements over `changed_rows`)
+    "chunk_ins": ("AFTER INSERT ON chunk", "NEW", _statement_log(1)),
+    "chunk_del": ("AFTER DELETE ON chunk", "OLD", _statement_log(-1)),
+}
+
+
 def _add_index_log(database) -> None:
     database.create_tables([CollectionState, IndexLog], safe=True)
     for trigger, (when, statements) in INDEX_LOG_TRIGGERS.items():
-        body = [s.format(now=dialect.unix_now) for s in statements]
-        for statement in dialect.trigger(f"index_log_{trigger}", when, body):
+        name = f"index_log_{trigger}"
+        if dialect.statement_triggers and trigger in INDEX_LOG_STATEMENT_TRIGGERS:
+            when, transition, statements = INDEX_LOG_STATEMENT_TRIGGERS[trigger]
+            rendered = dialect.statement_trigger(name, when, transition, [s.format(now=dialect.unix_now)
+                                                                          for s in statements])
+        else:
+            rendered = dialect.trigger(name, when, [s.format(now=dialect.unix_now) for s in statements])
+        for statement in rendered:
             database.execute_sql(statement)
 
 

@@ -35,6 +35,7 @@ def for_url(url: str) -> "Dialect":
 class Dialect:
     name = ""
     param = "?"
+    statement_triggers = False  # FOR EACH STATEMENT triggers with transition tables
 
     def __init__(self, url: str):
         self.url = url
@@ -107,6 +108,7 @@ class PostgresDialect(Dialect):
 
     name = "postgres"
     param = "%s"
+    statement_triggers = True
     unix_now = "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)"
 
     def open(self, pool_size: int) -> pw.Database:
@@ -157,12 +159,23 @@ class PostgresDialect(Dialect):
 
     def trigger(self, name: str, when: str, statements: list[str]) -> list[str]:
         """A PL/pgSQL function and a row trigger calling it; `when` as SQLite writes it (AFTER … ON t)."""
-        body = " ".join(f"{s};" for s in statements)
         returned = "OLD" if " DELETE " in f" {when} " else "NEW"
+        return self._function(name, statements, returned) + [
+            f"DROP TRIGGER IF EXISTS {name} ON {when.rsplit(' ON ', 1)[1]}",
+            f"CREATE TRIGGER {name} {when} FOR EACH ROW EXECUTE FUNCTION {name}_fn()"]
+
+    def statement_trigger(self, name: str, when: str, transition: str, statements: list[str]) -> list[str]:
+        """Once per statement, its rows in the transition table `changed_rows` (`transition`: NEW or OLD)."""
+        return self._function(name, statements, "NULL") + [
+            f"DROP TRIGGER IF EXISTS {name} ON {when.rsplit(' ON ', 1)[1]}",
+            f"CREATE TRIGGER {name} {when} REFERENCING {transition} TABLE AS changed_rows "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {name}_fn()"]
+
+    @staticmethod
+    def _function(name: str, statements: list[str], returned: str) -> list[str]:
+        body = " ".join(f"{s};" for s in statements)
         return [f"CREATE OR REPLACE FUNCTION {name}_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                f"{body} RETURN {returned}; END $$",
-                f"DROP TRIGGER IF EXISTS {name} ON {when.rsplit(' ON ', 1)[1]}",
-                f"CREATE TRIGGER {name} {when} FOR EACH ROW EXECUTE FUNCTION {name}_fn()"]
+                f"{body} RETURN {returned}; END $$"]
 
 
 class CheckedPool(PooledPostgresqlDatabase):
