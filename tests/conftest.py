@@ -27,6 +27,8 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("sqlite_only"):
                 item.add_marker(pytest.mark.skip(reason=engine.SQLITE_ONLY))
+            elif engine.DATABASE_SCOPE and item.module.__name__.rpartition(".")[2] in engine.ENGINE_NEUTRAL:
+                item.add_marker(pytest.mark.skip(reason=engine.ENGINE_NEUTRAL_REASON))
 
 
 def pytest_sessionfinish(session, exitstatus):
