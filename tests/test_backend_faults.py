@@ -13,6 +13,8 @@ import requests
 
 from webui_api.upstream import Backend, without_locations
 
+from .test_chat import settings_overrides, short_timeout  # noqa: F401  (the same backends and timeouts)
+
 HELLO = [{"role": "user", "content": "Why is the sky blue?"}]
 # route -> (request body, the backend path it reaches, the backend it names)
 PASSTHROUGH = {
@@ -23,18 +25,6 @@ PASSTHROUGH = {
 # model -> (the chat path it reaches, the embedding model of the same backend kind, the backend it names)
 MODELS = {"llama3.2": ("/api/chat", "nomic-embed-text", "Ollama backend 0"),
           "gpt-4o-mini": ("/v1/chat/completions", "text-embedding-3-small", "OpenAI backend 0")}
-
-
-@pytest.fixture
-def settings_overrides(data_dir, fake_backend, request):
-    timeout = 0.5 if "short_timeout" in request.fixturenames else 30
-    return {"OLLAMA_BASE_URLS": fake_backend.url, "OPENAI_API_BASE_URLS": fake_backend.openai_url,
-            "OPENAI_API_KEYS": fake_backend.openai_key, "AIOHTTP_CLIENT_TIMEOUT": timeout}
-
-
-@pytest.fixture
-def short_timeout():
-    """Marker fixture: the app under test gets a 0.5 s read timeout."""
 
 
 @pytest.fixture
