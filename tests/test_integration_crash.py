@@ -11,7 +11,6 @@ import pytest
 import requests
 
 from . import engine
-from .fake_backend import FakeBackend
 from .servers import BIN, Gunicorn
 
 pytestmark = pytest.mark.integration
@@ -20,10 +19,8 @@ SETTLED = ("completed", "failed")
 
 
 @pytest.fixture
-def backend():
-    server = FakeBackend()
-    yield server
-    server.stop()
+def backend(fake_backend):
+    return fake_backend  # the shared per-test fake backend (tests/fake_backend.py), under this module's name
 
 
 @pytest.fixture

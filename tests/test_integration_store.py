@@ -13,7 +13,6 @@ from webui_api.rag import index_sync
 from webui_api.rag.vectors import VectorStore
 
 from . import engine
-from .fake_backend import FakeBackend
 from .servers import Gunicorn
 
 pytestmark = pytest.mark.integration
@@ -22,10 +21,8 @@ ROWS, DIM = 40_000, 64  # ~10 MB of float32 vectors: far above a worker's noise,
 
 
 @pytest.fixture
-def backend():
-    server = FakeBackend()
-    yield server
-    server.stop()
+def backend(fake_backend):
+    return fake_backend  # the shared per-test fake backend (tests/fake_backend.py), under this module's name
 
 
 @pytest.fixture

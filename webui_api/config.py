@@ -12,6 +12,13 @@ from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")  # DATABASE_URL schemes that mean PostgreSQL
+
+
+def url_scheme(url: str) -> str:
+    return url.split(":", 1)[0].lower()
+
+
 INGEST_WORKERS = 2  # background ingestion threads per worker
 DEFAULT_BM25_TOKENIZER = "porter unicode61 remove_diacritics 2"  # FTS5: Porter stemming for English
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -205,7 +212,7 @@ class Settings:
     @property
     def shared_database(self) -> bool:
         """PostgreSQL: several hosts may share the database (and must then share the secret key)."""
-        return self.DATABASE_URL.split(":", 1)[0].lower() in ("postgresql", "postgres")
+        return url_scheme(self.DATABASE_URL) in POSTGRES_SCHEMES
 
     @property
     def database_pool_size(self) -> int:

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 import peewee as pw
 from playhouse.pool import PooledPostgresqlDatabase
 
-from .config import ConfigError
+from .config import POSTGRES_SCHEMES, ConfigError, url_scheme
 
 WAL_SWITCH_SECONDS = 30.0  # how long start-up retries the switch to WAL while another process holds a lock
 _SQLITE_PRAGMAS = {  # every new connection; WAL is a property of the file, set once when opening
@@ -24,10 +24,10 @@ _WRITE_LOCK_KEY = 0x77656275  # "webu"
 
 def for_url(url: str) -> "Dialect":
     """The dialect of a DATABASE_URL: sqlite:///path or postgresql://user:pass@host:port/db."""
-    scheme = url.split(":", 1)[0].lower()
+    scheme = url_scheme(url)
     if scheme == "sqlite":
         return SqliteDialect(url)
-    if scheme in ("postgresql", "postgres"):
+    if scheme in POSTGRES_SCHEMES:
         return PostgresDialect(url)
     raise ConfigError("DATABASE_URL must be sqlite:///<path> or postgresql://user:pass@host:port/db")
 
