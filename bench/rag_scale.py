@@ -233,7 +233,7 @@ def recall_at_10(data_dir: str, kb_id: str, texts: list[str]) -> float:
 def add_and_remove(data_dir: str, kb_id: str, seed: int) -> tuple[float, float]:
     """(seconds to add a 1,000-chunk file to the collection, seconds to take it out again), store path."""
     from webui_api import db
-    from webui_api.db import Chunk, KnowledgeFile, User
+    from webui_api.db import KnowledgeFile, User
     from webui_api.rag import index_sync
     services = bind(data_dir)
     owner = User.get(User.email == ADMIN["email"])
@@ -244,11 +244,10 @@ def add_and_remove(data_dir: str, kb_id: str, seed: int) -> tuple[float, float]:
     index_sync.link(services.vectors, kb_id, file_id)
     added = time.perf_counter() - started
     started = time.perf_counter()
-    chunk_ids = [row[0] for row in Chunk.select(Chunk.id).where(Chunk.file == file_id).tuples()]
     with db.write_transaction():
         KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb_id,
                                      KnowledgeFile.file == file_id).execute()
-    index_sync.unlink(services.vectors, kb_id, chunk_ids)
+    index_sync.unlink(services.vectors, kb_id)
     return added, time.perf_counter() - started
 
 

@@ -150,7 +150,7 @@ def test_a_pruned_log_makes_the_lagging_host_rebuild(owner, hosts):
     KnowledgeFile.create(knowledge=kb.id, file=second)
     index_sync.link(a, kb.id, second)
     KnowledgeFile.delete().where(KnowledgeFile.file == first).execute()
-    index_sync.unlink(a, kb.id, collection_rows.chunk_ids(first))
+    index_sync.unlink(a, kb.id)
     assert collection_rows.prune_index_log(older_than=-60) > 0  # everything is "older" than a minute ahead
     assert not IndexLog.select().where(IndexLog.collection == kb.id).exists()
     assert collection_rows.changes_after(kb.id, b.cached_version(kb.id)) is None
@@ -174,7 +174,7 @@ def test_a_late_unlink_never_hides_a_relink_made_on_another_host(owner, hosts):
     KnowledgeFile.create(knowledge=kb.id, file=file_id)  # ...B links the file again...
     index_sync.link(b, kb.id, file_id)
     assert found(a, kb.id) == ids  # ...a query on A catches up with both...
-    index_sync.unlink(a, kb.id, sorted(ids))  # ...and only then does A's unlink reach its index
+    index_sync.unlink(a, kb.id)  # ...and only then does A's unlink reach its index
     assert found(a, kb.id) == found(b, kb.id) == expected(kb.id) == ids
 
 
@@ -248,7 +248,7 @@ def test_random_writes_on_both_hosts_leave_both_equal_to_the_database(owner, hos
             kid, file_id = rng.choice(kbs), rng.choice(live)
             KnowledgeFile.delete().where(KnowledgeFile.knowledge == kid,
                                          KnowledgeFile.file == file_id).execute()
-            index_sync.unlink(host, kid, collection_rows.chunk_ids(file_id))
+            index_sync.unlink(host, kid)
         elif action == "delete":
             file_id = live.pop(rng.randrange(len(live)))
             ids, kids = collection_rows.chunk_ids(file_id), collection_rows.linked_knowledge(file_id)

@@ -98,7 +98,7 @@ def test_unlink_removes_only_that_files_vectors(store, owner):
     for file_id in (a, b):
         index_sync.link(store, kid, file_id)
     KnowledgeFile.delete().where(KnowledgeFile.file == a).execute()
-    index_sync.unlink(store, kid, a_ids)
+    index_sync.unlink(store, kid)
     assert store.ids(kid) == b_ids
 
 

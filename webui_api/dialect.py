@@ -68,9 +68,6 @@ class SqliteDialect(Dialect):
     def write_transaction(self, database: pw.Database):
         return database.atomic("IMMEDIATE")
 
-    def take_write_lock(self, database: pw.Database) -> None:
-        """Nothing to do: BEGIN IMMEDIATE already took the file's write lock."""
-
     def connection_per_request(self) -> bool:
         return False  # opening a SQLite connection costs more than keeping one per thread
 

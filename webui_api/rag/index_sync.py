@@ -78,9 +78,9 @@ def link(store: VectorStore, knowledge_id: str, file_id: str, ids=None, vectors=
     store.add(knowledge_id, ids, vectors)
 
 
-def unlink(store: VectorStore, knowledge_id: str, ids=()) -> None:
-    """A file left the collection (committed): its chunk ids (`ids`) leave the index, as the index log says.
-    Not a removal of `ids` itself: had another host linked the file again and this host caught up with
+def unlink(store: VectorStore, knowledge_id: str) -> None:
+    """A file left the collection (committed): its chunk ids leave the index, as the index log says. Not a
+    removal of the ids this host read: had another host linked the file again and this host caught up with
     that before this call, removing them would hide vectors the database has, with the version recorded."""
     catch_up(store, [knowledge_id])
 

@@ -243,12 +243,11 @@ def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: b
     if not isinstance(file_id, str) or not KnowledgeFile.select().where(
             KnowledgeFile.knowledge == kb.id, KnowledgeFile.file == file_id).exists():
         raise NotFound("This file is not in the knowledge collection.")
-    chunk_ids = [c.id for c in Chunk.select(Chunk.id).where(Chunk.file == file_id)]
     with db.write_transaction():
         KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id,
                                      KnowledgeFile.file == file_id).execute()
         Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
-    index_sync.unlink(ext.vectors, kb.id, chunk_ids)
+    index_sync.unlink(ext.vectors, kb.id)
     if delete_file:
         file = File.get_or_none(File.id == file_id)
         if file is not None and policy.can_write(user, file):
