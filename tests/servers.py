@@ -87,6 +87,43 @@ class Gunicorn(ServerProcess):
 
 
 
+def pause(pids) -> list[int]:
+    """SIGSTOP each process and wait until every one of its threads is stopped: kill() returns before a
+    running thread stops, and a worker thread still running could accept the next connection and then
+    freeze with it (the client would wait for a worker that is paused)."""
+    pids = list(pids)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while not all(_stopped(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {pids} did not stop within 10 s")
+        time.sleep(0.005)
+    return pids
+
+
+def resume(pids) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of `pid` is in the stopped state (a vanished process or thread counts as stopped)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    return all(_thread_state(pid, tid) in ("T", "t", "Z", "X", "") for tid in tasks)
+
+
+def _thread_state(pid: int, tid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return ""
+
+
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 
 

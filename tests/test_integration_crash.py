@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from . import engine
-from .servers import BIN, Gunicorn
+from .servers import BIN, Gunicorn, pause, resume
 
 pytestmark = pytest.mark.integration
 
@@ -113,16 +113,14 @@ def test_kill_9_of_a_worker_mid_ingest_is_recovered(backend, env):
         headers = admin_headers(server)
         victim, *others = server.worker_pids()
         backend.fault = {"kind": "slow", "path": "/api/embed", "delay": 5}
-        for pid in others:  # only the victim accepts the upload
-            os.kill(pid, signal.SIGSTOP)
+        pause(others)  # only the victim accepts the upload
         try:
             threading.Thread(target=send, args=(server, headers, 1, False), daemon=True).start()
             wait_for(lambda: backend.requests_to("/api/embed"), 10, "the embedding call")
             backend.fault = None
             os.kill(victim, signal.SIGKILL)  # mid-embedding: the file row says "processing"
         finally:
-            for pid in others:
-                os.kill(pid, signal.SIGCONT)
+            resume(others)
         started = time.monotonic()
         files = wait_for(lambda: settled(server, headers, 1), 30, "the respawned worker to recover the file")
         print(f"\nworker {victim} killed mid-embedding; file {files[0]['data']['status']} "

@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import signal
 import socket
 import stat
 import subprocess
@@ -13,22 +12,14 @@ import pytest
 import requests
 
 from . import engine
-from .servers import BIN, ROOT, Gunicorn
+from .servers import BIN, ROOT, Gunicorn, pause, resume
 
 pytestmark = pytest.mark.integration
 
 
 def only_worker(server, pid):
     """Pause every other worker so `pid` is the only one accepting connections."""
-    others = [p for p in server.worker_pids() if p != pid]
-    for other in others:
-        os.kill(other, signal.SIGSTOP)
-    return others
-
-
-def resume(pids):
-    for pid in pids:
-        os.kill(pid, signal.SIGCONT)
+    return pause(p for p in server.worker_pids() if p != pid)
 
 
 def call_on_fresh_connection(url, headers=None):

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from . import engine
-from .servers import BIN, Gunicorn
+from .servers import BIN, Gunicorn, pause, resume
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +67,11 @@ def post(url, path, headers=None, body=None, **kwargs) -> dict:
 @contextmanager
 def only(server, pid: int):
     """Freeze every other worker, so `pid` is the one that accepts the next connections."""
-    others = [p for p in server.worker_pids() if p != pid]
-    for other in others:
-        os.kill(other, signal.SIGSTOP)
+    others = pause(p for p in server.worker_pids() if p != pid)
     try:
         yield
     finally:
-        for other in others:
-            os.kill(other, signal.SIGCONT)
+        resume(others)
 
 
 def upload(url, headers, name: str, text: str) -> dict:
