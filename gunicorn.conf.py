@@ -98,6 +98,12 @@ def when_ready(server):
         getattr(server.log, level)(line)
 
 
+def post_worker_init(worker):
+    """The worker loaded the app and did its start-up work (migrations, index repair, recovery): from here
+    on it accepts connections. Tests wait for this line before pausing workers."""
+    worker.log.info("Worker %s ready", worker.pid)
+
+
 def child_exit(server, worker):
     """A worker is gone: drop its live gauges (its counters and histograms stay in the sums)."""
     from prometheus_client import multiprocess

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,11 +73,11 @@ class Gunicorn(ServerProcess):
         self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers),
                     "GUNICORN_THREADS": str(threads), "PASSWORD_HASH_COST": "1024", **env}
         engine.require_database(self.env)
-        self.log_path = log_path
+        self.log_path = log_path or tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Gunicorn":
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], cwd=ROOT, env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until_up(self.url + "/health", proc=self.proc)
@@ -84,6 +86,19 @@ class Gunicorn(ServerProcess):
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
+
+    def ready_workers(self, count: int, timeout: float = 60) -> list[int]:
+        """The pids of `count` live workers that finished booting (gunicorn.conf.py's post_worker_init line):
+        a worker forked but still running its start-up work may hold locks, so never pause one then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path, errors="replace") as log:
+                ready = {int(pid) for pid in re.findall(r"Worker (\d+) ready", log.read())}
+            pids = [pid for pid in self.worker_pids() if pid in ready]
+            if len(pids) == count:
+                return pids
+            time.sleep(0.1)
+        raise AssertionError(f"expected {count} ready workers; workers {self.worker_pids()}, log {self.log_path}")
 
 
 

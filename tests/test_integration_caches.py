@@ -4,7 +4,7 @@ import pytest
 
 from . import engine
 from .servers import Gunicorn
-from .test_integration_workers import call, only, post, wait_for_workers
+from .test_integration_workers import call, only, post
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ def two_workers(request, module_backend, tmp_path_factory):
            "OPENAI_API_BASE_URLS": ""}
     server = Gunicorn(env, workers=2, threads=4, log_path=str(data / "gunicorn.log")).start()
     try:
-        workers = wait_for_workers(server, 2)
+        workers = server.ready_workers(2)
         admin = post(server.url, "/api/v1/auths/signup", None,
                      {"name": "Admin", "email": "admin@example.com", "password": "admin-password"})
         yield server, workers, {"Authorization": f"Bearer {admin['token']}"}

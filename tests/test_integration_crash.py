@@ -111,7 +111,7 @@ def test_kill_9_of_a_worker_mid_ingest_is_recovered(backend, env):
     server = start(env)
     try:
         headers = admin_headers(server)
-        victim, *others = server.worker_pids()
+        victim, *others = server.ready_workers(2)
         backend.fault = {"kind": "slow", "path": "/api/embed", "delay": 5}
         pause(others)  # only the victim accepts the upload
         try:

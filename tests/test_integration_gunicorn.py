@@ -31,8 +31,7 @@ def test_two_workers_share_tokens_and_the_secret_survives_restart(tmp_path, data
     env = {"DATA_DIR": str(tmp_path), **database_settings, "OLLAMA_BASE_URLS": "http://127.0.0.1:9"}
     server = Gunicorn(env, workers=2, threads=2).start()
     try:
-        workers = server.worker_pids()
-        assert len(workers) == 2
+        workers = server.ready_workers(2)
         paused = only_worker(server, workers[0])
         try:
             session = requests.post(server.url + "/api/v1/auths/signup", timeout=10,

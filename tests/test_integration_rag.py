@@ -36,7 +36,7 @@ def test_index_written_by_one_worker_is_read_by_the_other(tmp_path, fake_backend
            "OPENAI_API_BASE_URLS": "", "RAG_EMBEDDING_MODEL": "nomic-embed-text"}
     server = Gunicorn(env, workers=2, threads=2).start()
     try:
-        a, b = server.worker_pids()
+        a, b = server.ready_workers(2)
         token = on_worker(server, a, "POST", "/api/v1/auths/signup",
                           json={"name": "A", "email": "a@example.com", "password": "pw"}).json()["token"]
         headers = {"Authorization": f"Bearer {token}"}
@@ -58,7 +58,7 @@ def test_index_written_by_one_worker_is_read_by_the_other(tmp_path, fake_backend
     shutil.rmtree(tmp_path / "vector_db")
     embeds_before = len(fake_backend.requests_to("/api/embed"))
     with Gunicorn(env, workers=2, threads=2) as restarted:
-        pid = restarted.worker_pids()[0]
+        pid = restarted.ready_workers(2)[0]
         assert search(restarted, pid, headers, kb, SECOND) == [SECOND]
         assert search(restarted, pid, headers, kb, FIRST) == [FIRST]
     queries = fake_backend.requests_to("/api/embed")[embeds_before:]

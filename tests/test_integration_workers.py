@@ -33,7 +33,7 @@ def cluster(request, backend, tmp_path_factory):
            "CHUNK_OVERLAP": "20"}
     server = Gunicorn(env, workers=WORKERS, threads=THREADS, log_path=str(data / "gunicorn.log")).start()
     try:
-        wait_for_workers(server, WORKERS)
+        server.ready_workers(WORKERS)
         session = post(server.url, "/api/v1/auths/signup", None,
                        {"name": "Admin", "email": "admin@example.com", "password": "admin-password"})
         bearer = {"Authorization": f"Bearer {session['token']}"}
@@ -41,16 +41,6 @@ def cluster(request, backend, tmp_path_factory):
         yield {"server": server, "headers": {"Authorization": f"Bearer {key}"}, "data": data, "env": env}
     finally:
         server.stop()
-
-
-def wait_for_workers(server, count: int, timeout: float = 20) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = server.worker_pids()
-        if len(pids) == count:
-            return pids
-        time.sleep(0.1)
-    raise AssertionError(f"expected {count} workers, have {server.worker_pids()}")
 
 
 def call(url: str, method: str, path: str, headers=None, body=None, **kwargs) -> requests.Response:
@@ -92,7 +82,7 @@ QUESTION = "brass astrolabe chapel organ quartermaster"
 
 def test_a_write_through_any_worker_is_seen_by_every_worker_at_once(cluster):
     server, headers, url = cluster["server"], cluster["headers"], cluster["server"].url
-    workers = wait_for_workers(server, WORKERS)
+    workers = server.ready_workers(WORKERS)
     kb = post(url, "/api/v1/knowledge/create", headers, {"name": "Shared", "description": "workers"})["id"]
     base = upload(url, headers, "base.txt", FILLER)
     post(url, f"/api/v1/knowledge/{kb}/file/add", headers, {"file_id": base["id"]})
@@ -185,7 +175,7 @@ def test_metrics_count_every_worker_s_requests(cluster):
     server, headers, url = cluster["server"], cluster["headers"], cluster["server"].url
     labels = {"method": "GET", "route": "/api/version", "status": "200"}
     before = scrape(url, headers, "webui_api_http_requests_total", **labels)
-    workers = wait_for_workers(server, WORKERS)
+    workers = server.ready_workers(WORKERS)
     for pid in workers:  # 10 requests served by each worker in turn
         with only(server, pid):
             for _ in range(10):
