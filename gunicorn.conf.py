@@ -26,6 +26,11 @@ import gunicorn.util
 wsgi_app = "wsgi:app"
 # Loopback unless HOST says otherwise: a fresh instance is claimed by its first sign-up (it becomes admin), so
 # it is reachable from elsewhere only when a deployment asks (HOST=0.0.0.0 behind nginx, in a container).
+# The local embedding engine multiplies matrices with numpy: one BLAS thread per request thread, since the
+# workers and their threads already use every core (a BLAS pool per worker spun 7x the CPU on 2 cores).
+if os.environ.get("RAG_EMBEDDING_ENGINE", "ollama").strip().lower() in ("", "local"):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")  # "sync" only for comparison benches

@@ -108,6 +108,8 @@ def start_app(args, data_dir: str, rerank: bool = False) -> tuple[subprocess.Pop
                RAG_EMBEDDING_ENGINE="openai", RAG_OPENAI_API_BASE_URL=args.embed_url, RAG_OPENAI_API_KEY="x",
                RAG_EMBEDDING_MODEL=args.model, WEBUI_ADMIN_EMAIL=ADMIN[0], WEBUI_ADMIN_PASSWORD=ADMIN[1],
                RAG_HYBRID_FUSION=args.fusion, PYTHONPATH=str(ROOT))
+    if args.local_model:  # the in-process engine instead of the embedding server
+        env.update(RAG_EMBEDDING_ENGINE="local", RAG_EMBEDDING_MODEL=args.local_model)
     if args.chunk_size:
         env.update(CHUNK_SIZE=str(args.chunk_size))
     if rerank:
@@ -192,6 +194,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--embed-url", default="http://127.0.0.1:18765/v1")
     parser.add_argument("--model", default="all-minilm")
+    parser.add_argument("--local-model", help="embed in the app instead (RAG_EMBEDDING_ENGINE=local): a model "
+                                              "directory or Hugging Face repo id")
     parser.add_argument("--data", default=str(CRANFIELD), help="the Cranfield directory")
     parser.add_argument("--data-dir", help="the app's DATA_DIR (reused: no second upload)")
     parser.add_argument("--weights", default="0.5", help="hybrid_bm25_weight values, comma-separated")

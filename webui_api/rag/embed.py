@@ -1,4 +1,5 @@
-"""Embeddings for RAG from an Ollama (`/api/embed`) or OpenAI-compatible (`/embeddings`) backend."""
+"""Embeddings for RAG from an Ollama (`/api/embed`) or OpenAI-compatible (`/embeddings`) backend, or from a
+local model (`local_embed`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,10 +9,12 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ApiError, ServiceUnavailable, UpstreamError
+from . import local_embed
 
 log = logging.getLogger("webui_api.rag")
 
 ENGINES = ("ollama", "openai")
+LOCAL = ("local", "")  # Open WebUI names its local sentence-transformers engine with the empty string
 
 
 class Embedder:
@@ -24,7 +27,8 @@ class Embedder:
 
     @property
     def engine(self) -> str:
-        return (self.settings.RAG_EMBEDDING_ENGINE or "ollama").strip().lower()
+        engine = self.settings.RAG_EMBEDDING_ENGINE.strip().lower()
+        return "local" if engine in LOCAL else engine
 
     @property
     def model(self) -> str:
@@ -43,7 +47,7 @@ class Embedder:
         settings, engine = self.settings, self.engine
         if engine not in ENGINES:
             raise ServiceUnavailable(f"RAG_EMBEDDING_ENGINE={engine!r} is not supported here; "
-                                     "use 'ollama' or 'openai'.")
+                                     "use 'ollama', 'openai' or 'local'.")
         own_url = settings.RAG_OLLAMA_BASE_URL if engine == "ollama" else settings.RAG_OPENAI_API_BASE_URL
         own_key = settings.RAG_OLLAMA_API_KEY if engine == "ollama" else settings.RAG_OPENAI_API_KEY
         if own_url:
@@ -60,8 +64,11 @@ class Embedder:
         texts = [(text or " ").replace("\n", " ") for text in texts]
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        hosts = self.hosts()
         size = max(1, int(self.settings.RAG_EMBEDDING_BATCH_SIZE or 1))
+        if self.engine == "local":
+            model = local_embed.model_for(self.model)
+            return _normalise(np.vstack([model.embed(texts[i:i + size]) for i in range(0, len(texts), size)]))
+        hosts = self.hosts()
         parts = [self._batch(hosts, texts[i:i + size]) for i in range(0, len(texts), size)]
         dims = {part.shape[1] for part in parts}
         if len(dims) != 1:
