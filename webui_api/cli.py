@@ -1,5 +1,5 @@
-"""`webui-api` command line: accounts, bulk ingest, index rebuild, database/index consistency check and the
-move of a SQLite deployment to PostgreSQL."""
+"""`webui-api` command line: accounts, bulk ingest, index rebuild, database/index consistency check, the
+move of a SQLite deployment to PostgreSQL and a fake LLM backend to try the API with."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +8,10 @@ import hashlib
 import logging
 import mimetypes
 import os
+import signal
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
@@ -93,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
                                           "prune the index log (INDEX_LOG_RETENTION)")
     cmd.add_argument("--collection", metavar="NAME", help="only this collection: a knowledge id or file-<id>")
     cmd.set_defaults(handler=cmd_compact)
+
+    cmd = sub.add_parser("mock-backend", help="serve a fake Ollama + OpenAI backend (no model needed) to try "
+                                               "the API with: chat, streams, embeddings, RAG")
+    cmd.add_argument("--host", default="127.0.0.1")
+    cmd.add_argument("--port", type=int, default=11434, help="default 11434, where the server looks for Ollama")
+    cmd.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS",
+                     help="pause between streamed tokens (default 0)")
+    cmd.set_defaults(handler=cmd_mock_backend)
 
     cmd = sub.add_parser(
         "migrate-to-postgres", help="copy a SQLite deployment into an empty PostgreSQL database and verify it",
@@ -417,6 +427,33 @@ def cmd_compact(args) -> int:
     merged = index_sync.compact(ext.vectors, [args.collection] if args.collection else None)
     pruned = index_sync.prune_log(ext.settings.INDEX_LOG_RETENTION)
     print(f"compacted {len(merged)} collection(s); pruned {pruned} index log row(s)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- mock-backend
+
+
+def cmd_mock_backend(args) -> int:
+    """Serve the fake backend until Ctrl-C or SIGTERM."""
+    from .mock_backend import OPENAI_KEY, FakeBackend
+
+    try:
+        backend = FakeBackend(host=args.host, port=args.port, record=False)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+    backend.token_delay = max(args.token_delay, 0.0)
+    print(f"mock backend: Ollama API at {backend.url} (models {', '.join(backend.ollama_models)}), "
+          f"OpenAI API at {backend.openai_url} with key {OPENAI_KEY} (models {', '.join(backend.openai_models)}).\n"
+          f"Replies echo the last message; embeddings are hashed words. Ctrl-C stops it.", flush=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        backend.stop()
     return EXIT_OK
 
 
