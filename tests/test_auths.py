@@ -1,10 +1,13 @@
-"""/api/v1/auths: sign-up gating, sign-in, tokens, API keys, rate limit."""
+"""/api/v1/auths: sign-up gating (the setup token of a first sign-up from elsewhere), sign-in, tokens, API
+keys, rate limit."""
+import re
 import time
 
 import jwt
 import pytest
 
 from webui_api.db import User
+from webui_api.gateway.readiness import startup_notes
 
 from .conftest import PASSWORD
 
@@ -176,3 +179,60 @@ def test_headless_admin_from_environment(client, settings_overrides):
     response = signin(client, "ops@example.com", "ops-pass")
     assert response.status_code == 200 and response.get_json()["role"] == "admin"
     assert signup(client, "late@example.com").status_code == 403
+
+
+
+def startup_warning(app) -> str | None:
+    """The master's start-up line about the unclaimed instance, if it would print one now."""
+    notes = startup_notes(app.extensions["webui_api"].settings, "http://127.0.0.1:8080")
+    return next((line for _level, line in notes if "NO ACCOUNT EXISTS YET" in line), None)
+
+
+def setup_token_from_the_log(app) -> str:
+    return re.search(r"'X-Setup-Token: (\w+)'", startup_warning(app)).group(1)
+
+
+REMOTE = {"X-Forwarded-For": "203.0.113.9"}  # a remote client, as the trusted nginx hop reports it
+
+
+def remote_signup(client, email, headers=REMOTE, **environ):
+    body = {"name": "Someone", "email": email, "password": PASSWORD}
+    return client.post("/api/v1/auths/signup", json=body, headers=headers, environ_overrides=environ)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"TRUSTED_PROXY_HOPS": "1"}])
+def test_first_signup_from_another_machine_needs_the_setup_token(app, client, settings_overrides):
+    refused = remote_signup(client, "eve@example.com")
+    assert refused.status_code == 403 and "X-Setup-Token" in refused.get_json()["detail"]
+    wrong = remote_signup(client, "eve@example.com", {**REMOTE, "X-Setup-Token": "0" * 32})
+    assert wrong.status_code == 403 and not User.select().exists()
+
+    claimed = remote_signup(client, "ops@example.com", {**REMOTE, "X-Setup-Token": setup_token_from_the_log(app)})
+    assert claimed.status_code == 200 and claimed.get_json()["role"] == "admin"
+    assert startup_warning(app) is None  # claimed: the log stops offering a token
+
+
+@pytest.mark.parametrize("settings_overrides", [{"TRUSTED_PROXY_HOPS": "0"}])
+@pytest.mark.parametrize("peer, headers", [
+    ("198.51.100.4", {"X-Forwarded-For": "127.0.0.1"}),  # a remote client pretending to be relayed locally
+    ("127.0.0.1", {"X-Forwarded-For": "203.0.113.9"}),  # nginx on loopback, TRUSTED_PROXY_HOPS forgotten
+    ("127.0.0.1", {"X-Real-IP": "203.0.113.9"}),
+    ("127.0.0.1", {"Forwarded": "for=203.0.113.9"}),
+    ("198.51.100.4", {}),  # HOST=0.0.0.0, no proxy
+])
+def test_a_forwarded_or_remote_address_never_counts_as_this_machine(client, settings_overrides, peer, headers):
+    response = remote_signup(client, "eve@example.com", headers, REMOTE_ADDR=peer)
+    assert response.status_code == 403 and "setup token" in response.get_json()["detail"]
+
+
+@pytest.mark.parametrize("peer, headers", [("127.0.0.1", {}), ("::1", {}),
+                                           ("127.0.0.1", {"X-Forwarded-For": "127.0.0.1"})])
+def test_signup_from_this_machine_needs_no_token(client, peer, headers):
+    response = remote_signup(client, "local@example.com", headers, REMOTE_ADDR=peer)
+    assert response.status_code == 200 and response.get_json()["role"] == "admin"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"TRUSTED_PROXY_HOPS": "1", "ENABLE_SIGNUP": "true"}])
+def test_the_setup_token_only_guards_the_first_account(client, admin, settings_overrides):
+    later = remote_signup(client, "later@example.com")
+    assert later.status_code == 200 and later.get_json()["role"] == "pending"

@@ -1,6 +1,7 @@
 """The `webui-api` console script, run as a real process against the same DATA_DIR as the app."""
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -160,9 +161,10 @@ def test_check_sees_orphaned_vectors_and_reindex_of_one_collection(run, app, adm
     vectors.add(kb.id, [999_999], np.ones((1, 64), dtype=np.float32) / 8.0)  # a vector of no chunk
     drift = run("check")
     assert drift.returncode == 3 and f"drift: {kb.id}: 1 orphaned vector(s) in the index" in drift.stdout
-    assert run("reindex", "--collection", kb.id).returncode == 0
+    assert run("reindex", "--collection", "K").returncode == 0  # a name, as ingest takes
     assert 999_999 not in vectors.ids(kb.id)
     assert run("check").returncode == 0
+    assert run("reindex", "--collection", kb.id).returncode == 0  # or an id
     one_line_error(run("reindex", "--collection", "no-such"), "no collection 'no-such'")
 
 
@@ -211,3 +213,55 @@ def test_check_finishes_a_file_whose_host_died(run, app, admin):
     assert File.get_by_id(abandoned.id).status == "completed"
     assert ProcessingLease.get_or_none(ProcessingLease.file == abandoned.id) is None
     assert File.get_by_id(held.id).status == "processing"  # its live host will finish it
+
+
+def test_ingest_counts_bytes_already_uploaded_over_http_as_unchanged(run, client, admin, corpus):
+    """The same bytes uploaded through the API first: ingest links them, and never calls them "added"."""
+    import io
+
+    uploaded = client.post("/api/v1/files/", headers=admin["headers"],
+                           data={"file": (io.BytesIO((corpus / "beta.txt").read_bytes()), "beta.txt")})
+    assert uploaded.status_code == 200
+    first, again = (run("ingest", str(corpus / "beta.txt"), str(corpus / "alpha.md"), "--knowledge", "K")
+                    for _ in range(2))
+    assert first.stdout.startswith("1 added, 0 updated, 1 unchanged, 0 failed"), first.stdout + first.stderr
+    assert again.stdout.startswith("0 added, 0 updated, 2 unchanged, 0 failed"), again.stdout + again.stderr
+    assert File.select().count() == 2
+
+
+def test_ingest_never_makes_a_second_collection_of_a_name_another_account_uses(run, admin, make_user, corpus):
+    assert run("ingest", str(corpus / "alpha.md"), "--knowledge", "Shared").returncode == 0
+    other = make_user("user", email="other@example.com")
+    refused = run("ingest", str(corpus / "beta.txt"), "--knowledge", "Shared", "--email", other["email"])
+    one_line_error(refused, f"the collection 'Shared' belongs to {admin['email']}, not other@example.com")
+    assert Knowledge.select().where(Knowledge.name == "Shared").count() == 1
+    kb = Knowledge.get(Knowledge.name == "Shared")
+    one_line_error(run("ingest", str(corpus / "beta.txt"), "--knowledge", kb.id, "--email", other["email"]),
+                   f"other@example.com may not add files to collection {kb.id}")
+    by_id = run("ingest", str(corpus / "beta.txt"), "--knowledge", kb.id)  # its owner may, by id too
+    assert by_id.returncode == 0 and f"(knowledge {kb.id!r}: {kb.id})" in by_id.stdout
+
+
+def test_reindex_refuses_an_ambiguous_name(run, client, admin, make_user, corpus):
+    assert run("ingest", str(corpus / "alpha.md"), "--knowledge", "K").returncode == 0
+    other = make_user("user")
+    assert client.post("/api/v1/knowledge/create", headers=other["headers"],
+                       json={"name": "K", "description": ""}).status_code == 200
+    one_line_error(run("reindex", "--collection", "K"), "2 collections are named 'K'; give one of their ids")
+    one_line_error(run("compact", "--collection", "K"), "2 collections are named 'K'")
+
+
+def test_a_file_kept_as_failed_is_explained_in_sentences_for_the_command_line(run, make_backend, fake_backend,
+                                                                              admin, corpus):
+    port = fake_backend.port
+    fake_backend.stop()  # the embedding backend is down: the file is kept as 'failed'
+    failed = run("ingest", str(corpus / "alpha.md"))
+    assert failed.returncode == 1 and "0 added, 0 updated, 0 unchanged, 1 failed" in failed.stdout
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"webui-api: failed: {corpus / 'alpha.md'}: ")
+    assert re.search(r"[a-z]\. The file was kept as [\w-]+ with status 'failed'; run the same command again "
+                     r"once the embedding backend is back\.$", line), line
+    assert "POST /api" not in line
+    make_backend(port=port)  # back, where it was
+    retried = run("ingest", str(corpus / "alpha.md"))
+    assert retried.returncode == 0 and "1 added, 0 updated, 0 unchanged, 0 failed" in retried.stdout

@@ -120,6 +120,29 @@ def test_master_logs_backends_and_warns_once_while_no_account_exists(tmp_path, m
     assert log.read_text().count("NO ACCOUNT EXISTS YET") == 1  # the restart, with an admin, stays quiet
 
 
+def test_a_remote_first_signup_needs_the_token_from_the_start_up_log(tmp_path, database_settings):
+    """Behind a trusted proxy (the test plays nginx: TRUSTED_PROXY_HOPS=1), a remote client cannot claim the
+    fresh instance on either worker until it shows the token the master printed."""
+    env = {"DATA_DIR": str(tmp_path), **database_settings, "TRUSTED_PROXY_HOPS": "1"}
+    log = tmp_path / "gunicorn.log"
+    body = {"name": "Ops", "email": "ops@example.com", "password": "pw"}
+    remote = {"X-Forwarded-For": "203.0.113.9"}
+    with Gunicorn(env, workers=2, threads=2, log_path=str(log)) as server:
+        for pid in server.worker_pids():
+            paused = only_worker(server, pid)
+            try:
+                with requests.Session() as session:
+                    refused = session.post(server.url + "/api/v1/auths/signup", json=body, headers=remote,
+                                           timeout=10)
+            finally:
+                resume(paused)
+            assert refused.status_code == 403 and "X-Setup-Token" in refused.json()["detail"]
+        token = re.search(r"'X-Setup-Token: (\w+)'", log.read_text()).group(1)
+        claimed = requests.post(server.url + "/api/v1/auths/signup", json=body, timeout=10,
+                                headers={**remote, "X-Setup-Token": token})
+        assert claimed.status_code == 200 and claimed.json()["role"] == "admin"
+
+
 def raw_exchange(port: int, request: bytes) -> tuple[int, dict, bytes]:
     """Send raw bytes, read the whole answer (gunicorn closes after its own errors)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:

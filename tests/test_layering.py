@@ -10,7 +10,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "webui_api"
 KERNEL = {"config", "errors", "db", "dialect", "locks", "upstream", "telemetry", "version"}
 # Lower number = lower layer; a module may import only its own layer or lower ones.
-LAYERS = {"api": 5, "cli": 5, "services": 4, "gateway": 3, "rag": 2, "auth": 1, **{name: 0 for name in KERNEL}}
+# mock_backend: a stand-alone tool the CLI runs (stdlib only), in the top layer so no service layer imports it.
+LAYERS = {"api": 5, "cli": 5, "mock_backend": 5, "services": 4, "gateway": 3, "rag": 2, "auth": 1,
+          **{name: 0 for name in KERNEL}}
 FLASK_PACKAGES = ("flask", "flask_smorest", "werkzeug", "webargs")
 
 

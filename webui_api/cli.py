@@ -1,5 +1,5 @@
-"""`webui-api` command line: accounts, bulk ingest, index rebuild, database/index consistency check and the
-move of a SQLite deployment to PostgreSQL."""
+"""`webui-api` command line: accounts, bulk ingest, index rebuild, database/index consistency check, the
+move of a SQLite deployment to PostgreSQL and a fake LLM backend to try the API with."""
 from __future__ import annotations
 
 import argparse
@@ -8,14 +8,17 @@ import hashlib
 import logging
 import mimetypes
 import os
+import signal
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DRIFT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+CLI_RETRY = "run the same command again"  # what a CLI user does where an HTTP client would re-post
 
 
 class CliError(Exception):
@@ -40,8 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def describe(exc: BaseException) -> str:
-    from .errors import ApiError
+    from .errors import ApiError, KeptAsFailed
 
+    if isinstance(exc, KeptAsFailed):
+        return exc.advise(CLI_RETRY)
     if isinstance(exc, ApiError):
         return exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if isinstance(exc, CliError):
@@ -76,12 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("ingest", help="upload files or folders (recursively) and make them searchable")
     cmd.add_argument("paths", nargs="+", metavar="PATH")
     cmd.add_argument("--knowledge", metavar="NAME",
-                     help="add every file to this collection (created if missing)")
+                     help="add every file to the owner's collection of this name (or id), created if no "
+                          "collection has that name")
     cmd.add_argument("--email", help="owner of the files (default: the first admin)")
     cmd.set_defaults(handler=cmd_ingest)
 
     cmd = sub.add_parser("reindex", help="rebuild vector index files from the database (no embedding calls)")
-    cmd.add_argument("--collection", metavar="NAME", help="only this collection: a knowledge id or file-<id>")
+    cmd.add_argument("--collection", metavar="NAME",
+                     help="only this collection: a knowledge name or id, or file-<id>")
     cmd.set_defaults(handler=cmd_reindex)
 
     cmd = sub.add_parser("check", help="verify database <-> vector index consistency; exit 3 on drift")
@@ -91,8 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("compact", help="merge each collection's index segments, drop deleted vectors and "
                                           "prune the index log (INDEX_LOG_RETENTION)")
-    cmd.add_argument("--collection", metavar="NAME", help="only this collection: a knowledge id or file-<id>")
+    cmd.add_argument("--collection", metavar="NAME",
+                     help="only this collection: a knowledge name or id, or file-<id>")
     cmd.set_defaults(handler=cmd_compact)
+
+    cmd = sub.add_parser("mock-backend", help="serve a fake Ollama + OpenAI backend (no model needed) to try "
+                                               "the API with: chat, streams, embeddings, RAG")
+    cmd.add_argument("--host", default="127.0.0.1")
+    cmd.add_argument("--port", type=int, default=11434, help="default 11434, where the server looks for Ollama")
+    cmd.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS",
+                     help="pause between streamed tokens (default 0)")
+    cmd.set_defaults(handler=cmd_mock_backend)
 
     cmd = sub.add_parser(
         "migrate-to-postgres", help="copy a SQLite deployment into an empty PostgreSQL database and verify it",
@@ -271,14 +287,47 @@ def collect_files(paths: Iterable[str]) -> Iterator[str]:
 
 
 def ensure_knowledge(owner, name: str) -> str:
+    """The owner's collection of this name, or the collection with this id, or a new one when no collection
+    has the name. A name only other accounts use is refused, not guessed at: reusing their collection would
+    put the owner's files where someone else decides who reads them, and a second collection of the same
+    name would make the name (which `reindex --collection` also takes) ambiguous."""
+    from .db import Knowledge
+    from .errors import ApiError
     from .rag import knowledge
+
+    named = list(Knowledge.select().where(Knowledge.name == name).order_by(Knowledge.created_at))
+    own = [kb for kb in named if kb.user_id == owner.id]
+    if own:
+        return own[0].id
+    if named:
+        owners = ", ".join(sorted({kb.user.email for kb in named}))
+        raise CliError(f"the collection {name!r} belongs to {owners}, not {owner.email}: pass its owner's "
+                       f"--email to add to it, or choose another name for a collection of {owner.email}")
+    if knowledge.find(name) is not None:
+        try:
+            return knowledge.writable(owner, name).id
+        except ApiError as exc:
+            raise CliError(f"{owner.email} may not add files to collection {name}") from exc
+    return knowledge.create(owner, name, "Created by webui-api ingest").id
+
+
+def collection_named(given: str, collections: Iterable[str]) -> str:
+    """The index collection `given` means: itself (a knowledge id or file-<id>), or the one knowledge
+    collection of that name."""
     from .db import Knowledge
 
-    found = Knowledge.select().where(Knowledge.user == owner.id, Knowledge.name == name) \
-        .order_by(Knowledge.created_at).first()
-    if found is not None:
-        return found.id
-    return knowledge.create(owner, name, "Created by webui-api ingest").id
+    collections = set(collections)
+    if given in collections:
+        return given
+    named = [kb.id for kb in Knowledge.select(Knowledge.id).where(Knowledge.name == given)]
+    if len(named) > 1:
+        raise CliError(f"{len(named)} collections are named {given!r}; give one of their ids: "
+                       f"{', '.join(named)}")
+    if named and named[0] in collections:
+        return named[0]
+    if named:
+        raise CliError(f"the collection {given!r} ({named[0]}) has no index yet (no processed file)")
+    raise CliError(f"no collection {given!r} (give a knowledge name or id, or file-<id> of a processed file)")
 
 
 def previous_uploads(owner) -> dict[str, object]:
@@ -315,6 +364,7 @@ def ingest_one(ext, owner, path: str, knowledge_id: str | None, known: dict, tal
             tally.skipped += 1
         else:
             resume_abandoned(ext, owner, digest)
+            searchable_before = already_searchable(owner, digest)  # e.g. the same bytes uploaded over HTTP
             with open(path, "rb") as handle:
                 file, _created = files.upload(ext, owner, handle, os.path.basename(path),
                                               mimetypes.guess_type(path)[0], {"source_path": path})
@@ -323,6 +373,9 @@ def ingest_one(ext, owner, path: str, knowledge_id: str | None, known: dict, tal
                 files.delete(ext, owner, previous.id)  # the old version leaves the collections too
                 note = "updated"
                 tally.updated += 1
+            elif searchable_before:
+                note = "unchanged"
+                tally.skipped += 1
             else:
                 note = "added"
                 tally.added += 1
@@ -332,6 +385,13 @@ def ingest_one(ext, owner, path: str, knowledge_id: str | None, known: dict, tal
     except (ApiError, OSError) as exc:
         tally.failed.append(f"{path}: {describe(exc)}")
         return "FAILED"
+
+
+def already_searchable(owner, digest: str) -> bool:
+    from .db import File
+
+    return File.select().where(File.user == owner.id, File.file_hash == digest,
+                               File.status == "completed").exists()
 
 
 def resume_abandoned(ext, owner, digest: str) -> None:
@@ -368,13 +428,7 @@ def cmd_reindex(args) -> int:
 
     ext = open_services()
     wanted = index_sync.expected_ids()
-    if args.collection:
-        if args.collection not in wanted:
-            raise CliError(f"no collection {args.collection!r} "
-                           "(use a knowledge id or file-<id> of a processed file)")
-        names = [args.collection]
-    else:
-        names = list(wanted)
+    names = [collection_named(args.collection, wanted)] if args.collection else list(wanted)
     progress = Progress(len(names), "reindex")
     total, removed = index_sync.repair(ext.vectors, names, progress=lambda name: progress.step(name),
                                        sweep=not args.collection)  # strays only go with a full reindex
@@ -402,9 +456,8 @@ def cmd_check(args) -> int:
               + (f", {len(removed)} stray file(s) removed" if removed else ""))
         return EXIT_OK
     if problems:
-        print(f"{len(problems)} problem(s) in {count} collection(s); repair with "
-              "`webui-api check --repair` (files "
-              "left pending: restart the server or POST /api/v1/retrieval/process/file)", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {count} collection(s). Repair them with `webui-api check --repair`; "
+              "a file left pending is finished by the next `webui-api check` or server start.", file=sys.stderr)
         return EXIT_DRIFT
     print(f"ok: {count} collection(s) match the database")
     return EXIT_OK
@@ -414,9 +467,37 @@ def cmd_compact(args) -> int:
     from .rag import index_sync
 
     ext = open_services()
-    merged = index_sync.compact(ext.vectors, [args.collection] if args.collection else None)
+    names = [collection_named(args.collection, ext.vectors.index_files()[0])] if args.collection else None
+    merged = index_sync.compact(ext.vectors, names)
     pruned = index_sync.prune_log(ext.settings.INDEX_LOG_RETENTION)
     print(f"compacted {len(merged)} collection(s); pruned {pruned} index log row(s)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- mock-backend
+
+
+def cmd_mock_backend(args) -> int:
+    """Serve the fake backend until Ctrl-C or SIGTERM."""
+    from .mock_backend import OPENAI_KEY, FakeBackend
+
+    try:
+        backend = FakeBackend(host=args.host, port=args.port, record=False)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+    backend.token_delay = max(args.token_delay, 0.0)
+    print(f"mock backend: Ollama API at {backend.url} (models {', '.join(backend.ollama_models)}), "
+          f"OpenAI API at {backend.openai_url} with key {OPENAI_KEY} (models {', '.join(backend.openai_models)}).\n"
+          f"Replies echo the last message; embeddings are hashed words. Ctrl-C stops it.", flush=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        backend.stop()
     return EXIT_OK
 
 

@@ -90,11 +90,25 @@ class UnusableContent(ApiError):
         return cls(cause.detail, cause.status, cause.headers)
 
 
-class KeptAsFailed(ApiError):
-    """Processing failed but the file was kept as 'failed': the cause's status, its detail plus advice."""
+def sentences(*parts: str) -> str:
+    """Texts joined as sentences: each closed with a full stop unless it already ends with one."""
+    parts = [part.strip() for part in parts if part and part.strip()]
+    return " ".join(part if part.endswith((".", "!", "?")) else part + "." for part in parts)
 
-    def __init__(self, cause: ApiError, advice: str):
-        super().__init__(f"{cause.detail} {advice}", cause.status, cause.headers)
+
+class KeptAsFailed(ApiError):
+    """Processing failed but the file was kept as 'failed': the cause's status, its detail, then where the file
+    is and how to retry it once `remedy` holds (over HTTP in the detail; the CLI asks advise() for its own)."""
+
+    HTTP_RETRY = "process it again with POST /api/v1/retrieval/process/file"
+
+    def __init__(self, cause: ApiError, file_id: str, remedy: str):
+        self.cause, self.file_id, self.remedy = cause, file_id, remedy
+        super().__init__(self.advise(self.HTTP_RETRY), cause.status, cause.headers)
+
+    def advise(self, retry: str) -> str:
+        return sentences(str(self.cause.detail),
+                         f"The file was kept as {self.file_id} with status 'failed'; {retry} once {self.remedy}")
 
 
 class ConfigError(Exception):

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import marshmallow as ma
+from flask import request
 from flask.views import MethodView
 
 from ..auth import accounts
 from .deps import access, bearer_token, current_caller, current_user, ext
 from .json_input import Blueprint
+from .observability import from_this_machine
 from .schemas import TRUE, Schema, StatusSchema, UserSchema, image_url_field, name_field
 
 blp = Blueprint("auths", __name__, url_prefix="/api/v1/auths", description="Accounts and credentials")
@@ -58,11 +60,17 @@ class Signup(MethodView):
     @access("public")
     @blp.arguments(SignupSchema)
     @blp.response(200, SessionSchema)
+    @blp.doc(parameters=[{"in": "header", "name": accounts.SETUP_TOKEN_HEADER, "required": False,
+                          "schema": {"type": "string"},
+                          "description": "While no account exists, a sign-up from another machine must carry "
+                                         "the setup token printed in the server's start-up log (else 403)."}])
     def post(self, body):
         """Create an account; the first one becomes admin. Answers with a session."""
         settings = ext().settings
+        may_claim = accounts.may_claim_instance(settings, from_this_machine(),
+                                                request.headers.get(accounts.SETUP_TOKEN_HEADER))
         user = accounts.signup(settings, body["name"], body["email"], body["password"],
-                               body["profile_image_url"])
+                               body["profile_image_url"], may_claim=may_claim)
         return accounts.issue_session(settings, user)
 
 

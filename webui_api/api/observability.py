@@ -1,6 +1,7 @@
 """Request ids, Server-Timing, structured access logs, ProxyFix and per-request metrics for the Flask app."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -35,6 +36,30 @@ def init_app(app: Flask) -> Flask:
     app.after_request(_after)
     app.teardown_request(_teardown)
     return app
+
+
+def from_this_machine() -> bool:
+    """Whether the request comes from the server's own machine: the TCP peer and every address a proxy (or
+    the client) wrote into X-Forwarded-For / X-Real-IP are loopback, and no RFC 7239 Forwarded header says
+    otherwise. ProxyFix's remote_addr is always one of those, so this is at least as strict as the trusted
+    hops, and stays safe when TRUSTED_PROXY_HOPS is wrong: nginx on loopback relaying a remote client counts
+    as remote, and a client cannot look local by adding addresses (they only add entries that must pass)."""
+    environ = request.environ
+    peer = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR", environ.get("REMOTE_ADDR"))
+    forwarded = [part for header in ("X-Forwarded-For", "X-Real-IP")
+                 for part in request.headers.get(header, "").split(",") if part.strip()]
+    return "Forwarded" not in request.headers and all(map(_is_loopback, [peer or "", *forwarded]))
+
+
+def _is_loopback(address: str) -> bool:
+    address = address.strip()
+    if not address:
+        return True  # a Unix socket peer: only processes on this machine can connect (proxies add XFF)
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
 
 
 def sane_request_id(value: str | None) -> str:

@@ -22,6 +22,10 @@ EMAIL_TAKEN = ("Uh-oh! This email is already registered. Sign in with your exist
 WRONG_CREDENTIALS = ("The email or password provided is incorrect. Please check for typos and try "
                      "logging in again.")
 WRONG_PASSWORD = "The password provided is incorrect. Please check for typos and try again."
+SETUP_TOKEN_HEADER = "X-Setup-Token"
+SETUP_TOKEN_REQUIRED = ("No account exists yet and the first one becomes admin: from another machine, sign up "
+                        f"with the setup token printed in the server's start-up log in the {SETUP_TOKEN_HEADER} "
+                        "header, or sign up from the server itself.")
 LAST_ADMIN = "The last admin account cannot be demoted or deleted; promote another admin first."
 # Users, key hashes and revoked token ids as this worker last read them; any change to those tables
 # bumps the "auth" stamp (db.STAMP_TRIGGERS), so a revoked key or deleted user is refused at once.
@@ -108,15 +112,24 @@ def awaiting_first_account() -> bool:
 
 
 def signup(settings: Settings, name: str, email: str, password: str,
-           profile_image_url: str | None = None) -> User:
+           profile_image_url: str | None = None, *, may_claim: bool) -> User:
+    """A new account; the first becomes admin, so it is made only when `may_claim` (see may_claim_instance)."""
     email = normalise_email(email)
     password_hash = security.hash_password(password, settings.PASSWORD_HASH_COST)
     with write_transaction():  # the first-user check and the insert must not interleave across workers
         first = not User.select().exists()
         if not first and settings.ENABLE_SIGNUP is not True:
             raise Forbidden(ACCESS_PROHIBITED)
+        if first and not may_claim:
+            raise Forbidden(SETUP_TOKEN_REQUIRED)
         role = "admin" if first else settings.DEFAULT_USER_ROLE
         return _insert_user(name, email, password_hash, role, profile_image_url)
+
+
+def may_claim_instance(settings: Settings, from_this_machine: bool, presented_token: str | None) -> bool:
+    """Whoever makes the first account owns the instance: a sign-up from the server's own machine may, one
+    from elsewhere only with the setup token from the start-up log."""
+    return from_this_machine or security.is_setup_token(settings.WEBUI_SECRET_KEY, presented_token)
 
 
 def _insert_user(name: str, email: str, password_hash: str, role: str, profile_image_url: str | None) -> User:

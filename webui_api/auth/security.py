@@ -90,6 +90,19 @@ def decode_jwt(secret: str, token: str) -> dict | None:
     return claims
 
 
+# --- the first sign-up from another machine -------------------------------------------------
+
+def setup_token(secret: str) -> str:
+    """The token a first sign-up from another machine must show (printed in the start-up log). Derived from
+    the secret key rather than stored: every worker and host already shares the key, so all agree on it
+    without a table, and it is worthless once the first account exists."""
+    return hmac.new(secret.encode(), b"webui-api first sign-up", hashlib.sha256).hexdigest()[:32]
+
+
+def is_setup_token(secret: str, presented: str | None) -> bool:
+    return bool(presented) and hmac.compare_digest(setup_token(secret).encode(), presented.strip().encode())
+
+
 # --- API keys -------------------------------------------------------------------------------
 
 def new_api_key() -> str:

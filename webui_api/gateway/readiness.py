@@ -10,6 +10,9 @@ import time
 from typing import Any, Callable
 
 from .. import db
+from ..auth import security
+from ..auth.accounts import SETUP_TOKEN_HEADER
+from ..config import load_secret_key
 from ..dialect import for_url
 from ..upstream import Upstream
 from ..errors import ApiError
@@ -131,8 +134,10 @@ def startup_notes(settings, bind: str) -> list[tuple[str, str]]:
     loud warning while no account exists (the first sign-up becomes admin) and no admin is configured."""
     notes = backend_notes(settings)
     if not (settings.WEBUI_ADMIN_EMAIL and settings.WEBUI_ADMIN_PASSWORD) and not has_account(settings):
-        notes.append(("warning", f"NO ACCOUNT EXISTS YET: the first sign-up becomes admin, and anyone who "
-                                 f"reaches {bind} can make it. Sign up now, or set WEBUI_ADMIN_EMAIL and "
+        token = security.setup_token(settings.WEBUI_SECRET_KEY or load_secret_key(settings.DATA_DIR))
+        notes.append(("warning", f"NO ACCOUNT EXISTS YET on {bind}: the first sign-up becomes admin. From this "
+                                 f"machine it needs nothing; from another it must send the header "
+                                 f"'{SETUP_TOKEN_HEADER}: {token}'. Sign up now, or set WEBUI_ADMIN_EMAIL and "
                                  f"WEBUI_ADMIN_PASSWORD."))
     return notes
 

@@ -170,9 +170,8 @@ def _run(ext, file: File, background: bool, new: bool) -> File:
         kept = File.get_or_none(File.id == file.id)
         if kept is None or kept.status != "failed" or not isinstance(exc.detail, str):
             raise
-        cause = "the embedding backend is back" if isinstance(exc, UpstreamError) else "the problem is fixed"
-        raise KeptAsFailed(exc, f"The file was kept as {file.id} with status 'failed'; process it again with "
-                                f"POST /api/v1/retrieval/process/file once {cause}.") from exc
+        remedy = "the embedding backend is back" if isinstance(exc, UpstreamError) else "the problem is fixed"
+        raise KeptAsFailed(exc, file.id, remedy) from exc
 
 
 # ---------------------------------------------------------------- reading
