@@ -74,6 +74,9 @@ def test_legacy_completion_errors(sdk, client, user, fake_backend):
     with pytest.raises(openai.BadRequestError, match="Model not found"):
         api.completions.create(model="no-such-model", prompt=PROMPT)
     missing = client.post("/api/v1/completions", headers=user["headers"], json={"model": "llama3.2"})
+    bad = client.post("/api/v1/completions", headers=user["headers"],
+                      json={"model": "llama3.2", "prompt": "x", "options": [1]})
+    assert bad.status_code == 422 and bad.get_json()["detail"] == "`options` must be an object."
     assert missing.status_code == 422 and missing.get_json()["error"]["message"]
     fake_backend.fault = {"kind": "http500", "path": "/v1/completions", "message": "quota gone"}
     with pytest.raises(openai.APIStatusError, match="quota gone"):

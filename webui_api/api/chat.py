@@ -106,7 +106,8 @@ class TextCompletionSchema(Relayed):
     object = ma.fields.String(metadata={"example": "text_completion"})
     created = ma.fields.Integer()
     model = ma.fields.String()
-    choices = ma.fields.List(ma.fields.Dict(), metadata={"description": "{text, index, logprobs, finish_reason}"})
+    choices = ma.fields.List(ma.fields.Dict(), metadata={
+        "description": "{text, index, logprobs, finish_reason}"})
     usage = ma.fields.Dict(allow_none=True)
 
 

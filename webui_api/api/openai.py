@@ -110,5 +110,6 @@ class Responses(MethodView):
     @blp.response(200, OpenAIReply)
     @blp.alt_response(200, schema=SSE, content_type="text/event-stream", success=True)
     def post(self, url_idx: int | None = None):
-        """OpenAI's Responses API (newer SDKs, coding agents), JSON or its SSE events relayed as they arrive."""
+        """OpenAI's Responses API (newer SDKs, coding agents): JSON, or its SSE events relayed as they
+        arrive."""
         return _forward("/responses", url_idx)

@@ -51,27 +51,35 @@ def single_prompt(prompt: Any) -> str:
 
 
 def _ollama_completion(upstream, user, target, requested: str, body: dict, params: dict) -> dict | Streamed:
+    if body.get("options") is not None and not isinstance(body["options"], dict):
+        raise Unprocessable("`options` must be an object.")
     body["model"] = target.upstream_model
     payload = convert.openai_to_ollama_generate(body, single_prompt(body.get("prompt")), params)
-    completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    ident = (f"cmpl-{uuid.uuid4().hex}", int(time.time()), requested)  # id, created, model of every chunk
     resp = upstream.send(target.hosts, "POST", "/api/generate", json=payload, stream=payload["stream"],
                          user=user)
     if resp.status_code >= 400:
         raise backend_error(resp, resp.backend)
     if payload["stream"]:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return Streamed(_ollama_stream(upstream, resp, (completion_id, created, requested), include_usage, user))
+        return Streamed(_ollama_stream(upstream, resp, ident, include_usage, user))
+    return _ollama_answer(resp, ident)
+
+
+def _ollama_answer(resp, ident: tuple) -> dict:
+    """A non-streamed /api/generate answer as a `text_completion`."""
     data = _json_body(resp, resp.backend)
     if not isinstance(data, dict) or data.get("error"):
         raise UpstreamError(f"{resp.backend.label}: {data.get('error') if isinstance(data, dict) else data}")
     usage = convert.generate_usage(data)
     _count_tokens({"usage": usage})
-    return convert.text_completion(completion_id, created, requested, data.get("response") or "",
-                                   convert.finish_reason(data.get("done_reason"), False), usage)
+    finish = convert.finish_reason(data.get("done_reason"), False)
+    return convert.text_completion(*ident, data.get("response") or "", finish, usage)
 
 
 def _ollama_stream(upstream, resp, ident: tuple, include_usage: bool, user) -> Iterator[bytes]:
-    """Ollama's NDJSON generate lines -> `text_completion` chunks, `[DONE]` last; failures -> an error event."""
+    """Ollama's NDJSON generate lines -> `text_completion` chunks, `[DONE]` last; failures -> an error
+    event."""
     lines = upstream.stream_lines(resp)
     label = resp.backend.label
     try:
@@ -79,19 +87,25 @@ def _ollama_stream(upstream, resp, ident: tuple, include_usage: bool, user) -> I
             if obj.get("response"):
                 yield convert.sse(convert.text_completion(*ident, obj["response"], None))
             if obj.get("done"):
-                usage = convert.generate_usage(obj)
-                _count_tokens({"usage": usage})
-                finish = convert.finish_reason(obj.get("done_reason"), False)
-                yield convert.sse(convert.text_completion(*ident, "", finish, None if include_usage else usage))
-                if include_usage:
-                    yield convert.sse({**convert.text_completion(*ident, "", None), "choices": [], "usage": usage})
-                yield convert.SSE_DONE
+                yield from _final_chunks(ident, obj, include_usage)
                 return
         raise UpstreamError(f"{label} ended the stream before the reply was complete")
     except Exception as exc:  # the response has started: end it with an error event, never hang
         yield from _stream_error(exc, user)
     finally:
         lines.close()
+
+
+def _final_chunks(ident: tuple, done: dict, include_usage: bool) -> Iterator[bytes]:
+    """The chunk with `finish_reason` (carrying usage, or followed by the `choices: []` usage chunk when
+    include_usage asks for it), then `[DONE]`."""
+    usage = convert.generate_usage(done)
+    _count_tokens({"usage": usage})
+    finish = convert.finish_reason(done.get("done_reason"), False)
+    yield convert.sse(convert.text_completion(*ident, "", finish, None if include_usage else usage))
+    if include_usage:
+        yield convert.sse({**convert.text_completion(*ident, "", None), "choices": [], "usage": usage})
+    yield convert.SSE_DONE
 
 
 def _generate_lines(lines, label: str) -> Iterator[dict]:
