@@ -63,7 +63,7 @@ class ChatCompletionSchema(SamplingSchema):
                               metadata={"description": "Chunks to retrieve (default RAG_TOP_K)"})
     rag_dry_run = StrictBoolean(metadata={"description": (
         "Answer the messages the backend would get (after preset, retrieval and template) and `sources`, "
-        "without calling the model")})
+        "without calling the chat model")})
 
 
 class TextCompletionRequestSchema(SamplingSchema):
@@ -139,7 +139,7 @@ class ChatCompletions(MethodView):
         Unknown or inaccessible model → 400 `Model not found`; 502 naming the backend when a backend's model
         list did not arrive (the model may be its) or the backend failed. `files` adds retrieved context and a
         top-level `sources` list (streaming: on the first chunk that has `choices`). `rag_dry_run: true`
-        calls no model and answers `{object: "chat.completion.dry_run", model, messages, sources}`: the
+        calls no chat model and answers `{object: "chat.completion.dry_run", model, messages, sources}`: the
         messages exactly as the backend would get them (after preset, retrieval and template)."""
         return _reply(gateway.chat_completion(ext(), current_user(), body))
 

@@ -353,7 +353,7 @@ UPSTREAM_PAYLOADS = {"openai": openai_payload, "ollama": ollama_chat_payload}
 
 def dry_run_reply(target, requested: str, body: dict, params: dict, sources: list) -> dict:
     """`rag_dry_run: true`: the messages the backend would get (built by the same payload builder as the
-    real call, after preset, retrieval and template) and the sources; the model is not called."""
+    real call, after preset, retrieval and template) and the sources; the chat model is not called."""
     build = UPSTREAM_PAYLOADS.get(target.kind)
     payload = build(target, body, params) if build else body
     return {"object": "chat.completion.dry_run", "model": requested, "messages": payload["messages"],
