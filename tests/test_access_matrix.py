@@ -230,11 +230,19 @@ ROWS = [
       for rule in CHATS for kind, ref in (("collection", "knowledge"), ("file", "file"))],
     *[Row(rule, "POST", "model", f"chat with A's preset ({rule})", _b("POST", rule, json=_chat("{preset}")),
           status=400) for rule in CHATS],
+    # a dry run retrieves like chat: it never shows B what A's sources hold
+    *[Row(CHATS[0], "POST", "files", f"dry run over A's {kind}", _b("POST", CHATS[0], json=_chat(
+        "llama3.2", rag_dry_run=True, files=[{"type": kind, "id": "{%s}" % ref}])))
+      for kind, ref in (("collection", "knowledge"), ("file", "file"))],
+    Row("/api/v1/completions", "POST", "model", "legacy completion with A's preset",
+        _b("POST", "/api/v1/completions", json={"model": "{preset}", "prompt": "orchard"}), status=400),
     # passthroughs and embeddings name models too: a preset is never theirs, A's private one least of all
     Row("/ollama/api/chat", "POST", "model", "Ollama chat with A's preset",
         _b("POST", "/ollama/api/chat", json={"model": "{preset}", "messages": [], "stream": False})),
     Row("/openai/chat/completions", "POST", "model", "OpenAI chat with A's preset",
         _b("POST", "/openai/chat/completions", json=_chat("{preset}"))),
+    Row("/openai/responses", "POST", "model", "OpenAI Responses with A's preset",
+        _b("POST", "/openai/responses", json={"model": "{preset}", "input": "orchard"})),
     Row("/api/embeddings", "POST", "model", "embed with A's preset",
         _b("POST", "/api/embeddings", json={"model": "{preset}", "input": "orchard"}), status=400),
     Row("/api/v1/models/create", "POST", "meta", "B's preset with A's collection as knowledge, then chat",

@@ -48,6 +48,29 @@ def test_openai_sse_with_usage_and_key_check(fake_backend):
     assert bad.status_code == 401
 
 
+def test_ollama_v1_is_keyless_for_ollama_models_only(make_backend):
+    backend = make_backend(ollama_key="ollama-secret")
+    body = {"model": "llama3.2", "messages": HELLO}
+    assert requests.post(backend.openai_url + "/chat/completions", json=body).status_code == 401
+    ollama = requests.post(backend.openai_url + "/chat/completions", json=body,
+                           headers={"Authorization": "Bearer ollama-secret"}).json()
+    assert ollama["system_fingerprint"] == "fp_ollama" and ollama["model"] == "llama3.2"
+    gpt = requests.post(backend.openai_url + "/chat/completions", json={**body, "model": "gpt-4o-mini"},
+                        headers={"Authorization": "Bearer ollama-secret"})
+    assert gpt.status_code == 401 and gpt.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_responses_stream_named_events_without_done(fake_backend):
+    resp = requests.post(fake_backend.openai_url + "/responses", headers=OA_HEADERS,
+                         json={"model": "gpt-4o-mini", "input": "hi", "stream": True, "max_output_tokens": 2})
+    blocks = [b for b in resp.text.split("\n\n") if b]
+    names = [b.split("\n")[0] for b in blocks]
+    assert names[0] == "event: response.created" and names[-1] == "event: response.incomplete"
+    assert names.count("event: response.output_text.delta") == 2 and "[DONE]" not in resp.text
+    final = json.loads(blocks[-1].split("data: ", 1)[1])
+    assert final["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
 def test_tool_call_trigger(fake_backend):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}}}}]

@@ -14,6 +14,12 @@ Behaviour tests can rely on:
   tool's JSON schema (strings get the user text, numbers 1, booleans true).
 * Embeddings: hashed bag of words, L2-normalised, 64 dims (per model: `embed_dims`); shared words give a
   higher cosine similarity. OpenAI `encoding_format: "base64"` (the SDK default) is honoured.
+* OpenAI text completions (`/v1/completions`, `text_completion`, one choice per prompt) and the Responses API
+  (`/v1/responses`: `input` text or message items plus `instructions`; streamed as named SSE events
+  `response.created` ... `response.output_text.delta` ... `response.completed`, no `[DONE]`), echoing like chat.
+* Ollama's keyless OpenAI-compatible layer: a `/v1/chat/completions|completions|embeddings|responses` call whose
+  `model` is an installed Ollama model is answered without the OpenAI key (the Ollama key if one is set),
+  as Ollama's `/v1` does, with `system_fingerprint: "fp_ollama"`.
 * Rerank (OpenAI side, `POST /v1/rerank`, Jina/Cohere shape): relevance = share of the query's distinct words
   found in the document (`overlap_score`), best first (ties by index), `top_n` kept.
 * Faults (`.fault = {"kind": ..., "path": prefix, "model": name?, "delay": s, "after": n, "status": code,
@@ -232,8 +238,9 @@ class _Handler(BaseHTTPRequestHandler):
                                                      "code": None}})
         self.send_json(status, {"error": message})
 
-    def stream(self, payloads: list, sse: bool) -> None:
-        """Send each payload as its own HTTP chunk (NDJSON line or SSE event), honouring delay and faults."""
+    def stream(self, payloads: list, sse: bool, named: bool = False) -> None:
+        """Send each payload as its own HTTP chunk (NDJSON line or SSE event), honouring delay and faults.
+        `named`: Responses API events (`event: <type>` lines, no `data: [DONE]` at the end)."""
         backend = self.server.backend
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream" if sse else "application/x-ndjson")
@@ -250,14 +257,15 @@ class _Handler(BaseHTTPRequestHandler):
                 break
             if i and backend.token_delay:
                 backend._stopping.wait(backend.token_delay)
-            self._chunk(payload, sse)
-        if sse:
+            self._chunk(payload, sse, named)
+        if sse and not named:
             self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
 
-    def _chunk(self, payload, sse: bool) -> None:
+    def _chunk(self, payload, sse: bool, named: bool = False) -> None:
         text = json.dumps(payload)
-        self._write_chunk((f"data: {text}\n\n" if sse else text + "\n").encode())
+        event = f"event: {payload.get('type', 'error')}\n" if named else ""
+        self._write_chunk((f"{event}data: {text}\n\n" if sse else text + "\n").encode())
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -373,14 +381,20 @@ class FakeBackend:
 
     # --- routing
     def _route(self, h: _Handler, method: str, path: str, body: dict) -> None:
+        compat = self._ollama_compat_routes().get((method, path))
+        if compat and self.resolve(body.get("model")) and body.get("model") not in self.openai_models:
+            if self.ollama_key and h.headers.get("Authorization") != f"Bearer {self.ollama_key}":
+                return h.send_json(401, {"error": "unauthorized"})
+            return compat(h, body)
         if path.startswith("/v1/"):
             if h.headers.get("Authorization") != f"Bearer {self.openai_key}":
                 return h.send_json(401, {"error": {"message": "Incorrect API key provided.",
                                                    "type": "invalid_request_error", "param": None,
                                                    "code": "invalid_api_key"}})
             route = {("GET", "/v1/models"): self._oa_models, ("POST", "/v1/chat/completions"): self._oa_chat,
-                     ("POST", "/v1/embeddings"): self._oa_embeddings,
-                     ("POST", "/v1/rerank"): self._oa_rerank}.get((method, path))
+                     ("POST", "/v1/embeddings"): self._oa_embeddings, ("POST", "/v1/rerank"): self._oa_rerank,
+                     ("POST", "/v1/completions"): self._oa_completions,
+                     ("POST", "/v1/responses"): self._oa_responses}.get((method, path))
         else:
             if self.ollama_key and h.headers.get("Authorization") != f"Bearer {self.ollama_key}":
                 return h.send_json(401, {"error": "unauthorized"})
@@ -390,6 +404,13 @@ class FakeBackend:
         if route is None:
             return h.send_text(404, "404 page not found")
         route(h, body)
+
+    def _ollama_compat_routes(self) -> dict:
+        """Ollama's OpenAI-compatible `/v1` (keyless): the OpenAI answers, for installed Ollama models."""
+        return {("POST", "/v1/chat/completions"): lambda h, b: self._chat_completion(h, b, "fp_ollama"),
+                ("POST", "/v1/completions"): lambda h, b: self._text_completion(h, b, "fp_ollama"),
+                ("POST", "/v1/embeddings"): lambda h, b: self._embeddings_list(h, b, self.resolve(b["model"])),
+                ("POST", "/v1/responses"): self._response}
 
     def _ollama_routes(self) -> dict:
         return {("GET", "/api/version"): lambda h, b: h.send_json(200, {"version": self.version}),
@@ -569,9 +590,12 @@ class FakeBackend:
                                                       "owned_by": "openai"} for m in list(self.openai_models)]})
 
     def _oa_chat(self, h, body):
+        if body.get("model") not in self.openai_models:
+            return self._oa_missing(h, body.get("model"))
+        self._chat_completion(h, body, "fp_fake")
+
+    def _chat_completion(self, h, body, fingerprint: str):
         model, messages = body.get("model"), body.get("messages")
-        if model not in self.openai_models:
-            return self._oa_missing(h, model)
         if not isinstance(messages, list) or not messages:
             return h.send_error_json(400, "'messages' must be a non-empty array", "/v1/")
         fmt = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
@@ -585,7 +609,7 @@ class FakeBackend:
         usage = {"prompt_tokens": plan["prompt_tokens"], "completion_tokens": completion,
                  "total_tokens": plan["prompt_tokens"] + completion}
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model,
-                "system_fingerprint": "fp_fake"}
+                "system_fingerprint": fingerprint}
         if body.get("stream"):
             return h.stream(self._oa_chunks(base, plan["tokens"], calls, reason, usage,
                                             (body.get("stream_options") or {}).get("include_usage")), sse=True)
@@ -595,13 +619,13 @@ class FakeBackend:
             message["tool_calls"] = calls
         h.send_json(200, {"id": base["id"], "object": "chat.completion", "created": base["created"], "model": model,
                           "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
-                          "usage": usage, "system_fingerprint": "fp_fake"})
+                          "usage": usage, "system_fingerprint": fingerprint})
 
     @staticmethod
     def _oa_chunks(base, tokens, calls, reason, usage, include_usage) -> list[dict]:
         def chunk(delta, finish=None):
             out = {"id": base["id"], "object": "chat.completion.chunk", "created": base["created"],
-                   "model": base["model"], "system_fingerprint": "fp_fake",
+                   "model": base["model"], "system_fingerprint": base["system_fingerprint"],
                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             if include_usage:
                 out["usage"] = None
@@ -614,18 +638,115 @@ class FakeBackend:
         return chunks
 
     def _oa_embeddings(self, h, body):
+        if body.get("model") not in self.openai_models:
+            return self._oa_missing(h, body.get("model"))
+        self._embeddings_list(h, body, body["model"])
+
+    def _embeddings_list(self, h, body, name: str):
+        """OpenAI's embedding list; `name`: the model whose dimensions apply."""
         model, inp = body.get("model"), body.get("input", "")
-        if model not in self.openai_models:
-            return self._oa_missing(h, model)
         texts = inp if isinstance(inp, list) else [inp]
         data = []
-        for i, vec in enumerate(self._vectors(model, [str(t) for t in texts])):
+        for i, vec in enumerate(self._vectors(name, [str(t) for t in texts])):
             emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() \
                 if body.get("encoding_format") == "base64" else vec
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = _word_count([{"content": str(t)} for t in texts])
         h.send_json(200, {"object": "list", "data": data, "model": model,
                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    def _oa_completions(self, h, body):
+        if body.get("model") not in self.openai_models:
+            return self._oa_missing(h, body.get("model"))
+        self._text_completion(h, body, "fp_fake")
+
+    def _text_completion(self, h, body, fingerprint: str):
+        """OpenAI's legacy `text_completion`: one choice per prompt, each echoing its prompt like chat."""
+        prompt = body.get("prompt")
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            return h.send_error_json(400, "'prompt' must be a string or a list of strings", "/v1/")
+        plans = [plan_reply([{"role": "user", "content": p}], limit=body.get("max_tokens")) for p in prompts]
+        prompt_tokens = sum(p["prompt_tokens"] for p in plans)
+        completion_tokens = sum(len(p["tokens"]) for p in plans)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model"), "system_fingerprint": fingerprint}
+
+        def choice(i, text, reason):
+            return {"text": text, "index": i, "logprobs": None, "finish_reason": reason}
+        if body.get("stream"):
+            chunks = [dict(base, choices=[choice(i, t, None)]) for i, p in enumerate(plans) for t in p["tokens"]]
+            chunks += [dict(base, choices=[choice(i, "", p["reason"])]) for i, p in enumerate(plans)]
+            if (body.get("stream_options") or {}).get("include_usage"):
+                chunks.append(dict(base, choices=[], usage=usage))
+            return h.stream(chunks, sse=True)
+        self._pace(max(len(p["tokens"]) for p in plans))
+        h.send_json(200, dict(base, choices=[choice(i, "".join(p["tokens"]), p["reason"])
+                                             for i, p in enumerate(plans)], usage=usage))
+
+    def _oa_responses(self, h, body):
+        if body.get("model") not in self.openai_models:
+            return self._oa_missing(h, body.get("model"))
+        self._response(h, body)
+
+    @staticmethod
+    def _response_messages(body: dict) -> list | None:
+        """The Responses API's `instructions` + `input` (text, or message items with text parts) as chat
+        messages; None when `input` is neither."""
+        items = body.get("input")
+        items = [{"role": "user", "content": items}] if isinstance(items, str) else items
+        if not isinstance(items, list) or not items:
+            return None
+        system = [{"role": "system", "content": body["instructions"]}] if body.get("instructions") else []
+        return system + [{"role": item.get("role", "user"), "content": text_of(
+            [dict(p, type="text") for p in item["content"] if isinstance(p, dict)]
+            if isinstance(item.get("content"), list) else item.get("content"))}
+            for item in items if isinstance(item, dict) and item.get("type", "message") == "message"]
+
+    def _response(self, h, body):
+        """OpenAI's Responses API (`object: "response"`), streamed as its named events when `stream`."""
+        messages = self._response_messages(body)
+        if messages is None:
+            return h.send_error_json(400, "'input' must be a string or a list of input items", "/v1/")
+        plan = plan_reply(messages, limit=body.get("max_output_tokens"))
+        text = "".join(plan["tokens"])
+        usage = {"input_tokens": plan["prompt_tokens"], "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": len(plan["tokens"]), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": plan["prompt_tokens"] + len(plan["tokens"])}
+        rid, mid = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
+        status = "completed" if plan["reason"] == "stop" else "incomplete"
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        item = {"id": mid, "type": "message", "status": status, "role": "assistant", "content": [part]}
+        done = {"id": rid, "object": "response", "created_at": int(time.time()), "status": status, "error": None,
+                "incomplete_details": None if status == "completed" else {"reason": "max_output_tokens"},
+                "instructions": body.get("instructions"), "model": body.get("model"), "output": [item],
+                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "metadata": {},
+                "temperature": body.get("temperature", 1.0), "top_p": 1.0, "usage": usage}
+        if not body.get("stream"):
+            self._pace(len(plan["tokens"]))
+            return h.send_json(200, done)
+        h.stream(self._response_events(done, plan["tokens"]), sse=True, named=True)
+
+    @staticmethod
+    def _response_events(done: dict, tokens: list) -> list[dict]:
+        """The Responses API's stream for `done` (the final response object), one delta per token."""
+        item, begun = done["output"][0], dict(done, status="in_progress", output=[], usage=None)
+        where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        empty = dict(item["content"][0], text="")
+        events = [{"type": "response.created", "response": begun},
+                  {"type": "response.in_progress", "response": begun},
+                  {"type": "response.output_item.added", "output_index": 0,
+                   "item": dict(item, status="in_progress", content=[])},
+                  {"type": "response.content_part.added", **where, "part": empty}]
+        events += [{"type": "response.output_text.delta", **where, "delta": t, "logprobs": []} for t in tokens]
+        events += [{"type": "response.output_text.done", **where, "text": item["content"][0]["text"], "logprobs": []},
+                   {"type": "response.content_part.done", **where, "part": item["content"][0]},
+                   {"type": "response.output_item.done", "output_index": 0, "item": item},
+                   {"type": f"response.{'completed' if done['status'] == 'completed' else 'incomplete'}",
+                    "response": done}]
+        return [dict(e, sequence_number=i) for i, e in enumerate(events)]
 
     def _oa_rerank(self, h, body):
         query, documents, top_n = body.get("query"), body.get("documents"), body.get("top_n")

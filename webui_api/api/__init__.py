@@ -22,7 +22,8 @@ BLUEPRINTS = ("system", "auths", "users", "models", "chat", "ollama", "openai", 
 # show only `error.message`, the ollama client only an `error` string. deploy/nginx.conf's `$error_extra`
 # map gives nginx's own error bodies the same shapes: keep the two in step.
 OPENAI_PATHS = frozenset({"/api/chat/completions", "/api/v1/chat/completions", "/api/embeddings",
-                          "/api/v1/embeddings", "/api/models", "/api/v1/models"})
+                          "/api/v1/embeddings", "/api/models", "/api/v1/models", "/api/completions",
+                          "/api/v1/completions"})
 OPENAI_PREFIXES = ("/openai/", "/ollama/v1/")
 OLLAMA_PREFIXES = ("/ollama/api/",)
 

@@ -8,6 +8,7 @@ from webargs.flaskparser import is_json_request
 
 from ..errors import UnsupportedMediaType
 from ..gateway import chat as gateway
+from ..gateway import completions
 from .deps import current_user, ext
 from .json_input import Blueprint, GuardedParser, loads
 from .schemas import EVENT_STREAM, OpenSchema, Relayed, StrictBoolean
@@ -60,6 +61,20 @@ class ChatCompletionSchema(SamplingSchema):
         "description": "Model params merged over the preset's (request wins)"})
     top_k = ma.fields.Integer(validate=ma.validate.Range(min=1, max=10_000),
                               metadata={"description": "Chunks to retrieve (default RAG_TOP_K)"})
+    rag_dry_run = StrictBoolean(metadata={"description": (
+        "Answer the messages the backend would get (after preset, retrieval and template) and `sources`, "
+        "without calling the chat model")})
+
+
+class TextCompletionRequestSchema(SamplingSchema):
+    """OpenAI's legacy completions body; other keys are forwarded (OpenAI) or converted (Ollama)."""
+
+    model = ma.fields.String(required=True, metadata={"example": "llama3.2"})
+    prompt = ma.fields.Raw(required=True, metadata={
+        "description": "A string (a list of strings for OpenAI connections; one string for Ollama models)",
+        "example": "Once upon a time"})
+    stream = StrictBoolean(load_default=False)
+    stream_options = ma.fields.Dict(allow_none=True)
 
 
 class EmbeddingsRequestSchema(OpenSchema):
@@ -69,6 +84,7 @@ class EmbeddingsRequestSchema(OpenSchema):
 
 
 STREAMED = "JSON; with `stream: true`, chat.completion.chunk events and then `data: [DONE]`"
+COMPLETION_STREAMED = "JSON; with `stream: true`, text_completion events and then `data: [DONE]`"
 
 
 class CompletionSchema(Relayed):
@@ -81,6 +97,18 @@ class CompletionSchema(Relayed):
     choices = ma.fields.List(ma.fields.Dict())
     usage = ma.fields.Dict(allow_none=True)
     sources = ma.fields.List(ma.fields.Dict())
+
+
+class TextCompletionSchema(Relayed):
+    """OpenAI's `text_completion`."""
+
+    id = ma.fields.String()
+    object = ma.fields.String(metadata={"example": "text_completion"})
+    created = ma.fields.Integer()
+    model = ma.fields.String()
+    choices = ma.fields.List(ma.fields.Dict(), metadata={
+        "description": "{text, index, logprobs, finish_reason}"})
+    usage = ma.fields.Dict(allow_none=True)
 
 
 class EmbeddingListSchema(Relayed):
@@ -110,7 +138,9 @@ class ChatCompletions(MethodView):
 
         Unknown or inaccessible model → 400 `Model not found`; 502 naming the backend when a backend's model
         list did not arrive (the model may be its) or the backend failed. `files` adds retrieved context and a
-        top-level `sources` list (streaming: on the first chunk that has `choices`)."""
+        top-level `sources` list (streaming: on the first chunk that has `choices`). `rag_dry_run: true`
+        calls no chat model and answers `{object: "chat.completion.dry_run", model, messages, sources}`: the
+        messages exactly as the backend would get them (after preset, retrieval and template)."""
         return _reply(gateway.chat_completion(ext(), current_user(), body))
 
 
@@ -130,4 +160,22 @@ class Embeddings(MethodView):
 
 @blp.route("/api/v1/embeddings", endpoint="EmbeddingsV1")
 class EmbeddingsV1(Embeddings):
+    pass
+
+
+@blp.route("/api/v1/completions", endpoint="TextCompletionsV1")
+class TextCompletions(MethodView):
+    @blp.arguments(TextCompletionRequestSchema())
+    @blp.response(200, TextCompletionSchema, description=COMPLETION_STREAMED)
+    @blp.alt_response(200, schema=EVENT_STREAM, content_type="text/event-stream", success=True,
+                      description=COMPLETION_STREAMED)
+    def post(self, body):
+        """Legacy text completion (OpenAI's completions API, the default of e.g. llama-index `OpenAILike`)
+        for any model of the catalogue: OpenAI connections get `/completions`, Ollama models `/api/generate`.
+        Unknown model → 400 `Model not found`."""
+        return _reply(completions.text_completion(ext(), current_user(), body))
+
+
+@blp.route("/api/completions", endpoint="TextCompletions")
+class TextCompletionsUnversioned(TextCompletions):
     pass

@@ -60,6 +60,12 @@ class PromptBody(ModelBody):
     stream = StrictBoolean()
 
 
+class V1ResponsesBody(ModelBody):
+    input = ma.fields.Raw(metadata={"description": "Text, or a list of input items", "example": "Hello"})
+    instructions = ma.fields.String()
+    stream = StrictBoolean()
+
+
 class CopyBody(OpenSchema):
     source = ma.fields.String(required=True)
     destination = ma.fields.String(required=True)
@@ -194,6 +200,9 @@ _route("/v1/completions", "V1Completions", ("post",), "verified", "Ollama's Open
        PromptBody, "text/event-stream")
 _route("/v1/embeddings", "V1Embeddings", ("post",), "verified", "Ollama's OpenAI-compatible embeddings.",
        EmbedBody)
+_route("/v1/responses", "V1Responses", ("post",), "verified",
+       "Ollama's OpenAI-compatible Responses API (Ollama 0.13.3+, stateless).", V1ResponsesBody,
+       "text/event-stream")
 _route("/api/pull", "Pull", ("post",), "admin",
        "Pull a model (admin); backend 0 unless `/{url_idx}`. Streams progress.",
        ManageBody, "application/x-ndjson", model_key=None, default_idx=0, changes_models=True)

@@ -36,6 +36,11 @@ class EmbeddingBody(OpenAIBody):
     input = ma.fields.Raw(required=True, metadata={"description": "A string or a list of strings"})
 
 
+class ResponsesBody(OpenAIBody):
+    input = ma.fields.Raw(metadata={"description": "Text, or a list of input items", "example": "Hello"})
+    instructions = ma.fields.String()
+
+
 class OpenAIReply(Relayed):
     """The connection's JSON answer, relayed untouched."""
 
@@ -96,3 +101,15 @@ class Embeddings(MethodView):
     def post(self, url_idx: int | None = None):
         """Embeddings from the connection serving the model."""
         return _forward("/embeddings", url_idx)
+
+
+@blp.route("/responses", endpoint="responses")
+@blp.route("/responses/<int:url_idx>", endpoint="responses_idx")
+class Responses(MethodView):
+    @blp.doc(**_body(ResponsesBody))
+    @blp.response(200, OpenAIReply)
+    @blp.alt_response(200, schema=SSE, content_type="text/event-stream", success=True)
+    def post(self, url_idx: int | None = None):
+        """OpenAI's Responses API (newer SDKs, coding agents): JSON, or its SSE events relayed as they
+        arrive."""
+        return _forward("/responses", url_idx)

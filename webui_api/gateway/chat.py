@@ -47,6 +47,7 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
     params = {k: v for k, v in params.items() if k not in WEBUI_PARAMS}
     items = retrieval_items(user, body, target.preset)
     top_k = _top_k(body.get("top_k"))
+    dry_run = body.get("rag_dry_run") is True
     body = {k: v for k, v in body.items() if k not in CHAT_OWN_FIELDS}
     if isinstance(system, str) and system.strip():
         messages = with_system_prompt(messages, render_prompt(system, user))
@@ -54,6 +55,8 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
     if items:
         messages, sources = _augment(ext, user, messages, items, top_k)
     body["messages"] = messages
+    if dry_run:
+        return dry_run_reply(target, requested, body, params, sources)
     if target.kind == "openai":
         return _openai_chat(ext.upstream, user, target, body, params, sources)
     return _ollama_chat(ext.upstream, user, target, requested, body, params, sources)
@@ -194,11 +197,18 @@ def _augment(ext, user, messages, items, top_k):
 
 # --- OpenAI-compatible backends ----------------------------------------------------------------
 
-def _openai_chat(upstream, user, target, body: dict, params: dict, sources: list) -> dict | Streamed:
+def openai_payload(target, body: dict, params: dict) -> dict:
+    """The body an OpenAI-compatible backend gets (chat or text completion): `body` with the params it
+    takes filled in where the request has no own value, and the backend's model name."""
     for key, value in params.items():
         if key not in OLLAMA_ONLY:
             body.setdefault(key, value)  # the request's own top-level fields win
     body["model"] = target.upstream_model
+    return body
+
+
+def _openai_chat(upstream, user, target, body: dict, params: dict, sources: list) -> dict | Streamed:
+    body = openai_payload(target, body, params)
     stream = bool(body.get("stream"))
     resp = upstream.send(target.hosts, "POST", "/chat/completions", json=body, stream=stream, user=user)
     if resp.status_code >= 400:
@@ -252,16 +262,14 @@ def _inject_sources(buffer: bytes, sources: list) -> tuple[bytes, bytes, bool]:
 
 # --- Ollama backends ---------------------------------------------------------------------------
 
-def _ollama_chat(upstream, user, target, requested: str, body: dict, params: dict,
-                 sources: list) -> dict | Streamed:
+def ollama_chat_payload(target, body: dict, params: dict) -> dict:
+    """The /api/chat body an Ollama backend gets for an OpenAI-style chat `body` and the merged `params`."""
     options = body.pop("options", None)
     if options is not None and not isinstance(options, dict):
         raise Unprocessable("`options` must be an object.")
     for key, value in params.items():
         if key not in OLLAMA_NATIVE_OPTIONS and key not in OLLAMA_TOP_LEVEL:
             body.setdefault(key, value)  # OpenAI names (temperature, max_tokens, ...): converted below
-    stream = bool(body.get("stream"))
-    include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
     body["model"] = target.upstream_model
     payload = convert.openai_to_ollama_chat(body)
     payload["options"] = {**{k: v for k, v in params.items() if k in OLLAMA_NATIVE_OPTIONS},
@@ -270,7 +278,15 @@ def _ollama_chat(upstream, user, target, requested: str, body: dict, params: dic
         del payload["options"]
     for key in OLLAMA_TOP_LEVEL & params.keys():
         payload.setdefault(key, params[key])
-    payload["stream"] = stream
+    payload["stream"] = bool(body.get("stream"))
+    return payload
+
+
+def _ollama_chat(upstream, user, target, requested: str, body: dict, params: dict,
+                 sources: list) -> dict | Streamed:
+    payload = ollama_chat_payload(target, body, params)
+    stream = payload["stream"]
+    include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
     completion_id, created = convert.new_completion_id(), int(time.time())
     resp = upstream.send(target.hosts, "POST", "/api/chat", json=payload, stream=stream, user=user)
     if resp.status_code >= 400:
@@ -328,6 +344,20 @@ def _stream_error(exc: Exception, user) -> Iterator[bytes]:
         detail, status = "internal error", 500
     yield convert.sse(convert.error_event(f"{STREAM_FAILED}: {detail}", status))
     yield convert.SSE_DONE
+
+
+# --- RAG dry run -------------------------------------------------------------------------------
+
+UPSTREAM_PAYLOADS = {"openai": openai_payload, "ollama": ollama_chat_payload}
+
+
+def dry_run_reply(target, requested: str, body: dict, params: dict, sources: list) -> dict:
+    """`rag_dry_run: true`: the messages the backend would get (built by the same payload builder as the
+    real call, after preset, retrieval and template) and the sources; the chat model is not called."""
+    build = UPSTREAM_PAYLOADS.get(target.kind)
+    payload = build(target, body, params) if build else body
+    return {"object": "chat.completion.dry_run", "model": requested, "messages": payload["messages"],
+            "sources": sources}
 
 
 # --- embeddings --------------------------------------------------------------------------------

@@ -305,3 +305,34 @@ def ollama_embed_to_openai(ollama_json: dict, model: str, encoding_format: str |
             "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v, encoding_format)}
                      for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+# ----------------------------------------------------------------------------- legacy text completions
+
+def openai_to_ollama_generate(body: dict, prompt: str, params: dict) -> dict:
+    """An OpenAI completions body (its single `prompt` given apart) -> an Ollama /api/generate body.
+    Options: `params` < the body's OpenAI/Ollama keys < explicit `options`; `stream` always explicit."""
+    options = {**_options_from(params), **_options_from(body), **(body.get("options") or {})}
+    out: dict[str, Any] = {"model": body.get("model"), "prompt": prompt, "stream": bool(body.get("stream"))}
+    for key in ("suffix", "keep_alive", "raw"):
+        if body.get(key) is not None:
+            out[key] = body[key]
+    if options:
+        out["options"] = options
+    return out
+
+
+def text_completion(completion_id: str, created: int, model: str, text: str, finish: str | None,
+                    usage: dict | None = None) -> dict:
+    """OpenAI's `text_completion` object (a whole answer, or one streamed chunk when `finish` is None)."""
+    out = {"id": completion_id, "object": "text_completion", "created": created, "model": model,
+           "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def generate_usage(d: dict) -> dict:
+    """OpenAI's completions `usage` from an Ollama final line's counters."""
+    prompt, completion = int(d.get("prompt_eval_count") or 0), int(d.get("eval_count") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -7,7 +7,8 @@ WEBUI_FIELDS = frozenset({
     "user_message", "message_ids", "background_tasks", "filter_ids", "folder_id", "skill_ids", "terminal_id",
     "tool_servers", "chat_variables", "regeneration_prompt", "model_item", "automation_id", "metadata"})
 # On /api/chat/completions `top_k` is the retrieval depth; on the passthroughs it is a sampling parameter.
-CHAT_OWN_FIELDS = WEBUI_FIELDS | {"top_k"}
+# `rag_dry_run` asks chat for the messages it would send instead of an answer.
+CHAT_OWN_FIELDS = WEBUI_FIELDS | {"top_k", "rag_dry_run"}
 # Preset/request `params` keys that only steer this server.
 WEBUI_PARAMS = frozenset({
     "system", "stream_response", "stream_delta_chunk_size", "function_calling", "reasoning_tags",
