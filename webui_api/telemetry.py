@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,7 @@ BACKEND_LATENCY = Histogram("webui_api_backend_request_duration_seconds",
 BACKEND_ERRORS = Counter("webui_api_backend_errors_total",
                          "Backend calls that failed (network error, timeout, 5xx, broken stream)",
                          ["backend"])
+log = logging.getLogger("webui_api.telemetry")
 TOKENS = Counter("webui_api_tokens_total", "Model tokens: direction=in (prompt) or out (completion)",
                  ["direction"])
 
@@ -46,6 +48,7 @@ class Record:
     backend_errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    finishers: list = field(default_factory=list, repr=False, compare=False)  # callback(record) at the end
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def elapsed(self) -> float:
@@ -100,6 +103,14 @@ def record_tokens(prompt_tokens: int | None, completion_tokens: int | None) -> N
             record.completion_tokens += completion
 
 
+def at_finish(callback: Callable[[Record], None]) -> None:
+    """Run `callback(record)` when the current request is finished: after the last byte of a stream, so it
+    sees every token the response used (a key's tokens-per-minute count)."""
+    record = _current.get()
+    if record is not None:
+        record.finishers.append(callback)
+
+
 @contextmanager
 def backend_timer(backend_label: str) -> Iterator[None]:
     """`with backend_timer(label): ...` records the block as one backend call; an exception is an error."""
@@ -151,6 +162,11 @@ def finish(record: Record, method: str, route: str, status: int) -> float:
     HTTP_REQUESTS.labels(method, route, status_text).inc()
     HTTP_LATENCY.labels(method, route, status_text).observe(latency)
     HTTP_IN_PROGRESS.dec()
+    for callback in record.finishers:
+        try:
+            callback(record)
+        except Exception:  # the response is out: a failing callback must not break the server's loop
+            log.exception("request finisher failed")
     return latency
 
 

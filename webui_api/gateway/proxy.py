@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import convert, model_lists
-from .catalog import Catalog
+from .catalog import Catalog, permit
 from .fields import WEBUI_FIELDS, WEBUI_PARAMS
 from ..auth import policy
 from ..errors import BadRequest, UpstreamError
@@ -34,6 +34,8 @@ def _pick(catalog: Catalog, kind: str, body: dict, model_key: str | None, url_id
           default_idx: int | None) -> list[Backend]:
     """The backends for this call (several when replicas serve the model); rewrites body[model_key] to the
     resolved (tagged) name."""
+    if model_key:
+        permit(body.get(model_key) if body.get(model_key) is not None else body.get("name"))
     if url_idx is not None:
         return [catalog.backend_at(kind, url_idx)]
     if model_key:
