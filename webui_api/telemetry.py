@@ -48,7 +48,7 @@ class Record:
     backend_errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finishers: list = field(default_factory=list, repr=False, compare=False)  # callback(record) at the end
+    token_sinks: list = field(default_factory=list, repr=False, compare=False)  # callback(tokens) per count
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def elapsed(self) -> float:
@@ -101,14 +101,19 @@ def record_tokens(prompt_tokens: int | None, completion_tokens: int | None) -> N
         with record._lock:
             record.prompt_tokens += prompt
             record.completion_tokens += completion
+        for sink in record.token_sinks:
+            try:
+                sink(prompt + completion)
+            except Exception:  # counting must never break the answer it counts
+                log.exception("token sink failed")
 
 
-def at_finish(callback: Callable[[Record], None]) -> None:
-    """Run `callback(record)` when the current request is finished: after the last byte of a stream, so it
-    sees every token the response used (a key's tokens-per-minute count)."""
+def on_tokens(callback: Callable[[int], None]) -> None:
+    """Call `callback(tokens)` each time the current request records tokens: as the backend reports them,
+    before the answer's last byte is sent (a key's tokens-per-minute count is up to date when it ends)."""
     record = _current.get()
     if record is not None:
-        record.finishers.append(callback)
+        record.token_sinks.append(callback)
 
 
 @contextmanager
@@ -162,11 +167,6 @@ def finish(record: Record, method: str, route: str, status: int) -> float:
     HTTP_REQUESTS.labels(method, route, status_text).inc()
     HTTP_LATENCY.labels(method, route, status_text).observe(latency)
     HTTP_IN_PROGRESS.dec()
-    for callback in record.finishers:
-        try:
-            callback(record)
-        except Exception:  # the response is out: a failing callback must not break the server's loop
-            log.exception("request finisher failed")
     return latency
 
 

@@ -90,6 +90,12 @@ def use(grant: Grant | None) -> None:
     _current.set(grant)
 
 
+def counts_tokens() -> bool:
+    """Whether the current key has a tokens-per-minute limit (answers must then be read for their usage)."""
+    grant = _current.get()
+    return grant is not None and bool(grant.tokens_per_minute)
+
+
 def model_allowlist() -> frozenset | None:
     """The current key's allowed model ids, or None when every model the user may use is allowed."""
     grant = _current.get()
@@ -109,7 +115,7 @@ _FORGET_OLDER = "DELETE FROM api_key_usage WHERE key_id = ? AND minute < ?"
 def admit(grant: Grant) -> None:
     """Count this request against the key's minute (one atomic UPSERT, so every worker and host shares the
     count); 429 with Retry-After beyond requests_per_minute, or once the minute's tokens reach the limit.
-    Tokens are charged when the response ends (streams: after the last byte)."""
+    Tokens are charged as the backend reports them (streams: before the last byte)."""
     if not grant.limited:
         return
     clock = time.time()
@@ -118,7 +124,7 @@ def admit(grant: Grant) -> None:
     if requests == 1:
         db.execute(_FORGET_OLDER, (grant.id, minute))  # a new minute: the key's earlier rows are done with
     if grant.tokens_per_minute:
-        telemetry.at_finish(lambda record: charge_tokens(grant.id, record.prompt_tokens + record.completion_tokens))
+        telemetry.on_tokens(lambda used: charge_tokens(grant.id, used))
     over = ("requests" if grant.requests_per_minute and requests > grant.requests_per_minute else
             "tokens" if grant.tokens_per_minute and tokens >= grant.tokens_per_minute else None)
     if over:
@@ -127,7 +133,7 @@ def admit(grant: Grant) -> None:
 
 
 def charge_tokens(key_id: str, tokens: int) -> None:
-    """Add the tokens a finished response used to the key's current minute."""
+    """Add tokens the backend reported to the key's current minute."""
     if tokens <= 0:
         return
     try:
@@ -135,7 +141,7 @@ def charge_tokens(key_id: str, tokens: int) -> None:
     except pw.DatabaseError:  # the key was deleted meanwhile: nothing left to charge
         log.info("tokens of deleted key %s not charged", key_id)
     finally:
-        db.close_request_connection()  # after a stream the request's connection is already back
+        db.close_request_connection()  # a stream runs after the request gave its connection back
 
 
 # --- managing keys -----------------------------------------------------------------------------

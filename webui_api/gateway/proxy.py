@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from . import convert, model_lists
+from . import convert, model_lists, usage
 from .catalog import Catalog, permit
 from .fields import WEBUI_FIELDS, WEBUI_PARAMS
 from ..auth import policy
@@ -88,10 +88,14 @@ def forward(upstream: Upstream, hosts: list[Backend], method: str, path: str, bo
         raise http_error(response, response.backend)
     content_type = response.headers.get("Content-Type", "application/json")
     if any(kind in content_type for kind in STREAM_TYPES):
-        return Reply(response.status_code, content_type,
-                     relay(upstream, response, "event-stream" in content_type, after, user), streaming=True)
+        chunks = relay(upstream, response, "event-stream" in content_type, after, user)
+        return Reply(response.status_code, content_type, usage.counted(chunks) if usage.needed() else chunks,
+                     streaming=True)
     try:
-        return Reply(response.status_code, content_type, upstream.read_body(response))
+        answer = upstream.read_body(response)
+        if usage.needed():
+            usage.count_body(answer)
+        return Reply(response.status_code, content_type, answer)
     finally:
         if after:
             after()
@@ -184,6 +188,7 @@ def openai_call(catalog: Catalog, path: str, body: dict, url_idx: int | None = N
     """Forward a model call (chat/completions, embeddings, ...) to the connection serving body["model"]."""
     body = openai_body(require_json_object(body))
     hosts = _pick(catalog, "openai", body, "model", url_idx, None)
+    usage.ask_for_usage(body)
     return forward(catalog.upstream, hosts, "POST", path, body, user=user)
 
 
