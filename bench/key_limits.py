@@ -29,7 +29,8 @@ def keys(url: str) -> dict[str, dict]:
     token = requests.post(f"{url}/api/v1/auths/signup", json=body, timeout=30).json()["token"]
     bearer = {"Authorization": f"Bearer {token}"}
     made = {}
-    for name, limits in (("unlimited", {}), ("limited", {"requests_per_minute": HIGH, "tokens_per_minute": HIGH})):
+    limited = {"requests_per_minute": HIGH, "tokens_per_minute": HIGH}
+    for name, limits in (("unlimited", {}), ("limited", limited)):
         reply = requests.post(f"{url}/api/v1/auths/api_keys", headers=bearer, json={"name": name, **limits},
                               timeout=30)
         made[name] = {"Authorization": f"Bearer {reply.json()['api_key']}"}
@@ -48,8 +49,8 @@ def main() -> None:
         backend_proc, backend = fake_backend()
         procs.append(backend_proc)
         env = {"DATA_DIR": data, "OLLAMA_BASE_URLS": backend, "OPENAI_API_BASE_URLS": backend + "/v1",
-               "OPENAI_API_KEYS": "sk-fake-openai-key", "MODELS_CACHE_TTL": "300", "PASSWORD_HASH_COST": "1024",
-               "LOG_LEVEL": "warning"}
+               "OPENAI_API_KEYS": "sk-fake-openai-key", "MODELS_CACHE_TTL": "300",
+               "PASSWORD_HASH_COST": "1024", "LOG_LEVEL": "warning"}
         project_proc, project = gunicorn(None, env, data, "project")
         procs.append(project_proc)
         report(project, project_proc, keys(project), args)
@@ -59,7 +60,8 @@ def main() -> None:
 
 
 def report(url: str, proc, made: dict, args) -> None:
-    print(f"2 gunicorn workers; {args.clients} connections; {args.repeat} rounds of {args.seconds:g} s (medians)")
+    print(f"2 gunicorn workers; {args.clients} connections; "
+          f"{args.repeat} rounds of {args.seconds:g} s (medians)")
     print(f"{'kind':7} {'key':10} {'req/s':>7} {'cpu ms/req':>10}")
     for kind in MODELS:
         found = {name: [] for name in made}

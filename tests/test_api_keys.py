@@ -25,7 +25,7 @@ def bearer(key: str) -> dict:
 
 @pytest.fixture
 def new_key(client, user):
-    """POST /api/v1/auths/api_keys as `creds` (default: the user's session); returns the created key's JSON."""
+    """POST /api/v1/auths/api_keys (default: with the user's session); returns the created key's JSON."""
     def make(creds_headers=None, **fields) -> dict:
         body = {"name": "service", **fields}
         response = client.post("/api/v1/auths/api_keys", headers=creds_headers or user["headers"], json=body)
@@ -46,7 +46,8 @@ def test_rotation_with_two_live_keys(client, user, new_key):
     assert {k["id"]: k["masked"][-4:] for k in listed} == {k["id"]: k["api_key"][-4:] for k in (old, new)}
     assert not any("api_key" in k for k in listed)
     assert all(row.key_hash != old["api_key"] for row in ApiKey.select())  # stored as hashes only
-    assert client.delete(f"/api/v1/auths/api_keys/{old['id']}", headers=bearer(new["api_key"])).get_json() is True
+    deleted = client.delete(f"/api/v1/auths/api_keys/{old['id']}", headers=bearer(new["api_key"]))
+    assert deleted.get_json() is True
     assert status(client, SESSION, old["api_key"]) == 401
     assert status(client, SESSION, new["api_key"]) == 200
 
@@ -86,13 +87,15 @@ def test_expiry_refuses_the_key_at_once(client, new_key):
 
 @pytest.mark.parametrize("fields, status_code, word", [
     ({"name": ""}, 400, "name"), ({"name": "x" * 101}, 400, "name"),
-    ({"requests_per_minute": -1}, 400, "requests_per_minute"), ({"tokens_per_minute": 0}, 400, "tokens_per_minute"),
+    ({"requests_per_minute": -1}, 400, "requests_per_minute"),
+    ({"tokens_per_minute": 0}, 400, "tokens_per_minute"),
     ({"expires_at": 1000}, 400, "expires_at"), ({"expires_in": -5}, 400, "expires_in"),
     ({"expires_at": 2**40, "expires_in": 60}, 400, "not both"),
     ({"allowed_models": []}, 400, "allowed_models"), ({"allowed_models": ["x" * 257]}, 400, "allowed_models"),
     ({"allowed_endpoints": ["api/chat"]}, 400, "allowed_endpoints"),
     ({"allowed_endpoints": ["/a"] * 101}, 400, "allowed_endpoints"),
-    ({"requests_per_minute": "5"}, 422, "requests_per_minute"), ({"allowed_models": "llama3.2"}, 422, "allowed_models"),
+    ({"requests_per_minute": "5"}, 422, "requests_per_minute"),
+    ({"allowed_models": "llama3.2"}, 422, "allowed_models"),
 ])
 def test_bad_key_fields_are_refused(client, user, fields, status_code, word):
     response = client.post("/api/v1/auths/api_keys", headers=user["headers"], json={"name": "svc", **fields})
@@ -115,14 +118,15 @@ def test_a_restricted_key_cannot_mint_or_drop_keys(client, user, new_key):
     assert client.post("/api/v1/auths/api_key", headers=limited).status_code == 403
     assert client.delete(f"/api/v1/auths/api_keys/{plain['id']}", headers=limited).status_code == 403
     assert client.get("/api/v1/auths/api_keys", headers=limited).status_code == 200
-    assert client.post("/api/v1/auths/api_keys", headers=bearer(plain["api_key"]), json={"name": "b"}).status_code == 200
+    by_plain = client.post("/api/v1/auths/api_keys", headers=bearer(plain["api_key"]), json={"name": "b"})
+    assert by_plain.status_code == 200
 
 
 def test_endpoint_allowlist_of_a_key(client, new_key):
     key = new_key(allowed_endpoints=["/api/models", "/api/chat/"])["api_key"]
     assert status(client, "/api/models", key) == 200
-    chat = client.post("/api/chat/completions", headers=bearer(key), json={"model": "llama3.2", "messages": HELLO})
-    assert chat.status_code == 200
+    chat = {"model": "llama3.2", "messages": HELLO}
+    assert client.post("/api/chat/completions", headers=bearer(key), json=chat).status_code == 200
     refused = client.get(SESSION, headers=bearer(key))
     assert refused.status_code == 403 and SESSION in refused.get_json()["detail"]
     assert status(client, "/api/v1/models/", key) == status(client, "/api/v1/files/", key) == 403
@@ -138,7 +142,7 @@ def test_global_endpoint_restriction(client, user, api_key_headers, settings_ove
     for path in ("/api/v1/auths/", "/api/v1/auths/api_keys", "/api/v1/files/"):
         response = client.get(path, headers=key)
         assert response.status_code == 403 and "permission" in response.get_json()["detail"], path
-    assert client.get("/api/v1/files/", headers=user["headers"]).status_code == 200  # sessions are not limited
+    assert client.get("/api/v1/files/", headers=user["headers"]).status_code == 200  # sessions: no limits
 
 
 def test_model_allowlist(client, new_key, fake_backend):
@@ -175,7 +179,8 @@ def test_requests_per_minute(client, new_key):
                                            ("gpt-4o-mini", True)])
 def test_tokens_per_minute_counted_from_the_backend_usage(client, new_key, model, stream):
     key = bearer(new_key(tokens_per_minute=10)["api_key"])
-    first = client.post("/api/chat/completions", headers=key, json={"model": model, "messages": HELLO, "stream": stream})
+    body = {"model": model, "messages": HELLO, "stream": stream}
+    first = client.post("/api/chat/completions", headers=key, json=body)
     assert first.status_code == 200
     first.get_data()  # a stream's tokens are charged after its last byte
     first.close()
@@ -206,8 +211,9 @@ def test_upgrade_from_one_key_per_user(app, client, user):
     key = security.new_api_key()
     db.execute("DROP TABLE api_key_usage")
     db.execute("DROP TABLE api_key")
-    db.execute('CREATE TABLE api_key (user_id TEXT NOT NULL PRIMARY KEY REFERENCES "user" (id) ON DELETE CASCADE, '
-               "key_hash TEXT NOT NULL, masked TEXT NOT NULL, created_at INTEGER NOT NULL, last_used_at INTEGER)")
+    db.execute('CREATE TABLE api_key (user_id TEXT NOT NULL PRIMARY KEY REFERENCES "user" (id) '
+               "ON DELETE CASCADE, key_hash TEXT NOT NULL, masked TEXT NOT NULL, created_at INTEGER NOT NULL, "
+               "last_used_at INTEGER)")
     db.execute('CREATE UNIQUE INDEX "api_key_key_hash" ON "api_key" ("key_hash")')
     db.execute("INSERT INTO api_key (user_id, key_hash, masked, created_at) VALUES (?, ?, ?, ?)",
                (user["id"], security.hash_api_key(key), security.mask_api_key(key), 100))

@@ -68,7 +68,8 @@ def test_tokens_per_minute_hold_across_workers(server, session):
                         {"model": "llama3.2", "messages": HELLO, "stream": True})
         assert streamed.status_code == 200 and b"[DONE]" in streamed.content
     with only(server, second):
-        refused = call(server.url, "POST", "/api/chat/completions", key, {"model": "llama3.2", "messages": HELLO})
+        body = {"model": "llama3.2", "messages": HELLO}
+        refused = call(server.url, "POST", "/api/chat/completions", key, body)
         assert refused.status_code == 429 and "tokens" in refused.json()["detail"]
 
 

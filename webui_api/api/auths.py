@@ -59,9 +59,9 @@ def _optional_list(description: str) -> ma.fields.List:
 
 
 def _per_minute(what: str) -> ma.fields.Integer:
+    description = f"{what} per minute at most (counted across every worker and host); null: no limit"
     return ma.fields.Integer(strict=True, allow_none=True, load_default=None,
-                             metadata={"description": f"{what} per minute at most (counted across every worker "
-                                                      "and host); null: no limit"})
+                             metadata={"description": description})
 
 
 class NewKeySchema(Schema):

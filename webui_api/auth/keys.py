@@ -1,4 +1,4 @@
-"""API keys made for services: named keys with an expiry, model and endpoint allowlists and per-minute limits."""
+"""API keys made for services: named keys with an expiry, model and endpoint allowlists, per-minute limits."""
 from __future__ import annotations
 
 import contextvars
@@ -75,7 +75,8 @@ def check_key(settings: Settings, grant: Grant, path: str | None) -> None:
         raise Unauthorized(EXPIRED)
     if path is None:
         return
-    if settings.ENABLE_API_KEYS_ENDPOINT_RESTRICTIONS and not path_allowed(path, settings.API_KEYS_ALLOWED_ENDPOINTS):
+    restricted = settings.ENABLE_API_KEYS_ENDPOINT_RESTRICTIONS
+    if restricted and not path_allowed(path, settings.API_KEYS_ALLOWED_ENDPOINTS):
         raise Forbidden(ACCESS_PROHIBITED)
     if grant.endpoints is not None and not path_allowed(path, grant.endpoints):
         raise Forbidden(f"This API key may not call {path}.")
@@ -120,7 +121,8 @@ def admit(grant: Grant) -> None:
         return
     clock = time.time()
     minute = int(clock // 60)
-    requests, tokens = db.execute(_COUNT_REQUEST, (grant.id, minute)).fetchall()[0]  # fetch all: ends the write
+    # fetchall: SQLite finishes (and commits) a RETURNING statement only once every row was read
+    requests, tokens = db.execute(_COUNT_REQUEST, (grant.id, minute)).fetchall()[0]
     if requests == 1:
         db.execute(_FORGET_OLDER, (grant.id, minute))  # a new minute: the key's earlier rows are done with
     if grant.tokens_per_minute:
@@ -166,8 +168,8 @@ def create_key(settings: Settings, user: User, grant: Grant | None, form: dict) 
     with write_transaction():
         if ApiKey.select().where(ApiKey.user == user.id).count() >= MAX_KEYS_PER_USER:
             raise BadRequest(f"At most {MAX_KEYS_PER_USER} API keys per account; delete one first.")
-        row = ApiKey.create(user=user.id, key_hash=security.hash_api_key(key), masked=security.mask_api_key(key),
-                            **fields)
+        row = ApiKey.create(user=user.id, key_hash=security.hash_api_key(key),
+                            masked=security.mask_api_key(key), **fields)
     return row, key
 
 
@@ -221,7 +223,7 @@ def _entries(field: str, values: Any) -> list[str] | None:
 def _endpoints(values: Any) -> list[str] | None:
     entries = _entries("allowed_endpoints", values)
     if entries is not None and any(not entry.startswith("/") for entry in entries):
-        raise BadRequest("allowed_endpoints: each entry is a path starting with / (e.g. /api/chat/completions).")
+        raise BadRequest("allowed_endpoints: each entry is a path starting with / (e.g. /api/chat).")
     return entries
 
 

@@ -1,5 +1,5 @@
-"""Tokens an answer used, as the backend reports them (OpenAI `usage`, Ollama's eval counters), for the metrics
-and for API keys with a tokens-per-minute limit."""
+"""Tokens an answer used, as the backend reports them (OpenAI `usage`, Ollama's eval counters): for the
+metrics and for API keys with a tokens-per-minute limit."""
 from __future__ import annotations
 
 import json
