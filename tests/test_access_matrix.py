@@ -32,6 +32,7 @@ class Ids:
     knowledge: str
     preset: str
     tag: str  # tells apart what B creates while attacking each set
+    api_key: str = ""  # the id of one of A's named API keys
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ def world(client, admin, make_user) -> World:
     _ok(client.post(f"/api/v1/knowledge/{a_knowledge}/file/add", headers=a["headers"], json={"file_id": a_file}))
     _preset(client, a, "a-private-preset")
     b_file = upload_ok(client, b["headers"], "b.txt", b"bravo own notes")["id"]
-    missing = Ids(str(uuid.uuid4()), str(uuid.uuid4()), "nobody-has-this-preset", "missing")
-    return World(a, b, Ids(a_file, a_knowledge, "a-private-preset", "private"), missing, b_file,
+    a_key = _ok(client.post("/api/v1/auths/api_keys", headers=a["headers"], json={"name": "a-service"}))["id"]
+    missing = Ids(str(uuid.uuid4()), str(uuid.uuid4()), "nobody-has-this-preset", "missing", str(uuid.uuid4()))
+    return World(a, b, Ids(a_file, a_knowledge, "a-private-preset", "private", a_key), missing, b_file,
                  _collection(client, b, "B own"), _preset(client, b, "b-own-preset"))
 
 
@@ -105,7 +107,8 @@ def _b(method, url, **kwargs) -> Send:
     """B's request; `url` and the JSON body may use {file}, {knowledge}, {preset}, {b_file}, {b_knowledge},
     {b_preset}."""
     def send(client, w: World, ids: Ids):
-        names = {"file": ids.file, "knowledge": ids.knowledge, "preset": ids.preset, "b_file": w.b_file,
+        names = {"file": ids.file, "knowledge": ids.knowledge, "preset": ids.preset, "api_key": ids.api_key,
+                 "b_file": w.b_file,
                  "b_knowledge": w.b_knowledge, "b_preset": w.b_preset}
         filled = {**kwargs}
         if "json" in filled:
@@ -247,6 +250,8 @@ ROWS = [
         _b("POST", "/api/embeddings", json={"model": "{preset}", "input": "orchard"}), status=400),
     Row("/api/v1/models/create", "POST", "meta", "B's preset with A's collection as knowledge, then chat",
         _preset_on("knowledge"), status=200),  # a preset's unreadable knowledge is skipped, never an error
+    Row("/api/v1/auths/api_keys/<string:key_id>", "DELETE", "key_id", "delete A's API key",
+        _b("DELETE", "/api/v1/auths/api_keys/{api_key}")),
 ]
 
 ADMIN_ONLY = ("admin-only: a non-admin gets 403 before any lookup, the same for any id "
@@ -362,6 +367,7 @@ def _assert_a_untouched(client, w: World):
     assert [f["id"] for f in collection["files"]] == [w.private.file]
     preset = _ok(client.get(f"{PRESET}?id={w.private.preset}", headers=headers))
     assert (preset["name"], preset["is_active"], preset["is_public"]) == (w.private.preset, True, False)
+    assert [k["id"] for k in _ok(client.get("/api/v1/auths/api_keys", headers=headers))] == [w.private.api_key]
 
 
 def test_b_may_not_link_a_file_b_can_only_read(client, world):

@@ -113,7 +113,7 @@ def test_api_key_lifecycle(client, user):
     assert key.startswith("sk-") and len(key) == 35
     masked = client.get("/api/v1/auths/api_key", headers=user["headers"]).get_json()["api_key"]
     assert masked != key and masked.endswith(key[-4:])
-    assert User.get_by_id(user["id"]).api_key.get().key_hash != key  # stored as a hash only
+    assert User.get_by_id(user["id"]).api_keys.get().key_hash != key  # stored as a hash only
     assert client.get("/api/v1/auths/", headers=bearer(key)).status_code == 200
     rotated = client.post("/api/v1/auths/api_key", headers=bearer(key)).get_json()["api_key"]
     assert client.get("/api/v1/auths/", headers=bearer(key)).status_code == 401

@@ -99,6 +99,11 @@ class Settings:
     ENABLE_SIGNUP: bool | None = _setting("ENABLE_SIGNUP", None, parse_bool)
     DEFAULT_USER_ROLE: str = _setting("DEFAULT_USER_ROLE", "pending")
     ENABLE_API_KEYS: bool = _setting("ENABLE_API_KEYS", True, parse_bool)
+    # Open WebUI's global allowlist for API keys: a path equal to an entry or under `entry/` (403 otherwise).
+    ENABLE_API_KEYS_ENDPOINT_RESTRICTIONS: bool = _setting(
+        ("ENABLE_API_KEYS_ENDPOINT_RESTRICTIONS", "ENABLE_API_KEY_ENDPOINT_RESTRICTIONS"), False, parse_bool)
+    API_KEYS_ALLOWED_ENDPOINTS: list[str] = _setting(
+        ("API_KEYS_ALLOWED_ENDPOINTS", "API_KEY_ALLOWED_ENDPOINTS"), [], lambda v: parse_list(v, ","))
     WEBUI_ADMIN_EMAIL: str = _setting("WEBUI_ADMIN_EMAIL", "")
     WEBUI_ADMIN_PASSWORD: str = _setting("WEBUI_ADMIN_PASSWORD", "")
     WEBUI_ADMIN_NAME: str = _setting("WEBUI_ADMIN_NAME", "Admin")

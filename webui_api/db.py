@@ -16,7 +16,7 @@ from .dialect import Dialect, SqliteDialect, for_url
 database = pw.DatabaseProxy()
 dialect: Dialect = SqliteDialect("sqlite:///:memory:")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def now() -> int:
@@ -78,11 +78,21 @@ class User(BaseModel):
 
 
 class ApiKey(BaseModel):
-    """One key per user, stored only as a SHA-256 hash (keys are 128-bit random, so no KDF is needed)."""
+    """A user's API key, stored only as a SHA-256 hash (keys are 128-bit random, so no KDF is needed). Each
+    user has at most one default key (Open WebUI's /auths/api_key routes) and any number of named keys, each
+    optionally expiring, limited to models and endpoints, and rate-limited (issue 12)."""
 
-    user = pw.ForeignKeyField(User, primary_key=True, on_delete="CASCADE", backref="api_key")
+    id = Text(primary_key=True, default=new_id)
+    user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="api_keys", index=True)
+    is_default = pw.BooleanField(default=False)
+    name = Text(null=True)                        # NULL on the default key
     key_hash = Text(unique=True)
-    masked = Text()
+    masked = Text()                               # sk-1234...abcd: how lists show the key
+    expires_at = pw.BigIntegerField(null=True)    # epoch seconds; NULL never expires
+    allowed_models = JSONField(null=True)         # model ids; NULL: every model the user may use
+    allowed_endpoints = JSONField(null=True)      # path prefixes; NULL: every route
+    requests_per_minute = pw.IntegerField(null=True)
+    tokens_per_minute = pw.IntegerField(null=True)
     created_at = pw.IntegerField(default=now)
     last_used_at = pw.IntegerField(null=True)
 
@@ -229,7 +239,14 @@ def _add_change_stamps(database) -> None:
     for name in STAMPS:
         database.execute_sql(dialect.sql("INSERT INTO change_stamp (name, value) VALUES (?, 0) "
                                          "ON CONFLICT (name) DO NOTHING"), (name,))
+    _create_stamp_triggers(database)
+
+
+def _create_stamp_triggers(database, table: str | None = None) -> None:
+    """The STAMP_TRIGGERS (only those on `table` when given: a rebuilt table lost its own)."""
     for trigger, (when, names) in STAMP_TRIGGERS.items():
+        if table is not None and not when.endswith(f" ON {table}"):
+            continue
         bump = _BUMP.format(names=", ".join(f"'{n}'" for n in names))
         for statement in dialect.trigger(f"stamp_{trigger}", when, [bump]):
             database.execute_sql(statement)
@@ -568,3 +585,42 @@ def _add_dedup_key(database) -> None:
 
 
 MIGRATIONS[7] = _add_dedup_key
+
+
+# --- API keys made for services: several per user, limits counted in the database (issue 12) --------
+
+class ApiKeyUsage(BaseModel):
+    """What a rate-limited key spent in one minute (`minute` = epoch seconds // 60): requests counted as they
+    arrive, tokens as the backend reports them. One row per key and minute, bumped by one atomic UPSERT, so
+    the limits hold across workers and hosts; a key's older minutes are deleted when a new one starts."""
+
+    key = pw.ForeignKeyField(ApiKey, on_delete="CASCADE", column_name="key_id")
+    minute = pw.BigIntegerField()
+    requests = pw.IntegerField(default=0)
+    tokens = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "api_key_usage"
+        primary_key = pw.CompositeKey("key", "minute")
+
+
+_COPIED_KEY_COLUMNS = "user_id, key_hash, masked, created_at, last_used_at"
+
+
+def _add_named_api_keys(database) -> None:
+    """api_key keyed by its own id instead of the user's (SQLite cannot change a primary key, so the table is
+    rebuilt); each existing key becomes its user's default key, id `key_<user id>` as in Open WebUI."""
+    if "id" not in {column.name for column in database.get_columns("api_key")}:
+        database.execute_sql("CREATE TABLE api_key_before_v8 AS SELECT * FROM api_key")
+        database.execute_sql("DROP TABLE api_key")  # its indexes and triggers go with it
+        database.create_tables([ApiKey])
+        database.execute_sql(f"INSERT INTO api_key (id, is_default, {_COPIED_KEY_COLUMNS}) "
+                             f"SELECT 'key_' || user_id, TRUE, {_COPIED_KEY_COLUMNS} FROM api_key_before_v8")
+        database.execute_sql("DROP TABLE api_key_before_v8")
+        _create_stamp_triggers(database, "api_key")
+    database.execute_sql('CREATE UNIQUE INDEX IF NOT EXISTS "api_key_one_default" ON "api_key" ("user_id") '
+                         "WHERE is_default")
+    database.create_tables([ApiKeyUsage], safe=True)
+
+
+MIGRATIONS[8] = _add_named_api_keys

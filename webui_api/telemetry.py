@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,7 @@ BACKEND_LATENCY = Histogram("webui_api_backend_request_duration_seconds",
 BACKEND_ERRORS = Counter("webui_api_backend_errors_total",
                          "Backend calls that failed (network error, timeout, 5xx, broken stream)",
                          ["backend"])
+log = logging.getLogger("webui_api.telemetry")
 TOKENS = Counter("webui_api_tokens_total", "Model tokens: direction=in (prompt) or out (completion)",
                  ["direction"])
 
@@ -46,6 +48,7 @@ class Record:
     backend_errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    token_sinks: list = field(default_factory=list, repr=False, compare=False)  # callback(tokens) per count
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def elapsed(self) -> float:
@@ -98,6 +101,19 @@ def record_tokens(prompt_tokens: int | None, completion_tokens: int | None) -> N
         with record._lock:
             record.prompt_tokens += prompt
             record.completion_tokens += completion
+        for sink in record.token_sinks:
+            try:
+                sink(prompt + completion)
+            except Exception:  # counting must never break the answer it counts
+                log.exception("token sink failed")
+
+
+def on_tokens(callback: Callable[[int], None]) -> None:
+    """Call `callback(tokens)` each time the current request records tokens: as the backend reports them,
+    before the answer's last byte is sent (a key's tokens-per-minute count is up to date when it ends)."""
+    record = _current.get()
+    if record is not None:
+        record.token_sinks.append(callback)
 
 
 @contextmanager

@@ -1,11 +1,11 @@
-"""/api/v1/auths: sign-up, sign-in, sign-out, the current session, password and API key."""
+"""/api/v1/auths: sign-up, sign-in, sign-out, the current session, password and API keys."""
 from __future__ import annotations
 
 import marshmallow as ma
 from flask import request
 from flask.views import MethodView
 
-from ..auth import accounts
+from ..auth import accounts, keys
 from .deps import access, bearer_token, current_caller, current_user, ext
 from .json_input import Blueprint
 from .observability import from_this_machine
@@ -53,6 +53,51 @@ class AddedUserSchema(UserSchema):
 
 class ApiKeySchema(Schema):
     api_key = ma.fields.String(metadata={"description": "The full key on creation; a masked form afterwards"})
+
+
+def _optional_list(description: str) -> ma.fields.List:
+    return ma.fields.List(ma.fields.String(), allow_none=True, load_default=None,
+                          metadata={"description": description})
+
+
+def _per_minute(what: str) -> ma.fields.Integer:
+    description = f"{what} per minute at most (counted across every worker and host); null: no limit"
+    return ma.fields.Integer(strict=True, allow_none=True, load_default=None,
+                             metadata={"description": description})
+
+
+class NewKeySchema(Schema):
+    """A named key for a service. Every restriction is optional; null means none."""
+
+    name = ma.fields.String(required=True, metadata={"example": "billing-service"})
+    expires_at = ma.fields.Integer(strict=True, allow_none=True, load_default=None,
+                                   metadata={"description": "Epoch seconds after which the key is refused"})
+    expires_in = ma.fields.Integer(strict=True, allow_none=True, load_default=None,
+                                   metadata={"description": "Seconds from now (instead of expires_at)"})
+    allowed_models = _optional_list("Model ids the key may use (untagged means :latest); null: all")
+    allowed_endpoints = _optional_list("Path prefixes the key may call (`/api/chat` allows "
+                                       "`/api/chat/completions`); null: all")
+    requests_per_minute = _per_minute("Requests")
+    tokens_per_minute = _per_minute("Tokens (prompt + completion, as the backend reports them)")
+
+
+class KeyInfoSchema(Schema):
+    """A key as lists show it: never the key itself, only `masked` (its first and last characters)."""
+
+    id = ma.fields.String()
+    name = ma.fields.String(allow_none=True, metadata={"description": "null on the default key"})
+    is_default = ma.fields.Boolean(metadata={"description": "The key of Open WebUI's /auths/api_key routes"})
+    masked = ma.fields.String(metadata={"example": "sk-1a2...9f0e"})
+    expires_at = ma.fields.Integer(allow_none=True)
+    allowed_models = ma.fields.List(ma.fields.String(), allow_none=True)
+    allowed_endpoints = ma.fields.List(ma.fields.String(), allow_none=True)
+    requests_per_minute = ma.fields.Integer(allow_none=True)
+    tokens_per_minute = ma.fields.Integer(allow_none=True)
+    created_at = ma.fields.Integer()
+
+
+class CreatedKeySchema(KeyInfoSchema):
+    api_key = ma.fields.String(metadata={"description": "The key itself: shown only in this answer"})
 
 
 @blp.route("/signup")
@@ -138,8 +183,9 @@ class ApiKeyView(MethodView):
     @access("verified")  # keys are for verified users: a pending account waits for an admin first
     @blp.response(200, ApiKeySchema)
     def post(self):
-        """Create (or replace) the caller's API key. The full key is shown only in this answer."""
-        return {"api_key": accounts.create_api_key(ext().settings, current_user())}
+        """Create (or replace) the caller's default API key; named keys stay. The full key is shown only in
+        this answer."""
+        return {"api_key": accounts.create_api_key(ext().settings, current_user(), current_caller().key)}
 
     @access("authenticated")
     @blp.response(200, ApiKeySchema)
@@ -150,6 +196,36 @@ class ApiKeyView(MethodView):
     @access("authenticated")
     @blp.response(200, TRUE)
     def delete(self):
-        """Delete the caller's API key."""
-        accounts.delete_api_key(ext().settings, current_user())
+        """Delete the caller's default API key (named keys stay)."""
+        accounts.delete_api_key(ext().settings, current_user(), current_caller().key)
+        return True
+
+
+@blp.route("/api_keys")
+class ApiKeys(MethodView):
+    @access("authenticated")
+    @blp.response(200, KeyInfoSchema(many=True))
+    def get(self):
+        """The caller's keys, the default one included, oldest first (masked: keys are stored as hashes)."""
+        return keys.list_keys(ext().settings, current_user())
+
+    @access("verified")
+    @blp.arguments(NewKeySchema)
+    @blp.response(200, CreatedKeySchema)
+    def post(self, body):
+        """Create a named key, optionally expiring, limited to models and endpoints, and rate-limited
+        (429 with Retry-After beyond a limit). The key is shown only in this answer. Any number of keys
+        live side by side, so a service can rotate without downtime."""
+        row, key = keys.create_key(ext().settings, current_user(), current_caller().key, body)
+        return {**row.__data__, "api_key": key}
+
+
+@blp.route("/api_keys/<string:key_id>")
+class ApiKeyById(MethodView):
+    @access("authenticated")
+    @blp.response(200, TRUE)
+    def delete(self, key_id: str):
+        """Delete one of the caller's keys: refused on every worker and host at once. Another user's key
+        answers 404."""
+        keys.delete_key(ext().settings, current_user(), current_caller().key, key_id)
         return True

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
-from ..auth import accounts
+from ..auth import accounts, keys
 from ..auth.policy import is_admin
 from ..db import User
 from ..errors import ACCESS_PROHIBITED, NOT_AUTHENTICATED, Forbidden, Unauthorized
@@ -44,9 +44,11 @@ def current_caller() -> accounts.Caller | None:
 def _optional_caller() -> accounts.Caller | None:
     token = bearer_token()
     try:
-        return accounts.authenticate(ext().settings, token) if token else None
+        caller = accounts.authenticate(ext().settings, token, request.path) if token else None
     except (Unauthorized, Forbidden):
         return None
+    keys.use(caller.key if caller else None)
+    return caller
 
 
 def current_user() -> User:
@@ -89,11 +91,12 @@ def view_access(view, method: str) -> str:
 
 def authenticate_request() -> None:
     """before_request hook: resolve the caller and enforce the route's access level."""
+    keys.use(None)  # this thread's previous request may have used a key
     level = route_access()
     if level is None or level == "public" or request.method == "OPTIONS":
         return  # public routes never pay for authentication unless the view asks who calls
     token = bearer_token()
-    g.caller = accounts.authenticate(ext().settings, token) if token else None
+    g.caller = accounts.authenticate(ext().settings, token, request.path) if token else None
     if g.caller is None:
         raise Unauthorized(NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     role = g.caller.user.role
@@ -101,3 +104,6 @@ def authenticate_request() -> None:
         raise Forbidden(ACCESS_PROHIBITED)
     if level == "admin" and not is_admin(g.caller.user):
         raise Forbidden(ACCESS_PROHIBITED)
+    if g.caller.key is not None:
+        keys.use(g.caller.key)
+        keys.admit(g.caller.key)  # last: only requests that may run count against the key's limits

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from . import security
+from . import keys, security
 from ..config import Settings
 from ..db import ApiKey, RevokedToken, SigninAttempt, StampedCache, User, now, write_transaction
 from ..errors import (ACCESS_PROHIBITED, INVALID_TOKEN, BadRequest, Conflict, Forbidden, NotFound,
@@ -38,6 +38,7 @@ class Caller:
 
     user: User
     claims: dict | None = None  # JWT claims; None when an API key was used
+    key: keys.Grant | None = None  # the API key's rights; None with a JWT
 
     @property
     def via_api_key(self) -> bool:
@@ -210,10 +211,11 @@ def set_password(settings: Settings, user: User, new: str) -> None:
 
 # --- authentication ----------------------------------------------------------------------------
 
-def authenticate(settings: Settings, token: str) -> Caller:
-    """The caller behind a Bearer credential, or Unauthorized/Forbidden."""
+def authenticate(settings: Settings, token: str, path: str | None = None) -> Caller:
+    """The caller behind a Bearer credential, or Unauthorized/Forbidden. `path`: the route asked for, which
+    an API key must be allowed to call (endpoint allowlists)."""
     if security.is_api_key(token):
-        return _authenticate_api_key(settings, token)
+        return _authenticate_api_key(settings, token, path)
     claims = security.decode_jwt(settings.WEBUI_SECRET_KEY, token)
     if claims is None:
         raise Unauthorized(INVALID_TOKEN)
@@ -229,17 +231,22 @@ def authenticate(settings: Settings, token: str) -> Caller:
     return Caller(user=user, claims=claims)
 
 
-def _authenticate_api_key(settings: Settings, key: str) -> Caller:
+def _authenticate_api_key(settings: Settings, key: str, path: str | None) -> Caller:
     key_hash, rows = security.hash_api_key(key), _auth_rows.current()
-    user_id = _auth_rows.get(("key", key_hash), lambda: ApiKey.select(ApiKey.user).where(
-        ApiKey.key_hash == key_hash).scalar(), rows)
-    user = _cached_user(user_id, rows) if user_id else None
+    grant = _auth_rows.get(("key", key_hash), lambda: _grant_of(key_hash), rows)
+    user = _cached_user(grant.user_id, rows) if grant else None
     if user is None:
         raise Unauthorized(INVALID_TOKEN)
     if not settings.ENABLE_API_KEYS:
         raise Forbidden("Use of API key is not enabled in the environment.")
+    keys.check_key(settings, grant, path)
     _touch(user)
-    return Caller(user=user)
+    return Caller(user=user, key=grant)
+
+
+def _grant_of(key_hash: str) -> keys.Grant | None:
+    row = ApiKey.get_or_none(ApiKey.key_hash == key_hash)
+    return keys.Grant.of(row) if row is not None else None
 
 
 def _cached_user(user_id: str, rows: dict) -> User | None:
@@ -255,34 +262,37 @@ def _touch(user: User) -> None:
         user.last_active_at = stamp
 
 
-# --- API keys ----------------------------------------------------------------------------------
+# --- the default API key (Open WebUI's /auths/api_key); named keys are in keys.py -------------------
 
-def _require_api_keys(settings: Settings) -> None:
-    if not settings.ENABLE_API_KEYS:
-        raise Forbidden("API key creation is not allowed in the environment.")
-
-
-def create_api_key(settings: Settings, user: User) -> str:
-    """A new key replaces the old one; only its hash is stored, so this is the one time it is shown."""
-    _require_api_keys(settings)
+def create_api_key(settings: Settings, user: User, grant: keys.Grant | None = None) -> str:
+    """A new default key replaces the old default key (named keys stay); only its hash is stored, so this is
+    the one time it is shown."""
+    keys.require_api_keys(settings)
+    keys.require_unrestricted(grant)
     key = security.new_api_key()
     with write_transaction():
-        ApiKey.delete().where(ApiKey.user == user.id).execute()
-        ApiKey.create(user=user.id, key_hash=security.hash_api_key(key), masked=security.mask_api_key(key))
+        ApiKey.delete().where(_default_key(user)).execute()
+        ApiKey.create(user=user.id, is_default=True, key_hash=security.hash_api_key(key),
+                      masked=security.mask_api_key(key))
     return key
 
 
 def get_api_key(settings: Settings, user: User) -> str:
-    _require_api_keys(settings)
-    row = ApiKey.get_or_none(ApiKey.user == user.id)
+    keys.require_api_keys(settings)
+    row = ApiKey.get_or_none(_default_key(user))
     if row is None:
         raise NotFound("No API key exists for this account. Create one with POST /api/v1/auths/api_key.")
     return row.masked
 
 
-def delete_api_key(settings: Settings, user: User) -> None:
-    _require_api_keys(settings)
-    ApiKey.delete().where(ApiKey.user == user.id).execute()
+def delete_api_key(settings: Settings, user: User, grant: keys.Grant | None = None) -> None:
+    keys.require_api_keys(settings)
+    keys.require_unrestricted(grant)
+    ApiKey.delete().where(_default_key(user)).execute()
+
+
+def _default_key(user: User):
+    return (ApiKey.user == user.id) & (ApiKey.is_default == True)  # noqa: E712
 
 
 # --- admin user management ---------------------------------------------------------------------

@@ -11,8 +11,9 @@ import peewee as pw
 
 from . import model_lists, presets
 from .. import db
-from ..auth import policy
-from ..errors import MODEL_NOT_FOUND, ApiError, BadRequest, NotFound, ServiceUnavailable, UpstreamError
+from ..auth import keys, policy
+from ..errors import (MODEL_NOT_FOUND, ApiError, BadRequest, Forbidden, NotFound, ServiceUnavailable,
+                      UpstreamError)
 from ..upstream import Backend
 
 MAX_PRESET_DEPTH = 5  # presets may wrap presets; deeper chains (or cycles) resolve to "Model not found"
@@ -27,6 +28,26 @@ def untagged_alias(model_id: str) -> str | None:
     if ":" in model_id.rsplit("/", 1)[-1]:
         return None
     return f"{model_id}:latest"
+
+
+def permit(model_id: Any) -> None:
+    """403 naming the model when the calling API key's model allowlist leaves it out (an untagged name
+    means `:latest` on both sides); every route that names a model passes here."""
+    allowed = keys.model_allowlist()
+    if allowed is not None and isinstance(model_id, str) and not _key_allows(allowed, model_id):
+        raise Forbidden(f"This API key may not use the model '{model_id}'.")
+
+
+def key_visible(entries: list[dict], id_key: str = "id") -> list[dict]:
+    """A model list narrowed to what the calling API key may use."""
+    allowed = keys.model_allowlist()
+    if allowed is None:
+        return entries
+    return [entry for entry in entries if _key_allows(allowed, str(entry.get(id_key)))]
+
+
+def _key_allows(allowed: frozenset, model_id: str) -> bool:
+    return (untagged_alias(model_id) or model_id) in {untagged_alias(a) or a for a in allowed}
 
 
 @dataclass
@@ -181,7 +202,7 @@ class Catalog:
             entry = model_lists.preset_entry(row, self._base_entry_for(row, by_id, user))
             out.append(entry)
             by_id[row.id] = entry
-        return out
+        return key_visible(out)
 
     def _base_entry_for(self, row, by_id: dict, user, depth: int = 0) -> dict | None:
         target = row.base_model_id
@@ -196,12 +217,12 @@ class Catalog:
     def ollama_tags(self) -> dict:
         """Ollama's `/api/tags` body for all backends together: {"models": [... with "urls"]}."""
         self.pool("ollama")  # 503 when the Ollama API is disabled
-        return {"models": [entry["ollama"] for entry in self.snapshot().ollama]}
+        return {"models": key_visible([entry["ollama"] for entry in self.snapshot().ollama], "model")}
 
     def openai_models(self) -> list[dict]:
         """Every connection's models in Open WebUI's /openai/models shape (`urlIdx`, raw under `openai`)."""
         self.pool("openai")  # 503 when the OpenAI API is disabled
-        return [model_lists.connection_entry(entry) for entry in self.snapshot().openai]
+        return key_visible([model_lists.connection_entry(entry) for entry in self.snapshot().openai])
 
     # --- resolution --------------------------------------------------------------------------
 
@@ -210,6 +231,7 @@ class Catalog:
         UpstreamError when it may be missing because a backend's model list did not arrive."""
         if not isinstance(model_id, str) or not model_id.strip():
             raise BadRequest(MODEL_NOT_FOUND)
+        permit(model_id)
         return self._resolve(user, model_id, ())
 
     def _resolve(self, user, model_id: str, chain: tuple) -> Resolved:

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator
 
-from . import convert
+from . import convert, usage
 from .fields import CHAT_OWN_FIELDS, OLLAMA_NATIVE_OPTIONS, OLLAMA_ONLY, OLLAMA_TOP_LEVEL, WEBUI_PARAMS
 from ..auth import policy
 from ..rag import files, knowledge
-from .. import telemetry
 from ..errors import ApiError, BadRequest, ServiceUnavailable, Unprocessable, UpstreamError
 from ..upstream import http_error
 
@@ -210,6 +209,7 @@ def openai_payload(target, body: dict, params: dict) -> dict:
 def _openai_chat(upstream, user, target, body: dict, params: dict, sources: list) -> dict | Streamed:
     body = openai_payload(target, body, params)
     stream = bool(body.get("stream"))
+    usage.ask_for_usage(body)
     resp = upstream.send(target.hosts, "POST", "/chat/completions", json=body, stream=stream, user=user)
     if resp.status_code >= 400:
         raise backend_error(resp, resp.backend)
@@ -223,6 +223,8 @@ def _openai_chat(upstream, user, target, body: dict, params: dict, sources: list
 def _sse_passthrough(upstream, resp, sources: list, user) -> Iterator[bytes]:
     """The backend's SSE bytes as they arrive; `sources` goes into the first chunk that has choices."""
     chunks = upstream.stream_chunks(resp)
+    if usage.needed():
+        chunks = usage.counted(chunks)
     try:
         pending, injected = b"", not sources
         for chunk in chunks:
@@ -433,12 +435,7 @@ def _json_body(resp, backend) -> Any:
 
 def _count_tokens(reply: Any) -> None:
     """Charge a reply's `usage` (if it carries one) to the current request's metrics."""
-    usage = reply.get("usage") if isinstance(reply, dict) else None
-    if isinstance(usage, dict):
-        try:
-            telemetry.record_tokens(usage.get("prompt_tokens"), usage.get("completion_tokens"))
-        except (TypeError, ValueError):
-            pass  # a backend's odd usage numbers must not fail the reply
+    usage.record(reply)
 
 
 def _dumps(obj: Any) -> bytes:

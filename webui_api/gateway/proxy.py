@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from . import convert, model_lists
-from .catalog import Catalog
+from . import convert, model_lists, usage
+from .catalog import Catalog, permit
 from .fields import WEBUI_FIELDS, WEBUI_PARAMS
 from ..auth import policy
 from ..errors import BadRequest, UpstreamError
@@ -34,6 +34,8 @@ def _pick(catalog: Catalog, kind: str, body: dict, model_key: str | None, url_id
           default_idx: int | None) -> list[Backend]:
     """The backends for this call (several when replicas serve the model); rewrites body[model_key] to the
     resolved (tagged) name."""
+    if model_key:
+        permit(body.get(model_key) if body.get(model_key) is not None else body.get("name"))
     if url_idx is not None:
         return [catalog.backend_at(kind, url_idx)]
     if model_key:
@@ -86,10 +88,14 @@ def forward(upstream: Upstream, hosts: list[Backend], method: str, path: str, bo
         raise http_error(response, response.backend)
     content_type = response.headers.get("Content-Type", "application/json")
     if any(kind in content_type for kind in STREAM_TYPES):
-        return Reply(response.status_code, content_type,
-                     relay(upstream, response, "event-stream" in content_type, after, user), streaming=True)
+        chunks = relay(upstream, response, "event-stream" in content_type, after, user)
+        return Reply(response.status_code, content_type, usage.counted(chunks) if usage.needed() else chunks,
+                     streaming=True)
     try:
-        return Reply(response.status_code, content_type, upstream.read_body(response))
+        answer = upstream.read_body(response)
+        if usage.needed():
+            usage.count_body(answer)
+        return Reply(response.status_code, content_type, answer)
     finally:
         if after:
             after()
@@ -182,6 +188,7 @@ def openai_call(catalog: Catalog, path: str, body: dict, url_idx: int | None = N
     """Forward a model call (chat/completions, embeddings, ...) to the connection serving body["model"]."""
     body = openai_body(require_json_object(body))
     hosts = _pick(catalog, "openai", body, "model", url_idx, None)
+    usage.ask_for_usage(body)
     return forward(catalog.upstream, hosts, "POST", path, body, user=user)
 
 
