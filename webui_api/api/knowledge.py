@@ -4,6 +4,7 @@ from __future__ import annotations
 import marshmallow as ma
 from flask.views import MethodView
 
+from ..errors import BadRequest
 from ..rag import knowledge
 from .deps import access, current_user, ext
 from .files import FileMetaSchema, FileSchema
@@ -69,6 +70,31 @@ class FileRefSchema(Schema):
     file_id = ma.fields.String(required=True, validate=ma.validate.Length(min=1))
 
 
+class BatchEntrySchema(Schema):
+    """One file of Open WebUI's batch/add body (a JSON array of these)."""
+
+    file_id = ma.fields.String(required=True, validate=ma.validate.Length(min=1))
+    directory_id = ma.fields.String(load_default=None, allow_none=True,
+                                    metadata={"description": "Ignored: there are no directories here"})
+
+    @ma.pre_load(pass_many=True)
+    def _bounded(self, data, many, **kwargs):
+        if many and isinstance(data, list) and len(data) > knowledge.MAX_BATCH_FILES:  # before 10k+ loads
+            raise BadRequest(f"At most {knowledge.MAX_BATCH_FILES} files can be added in one request.")
+        return data
+
+
+class BatchResultSchema(Schema):
+    file_id = ma.fields.String()
+    status = ma.fields.String(metadata={"description": "completed (in the collection) or failed"})
+    error = ma.fields.String(metadata={"description": "Why the file was not added (failed only)"})
+
+
+class WarningsSchema(Schema):
+    message = ma.fields.String()
+    errors = ma.fields.List(ma.fields.String(), metadata={"description": "`<file id>: <reason>` each"})
+
+
 class RemoveArgs(Schema):
     delete_file = ma.fields.Boolean(load_default=False,
                                     metadata={"description": "Also delete the file itself"})
@@ -119,6 +145,19 @@ class KnowledgeFilesSchema(KnowledgeSchema):
     """A collection with its files and whether the caller may change it."""
 
     write_access = ma.fields.Boolean()
+
+
+class BatchAddedSchema(KnowledgeFilesSchema):
+    """Open WebUI's answer with the per-file results it computes but drops: `results` for every file named,
+    `warnings` (Open WebUI's shape) only when some failed."""
+
+    results = ma.fields.List(ma.fields.Nested(BatchResultSchema))
+    warnings = derived(ma.fields.Nested(WarningsSchema), lambda added: _warnings(added.results))
+
+
+def _warnings(results: list[dict]):
+    failed = [f"{r['file_id']}: {r['error']}" for r in results if r["status"] == "failed"]
+    return {"message": "Some files failed to process", "errors": failed} if failed else ma.missing
 
 
 class KnowledgeSummarySchema(KnowledgeSchema):
@@ -239,6 +278,27 @@ class KnowledgeFileAdd(MethodView):
         """Add a processed file: its stored vectors join the collection (no new embedding). Adding it
         again changes nothing. A file still processing is waited for."""
         return knowledge.add_file(ext(), current_user(), knowledge_id, body["file_id"])
+
+
+@blp.route("/<string:knowledge_id>/files/batch/add")
+class KnowledgeFilesBatchAdd(MethodView):
+    @blp.arguments(BatchEntrySchema(many=True))
+    @blp.response(200, BatchAddedSchema)
+    def post(self, body, knowledge_id):
+        """Add many processed files (a JSON array of `{file_id}`, at most 10,000 a request) in one
+        transaction: their stored vectors join the collection (no new embedding). A file that
+        cannot be added fails alone (`results`, `warnings`); files already in it are kept."""
+        return knowledge.add_files(ext(), current_user(), knowledge_id, [entry["file_id"] for entry in body])
+
+
+@blp.route("/<string:knowledge_id>/file/update")
+class KnowledgeFileUpdate(MethodView):
+    @blp.arguments(FileRefSchema)
+    @blp.response(200, KnowledgeFilesSchema)
+    def post(self, body, knowledge_id):
+        """Re-index a file of the collection from its stored vectors (no new embedding); a file not in it
+        is 404."""
+        return knowledge.update_file(ext(), current_user(), knowledge_id, body["file_id"])
 
 
 @blp.route("/<string:knowledge_id>/file/remove")

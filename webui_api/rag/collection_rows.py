@@ -46,6 +46,51 @@ def link_row(knowledge_id: str, file_id: str) -> None:
         Knowledge.update(updated_at=db.now()).where(Knowledge.id == knowledge_id).execute()
 
 
+LINK_ROWS_PER_INSERT = 300  # 3 bound parameters a row: under SQLite's 999 on old builds
+
+
+def link_rows(knowledge_id: str, file_ids: list[str]) -> set[str]:
+    """Membership of many files in one write transaction (the index log triggers record their chunks
+    joining); returns the ids linked, those deleted meanwhile left out. The collection deleted meanwhile
+    is a 404 and nothing is written."""
+    with db.write_transaction():
+        if not Knowledge.select().where(Knowledge.id == knowledge_id).exists():
+            raise NotFound("The knowledge collection was deleted.")
+        present = set(_existing_files(file_ids))
+        stamp = db.now()
+        rows = [{"knowledge": knowledge_id, "file": f, "created_at": stamp} for f in file_ids if f in present]
+        for start in range(0, len(rows), LINK_ROWS_PER_INSERT):
+            KnowledgeFile.insert_many(rows[start:start + LINK_ROWS_PER_INSERT]).on_conflict_ignore().execute()
+        Knowledge.update(updated_at=stamp).where(Knowledge.id == knowledge_id).execute()
+    return present
+
+
+def _existing_files(file_ids: list[str]):
+    for start in range(0, len(file_ids), 500):
+        yield from (row[0] for row in File.select(File.id).where(File.id.in_(file_ids[start:start + 500]))
+                    .tuples())
+
+
+def chunk_ids_of(file_ids: list[str]) -> list[int]:
+    """The chunk ids of many files, read 500 files at a time (bound parameters)."""
+    ids = []
+    for start in range(0, len(file_ids), 500):
+        ids += [row[0] for row in Chunk.select(Chunk.id).where(Chunk.file.in_(file_ids[start:start + 500]))
+                .tuples()]
+    return ids
+
+
+def dims_of(file_ids: list[str]) -> dict[str, int]:
+    """Each file's vector size (its chunks' majority), from the chunk (file_id, dim) index."""
+    counts: dict[str, Counter] = {}
+    for start in range(0, len(file_ids), 500):
+        for file_id, dim, n in (Chunk.select(Chunk.file, Chunk.dim, fn.COUNT(Chunk.id))
+                                .where(Chunk.file.in_(file_ids[start:start + 500]))
+                                .group_by(Chunk.file, Chunk.dim).tuples()):
+            counts.setdefault(file_id, Counter())[dim] += n
+    return {file_id: majority_dim(dims.elements()) for file_id, dims in counts.items()}
+
+
 def chunk_ids(file_id: str) -> list[int]:
     return [row[0] for row in Chunk.select(Chunk.id).where(Chunk.file == file_id).tuples()]
 
