@@ -147,11 +147,19 @@ class KnowledgeFilesSchema(KnowledgeSchema):
     write_access = ma.fields.Boolean()
 
 
+class _AsBuilt(ma.fields.List):
+    """A list documented by its item schema but dumped as given: up to 10,000 rows built in that shape
+    already would cost more to re-serialise than the batch itself."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value
+
+
 class BatchAddedSchema(KnowledgeFilesSchema):
     """Open WebUI's answer with the per-file results it computes but drops: `results` for every file named,
     `warnings` (Open WebUI's shape) only when some failed."""
 
-    results = ma.fields.List(ma.fields.Nested(BatchResultSchema))
+    results = _AsBuilt(ma.fields.Nested(BatchResultSchema), metadata={"description": "Per file, in request order"})
     warnings = derived(ma.fields.Nested(WarningsSchema), lambda added: _warnings(added.results))
 
 

@@ -269,10 +269,8 @@ def add_files(ext, user: User, knowledge_id: str, file_ids: list[str]) -> BatchA
 
 def _unlinkable(user: User, file_ids: list[str]) -> dict[str, str]:
     """Why each file that may not join a collection cannot (file/add's rules: policy, processed)."""
-    found = {}
-    for start in range(0, len(file_ids), 500):
-        found.update((f.id, f) for f in File.select(File.id, File.user, File.status, File.error)
-                     .where(File.id.in_(file_ids[start:start + 500])))
+    rows = collection_rows.rows_for_ids("SELECT id, user_id, status, error FROM file WHERE id IN ({ids})", file_ids)
+    found = {row[0]: File(id=row[0], user=row[1], status=row[2], error=row[3]) for row in rows}
     errors = {}
     for file_id in file_ids:
         try:
