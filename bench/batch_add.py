@@ -126,6 +126,7 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="batch-add-")
     if args.postgres:
         os.environ["DATABASE_URL"] = postgres_url()
+        os.environ.setdefault("WEBUI_SECRET_KEY", "batch-add-bench")  # required with a shared database
     ids, store = seed(data_dir, args.files, args.chunks)
     proc, url, headers = start(data_dir)
     try:

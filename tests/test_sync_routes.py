@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from webui_api.db import KnowledgeFile
+from webui_api import db
+from webui_api.db import Chunk, IndexLog, KnowledgeFile
 
 from .rag_helpers import _drain_background, embed_calls, rag_settings, upload_ok  # noqa: F401
 
@@ -106,6 +107,19 @@ def test_batch_add_links_many_reusing_vectors_with_per_file_results(client, user
     assert vectors.segment_counts(kid)[0] == 1  # one segment for the batch, not one per file
     again = batch(client, user, kid, mine).get_json()  # already there: kept, nothing duplicated
     assert "warnings" not in again and vectors.count(kid) == 5
+
+
+def test_a_batch_of_links_is_logged_for_other_hosts(client, user):
+    """Each chunk joins the collection in the index log (other hosts catch up from it); PostgreSQL logs the
+    batch under one version (a statement trigger), SQLite one a link."""
+    fids = [upload_ok(client, user["headers"], f"l{i}.txt", f"logged text {i}".encode())["id"] for i in range(3)]
+    kid = create(client, user)
+    assert batch(client, user, kid, fids).status_code == 200
+    logged = list(IndexLog.select(IndexLog.chunk_id, IndexLog.op, IndexLog.version)
+                  .where(IndexLog.collection == kid).tuples())
+    chunks = {c for (c,) in Chunk.select(Chunk.id).where(Chunk.file.in_(fids)).tuples()}
+    assert sorted(c for c, _op, _v in logged) == sorted(chunks) and {op for _c, op, _v in logged} == {1}
+    assert len({v for _c, _op, v in logged}) == (1 if db.dialect.statement_triggers else len(fids))
 
 
 def test_batch_added_files_are_searchable(client, user):
