@@ -4,7 +4,6 @@ from __future__ import annotations
 import marshmallow as ma
 from flask.views import MethodView
 
-from ..errors import BadRequest
 from ..rag import knowledge
 from .deps import access, current_user, ext
 from .files import FileMetaSchema, FileSchema
@@ -79,8 +78,8 @@ class BatchEntrySchema(Schema):
 
     @ma.pre_load(pass_many=True)
     def _bounded(self, data, many, **kwargs):
-        if many and isinstance(data, list) and len(data) > knowledge.MAX_BATCH_FILES:  # before 10k+ loads
-            raise BadRequest(f"At most {knowledge.MAX_BATCH_FILES} files can be added in one request.")
+        if many and isinstance(data, list):
+            knowledge.check_batch_size(len(data))  # before marshmallow loads each of them
         return data
 
 

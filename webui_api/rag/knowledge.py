@@ -250,8 +250,7 @@ def add_files(ext, user: User, knowledge_id: str, file_ids: list[str]) -> BatchA
     index as one segment (no embedding). A file that cannot be added (missing or not yours to read, not
     yours to share, not processed, of another vector size) fails alone, with its reason."""
     kb = writable(user, knowledge_id)
-    if len(file_ids) > MAX_BATCH_FILES:
-        raise BadRequest(f"At most {MAX_BATCH_FILES} files can be added in one request.")
+    check_batch_size(len(file_ids))
     wanted = list(dict.fromkeys(file_ids))
     errors = _unlinkable(user, wanted)
     accepted = [f for f in wanted if f not in errors]
@@ -267,9 +266,15 @@ def add_files(ext, user: User, knowledge_id: str, file_ids: list[str]) -> BatchA
         {"file_id": f, "status": "completed"} for f in wanted])
 
 
+def check_batch_size(count: int) -> None:
+    if count > MAX_BATCH_FILES:
+        raise BadRequest(f"At most {MAX_BATCH_FILES} files can be added in one request.")
+
+
 def _unlinkable(user: User, file_ids: list[str]) -> dict[str, str]:
     """Why each file that may not join a collection cannot (file/add's rules: policy, processed)."""
-    rows = collection_rows.rows_for_ids("SELECT id, user_id, status, error FROM file WHERE id IN ({ids})", file_ids)
+    rows = collection_rows.rows_for_ids("SELECT id, user_id, status, error FROM file WHERE id IN ({ids})",
+                                        file_ids)
     found = {row[0]: File(id=row[0], user=row[1], status=row[2], error=row[3]) for row in rows}
     errors = {}
     for file_id in file_ids:
