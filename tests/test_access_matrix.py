@@ -181,6 +181,16 @@ ROWS = [
         _b("POST", "/api/v1/knowledge/{knowledge}/file/remove?delete_file=true", json={"file_id": "{file}"})),
     Row(f"{KNOWLEDGE}/file/remove", "POST", "file_id", "remove A's file from B's collection",
         _b("POST", "/api/v1/knowledge/{b_knowledge}/file/remove?delete_file=true", json={"file_id": "{file}"})),
+    Row(f"{KNOWLEDGE}/file/update", "POST", "knowledge_id", "re-index a file in A's collection",
+        _b("POST", "/api/v1/knowledge/{knowledge}/file/update", json={"file_id": "{b_file}"})),
+    Row(f"{KNOWLEDGE}/file/update", "POST", "file_id", "re-index A's file in B's collection",
+        _b("POST", "/api/v1/knowledge/{b_knowledge}/file/update", json={"file_id": "{file}"})),
+    Row(f"{KNOWLEDGE}/files/batch/add", "POST", "knowledge_id", "batch-add B's file to A's collection",
+        _b("POST", "/api/v1/knowledge/{knowledge}/files/batch/add", json=[{"file_id": "{b_file}"}])),
+    # the body is an array (no top-level field to enumerate): A's file fails alone, as a missing one does
+    Row(f"{KNOWLEDGE}/files/batch/add", "POST", "file_id", "batch-add A's file to B's collection",
+        _b("POST", "/api/v1/knowledge/{b_knowledge}/files/batch/add", json=[{"file_id": "{file}"}]),
+        status=200),
     Row(f"{KNOWLEDGE}/reset", "POST", "knowledge_id", "empty A's collection",
         _b("POST", "/api/v1/knowledge/{knowledge}/reset")),
     Row(f"{KNOWLEDGE}/delete", "DELETE", "knowledge_id", "delete A's collection",
@@ -225,6 +235,13 @@ ROWS = [
     Row("/api/v1/retrieval/process/text", "POST", "collection_name", "write text into A's collection",
         _b("POST", "/api/v1/retrieval/process/text",
            json={"name": "x.txt", "content": "planted", "collection_name": "{knowledge}"})),
+    Row("/api/v1/retrieval/delete", "POST", "collection_name", "delete B's file's vectors from A's collection",
+        _b("POST", "/api/v1/retrieval/delete", json={"collection_name": "{knowledge}", "file_id": "{b_file}"})),
+    Row("/api/v1/retrieval/delete", "POST", "collection_name", "delete A's file's own collection",
+        _b("POST", "/api/v1/retrieval/delete", json={"collection_name": "file-{file}", "file_id": "{file}"})),
+    Row("/api/v1/retrieval/delete", "POST", "file_id", "delete A's file's vectors from B's collection",
+        _b("POST", "/api/v1/retrieval/delete", json={"collection_name": "{b_knowledge}", "file_id": "{file}"}),
+        status=200),  # `{"status": false}`: not in B's collection, as a missing file is not
     # uploads: `metadata.knowledge_id` adds the new file to a collection
     Row("/api/v1/files/", "POST", "metadata", "upload into A's collection", _upload_into),
     # chat: `files` names sources, `model` may be a preset

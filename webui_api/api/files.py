@@ -38,6 +38,14 @@ class ListArgs(Schema):
     content = ma.fields.Boolean(load_default=False, metadata={"description": "Add each file's extracted text"})
 
 
+class SearchArgs(Schema):
+    filename = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=255), metadata={
+        "description": "Glob over file names: `*` any run of characters, `?` one; case-insensitive"})
+    content = ma.fields.Boolean(load_default=False, metadata={"description": "Add each file's extracted text"})
+    skip = ma.fields.Integer(load_default=0, validate=ma.validate.Range(min=0, max=2**31))
+    limit = ma.fields.Integer(load_default=100, validate=ma.validate.Range(min=1, max=files.SEARCH_LIMIT))
+
+
 class ContentArgs(Schema):
     attachment = ma.fields.Boolean(load_default=False)
 
@@ -182,6 +190,25 @@ def _multipart(settings):
         if not isinstance(metadata, dict):
             raise BadRequest("[ERROR: Invalid metadata format]")
     return upload, metadata
+
+
+@blp.route("/search")
+class FileSearch(MethodView):
+    @blp.arguments(SearchArgs, location="query")
+    @blp.response(200, FileSchema(many=True))
+    def get(self, args):
+        """Your files (admins: everyone's) whose name matches the `filename` glob, newest first; none
+        matching is 404. Without `content=true` the extracted text is left out."""
+        return files.search_files(current_user(), args["filename"], args["skip"], args["limit"],
+                                  args["content"])
+
+
+@blp.route("/count")
+class FileCount(MethodView):
+    @blp.response(200, JsonSchema(type="integer"))
+    def get(self):
+        """How many files you have (admins: all files)."""
+        return files.count_files(current_user())
 
 
 @blp.route("/all")

@@ -69,6 +69,31 @@ class FileRefSchema(Schema):
     file_id = ma.fields.String(required=True, validate=ma.validate.Length(min=1))
 
 
+class BatchEntrySchema(Schema):
+    """One file of Open WebUI's batch/add body (a JSON array of these)."""
+
+    file_id = ma.fields.String(required=True, validate=ma.validate.Length(min=1))
+    directory_id = ma.fields.String(load_default=None, allow_none=True,
+                                    metadata={"description": "Ignored: there are no directories here"})
+
+    @ma.pre_load(pass_many=True)
+    def _bounded(self, data, many, **kwargs):
+        if many and isinstance(data, list):
+            knowledge.check_batch_size(len(data))  # before marshmallow loads each of them
+        return data
+
+
+class BatchResultSchema(Schema):
+    file_id = ma.fields.String()
+    status = ma.fields.String(metadata={"description": "completed (in the collection) or failed"})
+    error = ma.fields.String(metadata={"description": "Why the file was not added (failed only)"})
+
+
+class WarningsSchema(Schema):
+    message = ma.fields.String()
+    errors = ma.fields.List(ma.fields.String(), metadata={"description": "`<file id>: <reason>` each"})
+
+
 class RemoveArgs(Schema):
     delete_file = ma.fields.Boolean(load_default=False,
                                     metadata={"description": "Also delete the file itself"})
@@ -119,6 +144,27 @@ class KnowledgeFilesSchema(KnowledgeSchema):
     """A collection with its files and whether the caller may change it."""
 
     write_access = ma.fields.Boolean()
+
+
+class _AsBuilt(ma.fields.List):
+    """A list documented by its item schema but dumped as given: up to 10,000 rows built in that shape
+    already would cost more to re-serialise than the batch itself."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value
+
+
+class BatchAddedSchema(KnowledgeFilesSchema):
+    """Open WebUI's answer with the per-file results it computes but drops: `results` for every file named,
+    `warnings` (Open WebUI's shape) only when some failed."""
+
+    results = _AsBuilt(ma.fields.Nested(BatchResultSchema), metadata={"description": "Per file, in request order"})
+    warnings = derived(ma.fields.Nested(WarningsSchema), lambda added: _warnings(added.results))
+
+
+def _warnings(results: list[dict]):
+    failed = [f"{r['file_id']}: {r['error']}" for r in results if r["status"] == "failed"]
+    return {"message": "Some files failed to process", "errors": failed} if failed else ma.missing
 
 
 class KnowledgeSummarySchema(KnowledgeSchema):
@@ -239,6 +285,27 @@ class KnowledgeFileAdd(MethodView):
         """Add a processed file: its stored vectors join the collection (no new embedding). Adding it
         again changes nothing. A file still processing is waited for."""
         return knowledge.add_file(ext(), current_user(), knowledge_id, body["file_id"])
+
+
+@blp.route("/<string:knowledge_id>/files/batch/add")
+class KnowledgeFilesBatchAdd(MethodView):
+    @blp.arguments(BatchEntrySchema(many=True))
+    @blp.response(200, BatchAddedSchema)
+    def post(self, body, knowledge_id):
+        """Add many processed files (a JSON array of `{file_id}`, at most 10,000 a request) in one
+        transaction: their stored vectors join the collection (no new embedding). A file that
+        cannot be added fails alone (`results`, `warnings`); files already in it are kept."""
+        return knowledge.add_files(ext(), current_user(), knowledge_id, [entry["file_id"] for entry in body])
+
+
+@blp.route("/<string:knowledge_id>/file/update")
+class KnowledgeFileUpdate(MethodView):
+    @blp.arguments(FileRefSchema)
+    @blp.response(200, KnowledgeFilesSchema)
+    def post(self, body, knowledge_id):
+        """Re-index a file of the collection from its stored vectors (no new embedding); a file not in it
+        is 404."""
+        return knowledge.update_file(ext(), current_user(), knowledge_id, body["file_id"])
 
 
 @blp.route("/<string:knowledge_id>/file/remove")

@@ -46,6 +46,51 @@ def link_row(knowledge_id: str, file_id: str) -> None:
         Knowledge.update(updated_at=db.now()).where(Knowledge.id == knowledge_id).execute()
 
 
+ID_SLICE = 500  # ids bound in one IN (...) list
+
+
+def rows_for_ids(sql: str, ids: list[str], params: tuple = ()) -> list[tuple]:
+    """Raw `sql` (one `{ids}` placeholder list, then `params`) over many ids, ID_SLICE at a time: peewee
+    builds each bound value in Python, ten times the cost of the query for thousands of ids."""
+    rows = []
+    for start in range(0, len(ids), ID_SLICE):
+        part = ids[start:start + ID_SLICE]
+        rows += db.execute(sql.format(ids=", ".join("?" * len(part))), (*part, *params)).fetchall()
+    return rows
+
+
+def link_rows(knowledge_id: str, file_ids: list[str]) -> set[str]:
+    """Membership of many files in one write transaction (the index log triggers record their chunks
+    joining); returns the ids now linked, those deleted meanwhile left out. The collection deleted
+    meanwhile is a 404 and nothing is written."""
+    with db.write_transaction():
+        if not Knowledge.select().where(Knowledge.id == knowledge_id).exists():
+            raise NotFound("The knowledge collection was deleted.")
+        present = {row[0] for row in rows_for_ids("SELECT id FROM file WHERE id IN ({ids})", file_ids)}
+        linked = {row[0] for row in rows_for_ids(
+            "SELECT file_id FROM knowledge_file WHERE file_id IN ({ids}) AND knowledge_id = ?", file_ids,
+            (knowledge_id,))}
+        stamp = db.now()
+        new_links = [(knowledge_id, f, stamp) for f in file_ids if f in present and f not in linked]
+        if new_links:
+            db.insert_rows(KnowledgeFile, ["knowledge", "file", "created_at"], new_links)
+        Knowledge.update(updated_at=stamp).where(Knowledge.id == knowledge_id).execute()
+    return present
+
+
+def chunk_ids_of(file_ids: list[str]) -> list[int]:
+    return [row[0] for row in rows_for_ids("SELECT id FROM chunk WHERE file_id IN ({ids})", file_ids)]
+
+
+def dims_of(file_ids: list[str]) -> dict[str, int]:
+    """Each file's vector size (its chunks' majority), from the chunk (file_id, dim) index."""
+    counts: dict[str, Counter] = {}
+    for file_id, dim, n in rows_for_ids("SELECT file_id, dim, COUNT(*) FROM chunk WHERE file_id IN ({ids}) "
+                                        "GROUP BY file_id, dim", file_ids):
+        counts.setdefault(file_id, Counter())[dim] += n
+    return {file_id: majority_dim(dims.elements()) for file_id, dims in counts.items()}
+
+
 def chunk_ids(file_id: str) -> list[int]:
     return [row[0] for row in Chunk.select(Chunk.id).where(Chunk.file == file_id).tuples()]
 
@@ -60,8 +105,12 @@ def stored_vectors(file_ids) -> tuple[np.ndarray, np.ndarray]:
     file_ids = list(file_ids)
     if not file_ids:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    rows = list(Chunk.select(Chunk.id, Chunk.vector, Chunk.dim).where(Chunk.file.in_(file_ids))
-                .order_by(Chunk.id).tuples())
+    return _as_arrays(list(Chunk.select(Chunk.id, Chunk.vector, Chunk.dim).where(Chunk.file.in_(file_ids))
+                           .order_by(Chunk.id).tuples()))
+
+
+def _as_arrays(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of (id, vector bytes, dim) rows, keeping those of the majority dimension."""
     dim = majority_dim(row[2] for row in rows)
     keep = [row for row in rows if row[2] == dim]
     if len(keep) < len(rows):
@@ -77,9 +126,9 @@ def collection_vectors(name: str) -> tuple[np.ndarray, np.ndarray]:
     """The VectorStore loader: `file-<id>` → that file's chunks; a knowledge id → its files' chunks."""
     if name.startswith(FILE_PREFIX):
         return stored_vectors([name[len(FILE_PREFIX):]])
-    file_ids = [link.file_id for link in KnowledgeFile.select(KnowledgeFile.file)
-                .where(KnowledgeFile.knowledge == name)]
-    return stored_vectors(file_ids)
+    return _as_arrays(db.execute("SELECT chunk.id, chunk.vector, chunk.dim FROM chunk JOIN knowledge_file "
+                                 "ON knowledge_file.file_id = chunk.file_id WHERE knowledge_file.knowledge_id = ? "
+                                 "ORDER BY chunk.id", (name,)).fetchall())
 
 
 # ---------------------------------------------------------------- the index log (another host's writes)

@@ -179,10 +179,38 @@ def _run(ext, file: File, background: bool, new: bool) -> File:
 def list_files(user: User, page: int = 1, content: bool = False) -> tuple[list[File], int]:
     """One page, newest first, with the total count: your own files (admins see everyone's). The extracted
     text is read only when asked for."""
-    total = policy.writable_rows(user, File.select()).count()
+    total = count_files(user)
     query = policy.writable_rows(user, File.select(*listed_columns(content)))
     query = query.order_by(File.updated_at.desc(), File.created_at.desc(), File.id)
     return list(query.paginate(page, PAGE_SIZE)), total
+
+
+SEARCH_LIMIT = 1000  # Open WebUI's bound on `limit`
+NO_MATCH = "No files found matching the pattern."
+
+
+def search_files(user: User, pattern: str, skip: int = 0, limit: int = 100, content: bool = False) -> list[File]:
+    """Your files (admins: everyone's) whose name matches a glob (`*`, `?`; case-insensitive), newest
+    first; none is 404, as in Open WebUI."""
+    query = policy.writable_rows(user, File.select(*listed_columns(content)))
+    query = query.where(pw.Expression(File.filename, pw.OP.ILIKE, _like_pattern(pattern)))
+    found = list(query.order_by(File.updated_at.desc(), File.created_at.desc(), File.id)
+                 .offset(skip).limit(min(limit, SEARCH_LIMIT)))
+    if not found:
+        raise NotFound(NO_MATCH)
+    return found
+
+
+def _like_pattern(glob: str) -> pw.NodeList:
+    """A glob as a LIKE pattern: the text's own `%`, `_` and `\\` are escaped, `*` and `?` become wildcards."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    like = escaped.replace("*", "%").replace("?", "_")
+    return pw.NodeList((pw.Value(like, converter=False), pw.SQL("ESCAPE"), pw.Value("\\", converter=False)))
+
+
+def count_files(user: User) -> int:
+    """How many files `list_files` pages through."""
+    return policy.writable_rows(user, File.select()).count()
 
 
 def original(ext, user: User, file_id: str) -> tuple[str, File]:

@@ -57,10 +57,15 @@ def search(store: VectorStore, names, vector, k: int) -> list[tuple[int, float, 
 
 # ---------------------------------------------------------------- one file, one collection
 
+def dimension(store: VectorStore, knowledge_id: str) -> int | None:
+    """The size of the vectors the collection holds (None while empty), caught up with the database."""
+    catch_up(store, [knowledge_id])
+    return store.dim(knowledge_id)
+
+
 def check_dimension(store: VectorStore, knowledge_id: str, dim: int | None) -> None:
     """Refuse (409) vectors of another size than the collection already holds."""
-    catch_up(store, [knowledge_id])
-    have = store.dim(knowledge_id)
+    have = dimension(store, knowledge_id)
     if dim is not None and have is not None and have != dim:
         raise dimension_conflict(knowledge_id, have, dim)
 
@@ -76,6 +81,17 @@ def link(store: VectorStore, knowledge_id: str, file_id: str, ids=None, vectors=
     if ids is None:
         ids, vectors = stored_vectors([file_id])
     store.add(knowledge_id, ids, vectors)
+
+
+def link_many(store: VectorStore, knowledge_id: str, file_ids: list[str]) -> None:
+    """`link` for a batch whose links are committed: the index log brings their vectors in as one segment
+    (catch_up); what is still missing after that is read from the chunk rows and added as one more."""
+    catch_up(store, [knowledge_id])
+    wanted = collection_rows.chunk_ids_of(file_ids)
+    if store.contains_all(knowledge_id, wanted):
+        return
+    for start in range(0, len(file_ids), 500):  # bound parameters; a rare path (a log pruned mid-batch)
+        store.add(knowledge_id, *stored_vectors(file_ids[start:start + 500]))
 
 
 def unlink(store: VectorStore, knowledge_id: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from peewee import fn
@@ -12,14 +12,21 @@ from .. import db
 from ..auth import policy
 from . import files
 from ..db import Chunk, File, Knowledge, KnowledgeFile, Preset, User
-from ..errors import EMPTY_CONTENT, BadRequest, NotFound
+from ..errors import EMPTY_CONTENT, ApiError, BadRequest, NotFound
 from . import collection_rows, extract, index_sync, pipeline
+from .collection_rows import FILE_PREFIX
+from .vectors import dimension_conflict
 
 log = logging.getLogger("webui_api.knowledge")
 
 PAGE_SIZE = 30
 MEMBER_PAGE_SIZE = 30
 MAX_MEMBER_PAGE = 1000
+# Files one batch/add names at most: a bulk ingest of 50,000 files is five requests of a few seconds each,
+# and no request holds the write lock (or a worker) for long.
+MAX_BATCH_FILES = 10_000
+STILL_PROCESSING = "The file is still being processed; add it once its status is completed."
+NOT_A_MEMBER = "This file is not in the knowledge collection."
 
 
 # ---------------------------------------------------------------- access
@@ -53,6 +60,13 @@ class Collection:
         if name == "kb":  # not set yet (copying): no recursion
             raise AttributeError(name)
         return getattr(self.kb, name)
+
+
+@dataclass
+class BatchAdded(Collection):
+    """A batch/add answer: the collection, and what became of each file named (in request order)."""
+
+    results: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -231,6 +245,75 @@ def add_file(ext, user: User, knowledge_id: str, file_id: str) -> Collection:
     return seen_by(user, Knowledge.get_by_id(kb.id))
 
 
+def add_files(ext, user: User, knowledge_id: str, file_ids: list[str]) -> BatchAdded:
+    """Link many processed files in one write transaction; their stored vectors join the collection's
+    index as one segment (no embedding). A file that cannot be added (missing or not yours to read, not
+    yours to share, not processed, of another vector size) fails alone, with its reason."""
+    kb = writable(user, knowledge_id)
+    check_batch_size(len(file_ids))
+    wanted = list(dict.fromkeys(file_ids))
+    errors = _unlinkable(user, wanted)
+    accepted = [f for f in wanted if f not in errors]
+    errors.update(_other_dimension(ext, kb.id, accepted))
+    accepted = [f for f in accepted if f not in errors]
+    linked = collection_rows.link_rows(kb.id, accepted) if accepted else set()
+    errors.update({f: "The file was deleted." for f in accepted if f not in linked})
+    if linked:
+        index_sync.link_many(ext.vectors, kb.id, [f for f in accepted if f in linked])
+    shown = seen_by(user, Knowledge.get_by_id(kb.id))
+    return BatchAdded(shown.kb, shown.write_access, shown.files, results=[
+        {"file_id": f, "status": "failed", "error": errors[f]} if f in errors else
+        {"file_id": f, "status": "completed"} for f in wanted])
+
+
+def check_batch_size(count: int) -> None:
+    if count > MAX_BATCH_FILES:
+        raise BadRequest(f"At most {MAX_BATCH_FILES} files can be added in one request.")
+
+
+def _unlinkable(user: User, file_ids: list[str]) -> dict[str, str]:
+    """Why each file that may not join a collection cannot (file/add's rules: policy, processed)."""
+    rows = collection_rows.rows_for_ids("SELECT id, user_id, status, error FROM file WHERE id IN ({ids})",
+                                        file_ids)
+    found = {row[0]: File(id=row[0], user=row[1], status=row[2], error=row[3]) for row in rows}
+    errors = {}
+    for file_id in file_ids:
+        try:
+            file = policy.linkable_or_403(user, found.get(file_id))
+            if file.status in pipeline.UNSETTLED:
+                raise BadRequest(STILL_PROCESSING)
+            files.require_processed(file)
+        except ApiError as exc:
+            errors[file_id] = exc.detail
+    return errors
+
+
+def _other_dimension(ext, knowledge_id: str, file_ids: list[str]) -> dict[str, str]:
+    """Files whose vectors differ in size from the collection's (an empty one takes the batch's majority)."""
+    dims = collection_rows.dims_of(file_ids)
+    have = index_sync.dimension(ext.vectors, knowledge_id) or collection_rows.majority_dim(dims.values())
+    return {f: dimension_conflict(knowledge_id, have, dim).detail for f, dim in dims.items() if dim != have}
+
+
+def update_file(ext, user: User, knowledge_id: str, file_id: str) -> Collection:
+    """Open WebUI's re-index of a member file: its stored vectors are put in the collection's index again
+    where missing (no embedding; a file's new text reaches its collections when it is processed)."""
+    kb = writable(user, knowledge_id)
+    _require_member(kb.id, file_id)
+    index_sync.link(ext.vectors, kb.id, file_id)
+    return seen_by(user, Knowledge.get_by_id(kb.id))
+
+
+def _require_member(knowledge_id: str, file_id) -> None:
+    if not _is_member(knowledge_id, file_id):
+        raise NotFound(NOT_A_MEMBER)
+
+
+def _is_member(knowledge_id: str, file_id) -> bool:
+    return isinstance(file_id, str) and KnowledgeFile.select().where(
+        KnowledgeFile.knowledge == knowledge_id, KnowledgeFile.file == file_id).exists()
+
+
 def _file_dim(file_id: str) -> int | None:
     row = Chunk.select(Chunk.dim).where(Chunk.file == file_id).first()
     return None if row is None else row.dim
@@ -240,9 +323,7 @@ def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: b
     """Unlink a file and drop its vectors from the collection; delete the file itself only when asked
     (and only when the caller may delete it)."""
     kb = writable(user, knowledge_id)
-    if not isinstance(file_id, str) or not KnowledgeFile.select().where(
-            KnowledgeFile.knowledge == kb.id, KnowledgeFile.file == file_id).exists():
-        raise NotFound("This file is not in the knowledge collection.")
+    _require_member(kb.id, file_id)
     with db.write_transaction():
         KnowledgeFile.delete().where(KnowledgeFile.knowledge == kb.id,
                                      KnowledgeFile.file == file_id).execute()
@@ -253,6 +334,20 @@ def remove_file(ext, user: User, knowledge_id: str, file_id: str, delete_file: b
         if file is not None and policy.can_write(user, file):
             files.delete(ext, user, file_id)
     return seen_by(user, Knowledge.get_by_id(kb.id))
+
+
+def delete_from_collection(ext, user: User, collection_name: str, file_id: str) -> bool:
+    """POST /retrieval/delete: a file's vectors leave a knowledge collection, i.e. the file leaves it (the
+    file is kept); False when it was not there. A file's own `file-<id>` collection goes only with the
+    file."""
+    if collection_name.startswith(FILE_PREFIX):
+        files.writable(user, collection_name[len(FILE_PREFIX):])
+        raise BadRequest("A file's own collection goes with the file: DELETE /api/v1/files/{id}.")
+    kb = writable(user, collection_name)
+    if not _is_member(kb.id, file_id):
+        return False
+    remove_file(ext, user, kb.id, file_id)
+    return True
 
 
 # ---------------------------------------------------------------- files arriving with a collection
