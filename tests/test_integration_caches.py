@@ -111,7 +111,8 @@ def test_a_user_taken_out_of_a_group_loses_its_preset_on_the_other_worker_at_onc
     group = post(server.url, "/api/v1/groups/create", admin, {"name": "Helpers"})["id"]
     post(server.url, "/api/v1/groups/id/" + group + "/users/add", admin, {"user_ids": [member["id"]]})
     post(server.url, "/api/v1/models/create", admin, {
-        "id": "group-helper", "base_model_id": "llama3.1:latest", "name": "Group helper",  # another test here switches 3.2 off
+        "id": "group-helper", "base_model_id": "llama3.1:latest",  # another test here switches 3.2 off
+        "name": "Group helper",
         "access_grants": [{"principal_type": "group", "principal_id": group, "permission": "read"}]})
     bearer, chat = {"Authorization": f"Bearer {member['token']}"}, {**CHAT, "model": "group-helper"}
     assert on_each(server, [first, second], "POST", "/api/chat/completions", bearer, chat) == [200, 200]

@@ -126,6 +126,17 @@ def writable_rows(user: User, query):
     return query.where(owned if model is File else owned | model.id.in_(_granted_ids(user, model, ("write",))))
 
 
+def writable_ids(user: User, rows: list) -> set[str]:
+    """The ids among `rows` (collections or presets of one kind) that `can_write` allows, in one query at
+    most: a listing's `write_access` without a query per row."""
+    unowned = [row.id for row in rows if not _owns(user, row)]
+    if not unowned:
+        return {row.id for row in rows}
+    granted = {row.resource_id for row in _granted_ids(user, type(rows[0]), ("write",))
+               .where(AccessGrant.resource_id.in_(unowned))}
+    return {row.id for row in rows if _owns(user, row) or row.id in granted}
+
+
 def _granted_ids(user: User, model, permissions: tuple[str, ...]):
     """Ids of the `model` rows granted to the user, directly or through a group, with one of `permissions`."""
     groups = GroupMember.select(GroupMember.group).where(GroupMember.user == user.id)
@@ -232,6 +243,21 @@ def store_sharing(resource: Knowledge | Preset, sharing: Sharing) -> None:
                                 ).execute()
 
 
+def load_grants(rows: list) -> list:
+    """Fetch the named grants of `rows` (freshly read collections or presets of one kind, never cached rows
+    other threads share) in one query and keep them on each row for `render_grants`; returns `rows`."""
+    if not rows:
+        return rows
+    by_id: dict[str, list] = {row.id: [] for row in rows}
+    for grant in AccessGrant.select().where(AccessGrant.resource_type == _RESOURCE_TYPE[type(rows[0])],
+                                            AccessGrant.resource_id.in_(list(by_id))) \
+            .order_by(AccessGrant.created_at, AccessGrant.id):
+        by_id[grant.resource_id].append(grant)
+    for row in rows:
+        row._named_grants = by_id[row.id]
+    return rows
+
+
 def _stored_grants(kind: str, resource_id: str):
     return AccessGrant.select().where(AccessGrant.resource_type == kind, AccessGrant.resource_id == resource_id) \
         .order_by(AccessGrant.created_at, AccessGrant.id)
@@ -243,9 +269,14 @@ def render_grants(resource: Knowledge | Preset) -> list[dict]:
     shown = [{"id": grant.id, "resource_type": kind, "resource_id": resource.id,
               "principal_type": grant.principal_type, "principal_id": grant.principal_id,
               "permission": grant.permission, "created_at": grant.created_at}
-             for grant in _stored_grants(kind, resource.id)]
+             for grant in _named_grants(kind, resource)]
     if not resource.is_public:
         return shown
     grant_id = str(uuid.uuid5(_GRANT_IDS, f"{kind}:{resource.id}:public-read"))
     return [{"id": grant_id, "resource_type": kind, "resource_id": resource.id, **PUBLIC_GRANT,
              "created_at": resource.created_at}, *shown]
+
+
+def _named_grants(kind: str, resource) -> list:
+    preloaded = getattr(resource, "_named_grants", None)  # a listing's load_grants
+    return list(_stored_grants(kind, resource.id)) if preloaded is None else preloaded

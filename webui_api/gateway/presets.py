@@ -39,13 +39,13 @@ def usable_presets(user) -> list[db.Preset]:
     """Active presets (rows with a base model) the user may chat with, in creation order."""
     query = db.Preset.select().where(db.Preset.is_active == True,  # noqa: E712 (peewee expression)
                                      db.Preset.base_model_id.is_null(False))
-    return list(policy.readable_rows(user, query).order_by(db.Preset.created_at, db.Preset.id))
+    return policy.load_grants(list(policy.readable_rows(user, query).order_by(db.Preset.created_at, db.Preset.id)))
 
 
 def overrides() -> dict[str, db.Preset]:
     """Rows without a base model: they rename, hide or configure the base model with the same id."""
     query = db.Preset.select().where(db.Preset.base_model_id.is_null(True))
-    return {row.id: row for row in query}
+    return {row.id: row for row in policy.load_grants(list(query))}
 
 
 def _readable(user) -> Iterable[db.Preset]:
@@ -242,15 +242,20 @@ def list_page(user, query: str | None = None, view_option: str | None = None, ta
     rows.sort(key=lambda r: (key(r), r.id), reverse=(direction or "").lower() != "asc")
     total = len(rows)
     page = max(1, page or 1)
-    window = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-    return [seen_by(user, r) for r in window], total
+    return _seen_by(user, rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]), total
 
 
 def list_all(user) -> list[Seen]:
     """Every preset the caller may read, oldest first (the older `GET /api/v1/models/` array)."""
     rows = [r for r in _readable(user) if r.base_model_id is not None]
     rows.sort(key=lambda r: (r.created_at, r.id))
-    return [seen_by(user, r) for r in rows]
+    return _seen_by(user, rows)
+
+
+def _seen_by(user, rows: list[db.Preset]) -> list[Seen]:
+    """seen_by for a listing: grants and write access read in one query each, not one per row."""
+    writable = policy.writable_ids(user, policy.load_grants(rows))
+    return [Seen(row, row.id in writable) for row in rows]
 
 
 def list_overrides() -> list[db.Preset]:

@@ -126,9 +126,9 @@ def list_for(user: User, page: int | None = None) -> tuple[list[Collection], int
     query = query.order_by(Knowledge.updated_at.desc(), Knowledge.created_at.desc(), Knowledge.id)
     if page:
         query = query.paginate(page, PAGE_SIZE)
-    rows = list(query)
-    counts = _file_counts([kb.id for kb in rows])
-    return [Collection(kb, policy.can_write(user, kb), file_count=counts.get(kb.id, 0)) for kb in rows], total
+    rows = policy.load_grants(list(query))
+    counts, writable = _file_counts([kb.id for kb in rows]), policy.writable_ids(user, rows)
+    return [Collection(kb, kb.id in writable, file_count=counts.get(kb.id, 0)) for kb in rows], total
 
 
 def _file_counts(knowledge_ids: list[str]) -> dict[str, int]:
