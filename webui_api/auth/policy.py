@@ -56,12 +56,16 @@ def can_write(user: User, resource: File | Knowledge | Preset) -> bool:
 
 
 def can_read(user: User, resource: File | Knowledge | Preset) -> bool:
-    """What `readable_rows` lets the user see: owned, public, granted (read or write), or a file shown by
-    such a collection. Asked of the database each time, so a revoked grant or membership counts at once."""
-    if _owns(user, resource) or (not isinstance(resource, File) and resource.is_public):
+    """The rule `readable_rows` applies in SQL, for one row: owned, public, granted (read or write), or a file
+    shown by such a collection. Asked of the database each time, so a revoked grant or membership counts at
+    once."""
+    if _owns(user, resource):
         return True
-    model = type(resource)
-    return readable_rows(user, model.select(model.id).where(model.id == resource.id)).exists()
+    if isinstance(resource, File):  # through the file's own links (an index look-up), not all readable files
+        readable_collections = readable_rows(user, Knowledge.select(Knowledge.id))
+        return _files_shown_by(readable_collections).where(KnowledgeFile.file == resource.id).exists()
+    return bool(resource.is_public) or _granted_ids(user, type(resource), PERMISSIONS).where(
+        AccessGrant.resource_id == resource.id).exists()
 
 
 def _owns(user: User, resource) -> bool:
