@@ -277,6 +277,13 @@ EXEMPT = {  # (rule, method, field) → why B naming A's object there is not a m
     ("/api/v1/users/<string:user_id>", "GET", "user_id"): ADMIN_ONLY,
     ("/api/v1/users/<string:user_id>", "DELETE", "user_id"): ADMIN_ONLY,
     ("/api/v1/users/<string:user_id>/update", "POST", "user_id"): ADMIN_ONLY,
+    **{(f"/api/v1/groups/id/<string:group_id>{tail}", method, field): ADMIN_ONLY
+       for tail, method, fields in (("", "GET", ["group_id"]), ("/delete", "DELETE", ["group_id"]),
+                                    ("/users", "POST", ["group_id"]),
+                                    ("/update", "POST", ["group_id", "user_ids"]),
+                                    ("/users/add", "POST", ["group_id", "user_ids"]),
+                                    ("/users/remove", "POST", ["group_id", "user_ids"]))
+       for field in fields},
     ("/api/v1/models/create", "POST", "id"): (
         "names the preset to create, not an existing object: model ids are one namespace for everyone, as in "
         "Open WebUI, since chat addresses models by id (a taken id is 409)"),
@@ -399,15 +406,19 @@ def test_b_may_not_link_a_file_b_can_only_read(client, world):
     assert response.status_code == 403, response.get_json()
 
 
-@pytest.mark.parametrize("carrier", sorted(c for c, why in EXEMPT.items() if why == ADMIN_ONLY),
+@pytest.mark.parametrize("route", sorted({c[:2] for c, why in EXEMPT.items() if why == ADMIN_ONLY}),
                          ids=lambda c: f"{c[1]} {c[0]}")
-def test_admin_only_routes_refuse_before_looking(client, world, carrier):
-    rule, method, _field = carrier
-    answers = [client.open(rule.replace("<string:user_id>", target), method=method, headers=world.b["headers"],
-                           json={"name": "taken over"} if method == "POST" else None)
-               for target in (world.a["id"], str(uuid.uuid4()))]
+def test_admin_only_routes_refuse_before_looking(client, admin, world, route):
+    rule, method = route
+    group = _ok(client.post("/api/v1/groups/create", headers=admin["headers"], json={"name": "A's team"}))
+    existing = {"user_id": world.a["id"], "group_id": group["id"]}
+    body = {"name": "taken over", "user_ids": [world.b["id"]]} if method == "POST" else None
+    answers = [client.open(re.sub(r"<string:(\w+)>", lambda m: target or existing[m.group(1)], rule),
+                           method=method, headers=world.b["headers"], json=body)
+               for target in (None, str(uuid.uuid4()))]
     assert [a.status_code for a in answers] == [403, 403], [a.get_json() for a in answers]
     assert answers[0].get_json() == answers[1].get_json()
+    assert _ok(client.get(f"/api/v1/groups/id/{group['id']}", headers=admin["headers"])) == group  # untouched
 
 
 LISTS = ["/api/v1/files/?content=true", "/api/v1/knowledge/", "/api/v1/knowledge/?page=1", "/api/v1/models/",

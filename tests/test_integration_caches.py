@@ -101,3 +101,21 @@ def test_public_routes_answer_whatever_token_is_sent(two_workers):
     server, workers, _ = two_workers
     for token in ("sk-not-a-key", "not.a.jwt"):
         assert on_each(server, workers, "GET", "/health", {"Authorization": f"Bearer {token}"}) == [200, 200]
+
+
+def test_a_user_taken_out_of_a_group_loses_its_preset_on_the_other_worker_at_once(two_workers):
+    """Grants and memberships are read from the database on each check (no worker caches them): a preset
+    shared with a group stops answering a removed member on every worker from the next request."""
+    server, (first, second), admin = two_workers
+    member = new_user(server, admin, "member@example.com")
+    group = post(server.url, "/api/v1/groups/create", admin, {"name": "Helpers"})["id"]
+    post(server.url, "/api/v1/groups/id/" + group + "/users/add", admin, {"user_ids": [member["id"]]})
+    post(server.url, "/api/v1/models/create", admin, {
+        "id": "group-helper", "base_model_id": "llama3.1:latest",  # another test here switches 3.2 off
+        "name": "Group helper",
+        "access_grants": [{"principal_type": "group", "principal_id": group, "permission": "read"}]})
+    bearer, chat = {"Authorization": f"Bearer {member['token']}"}, {**CHAT, "model": "group-helper"}
+    assert on_each(server, [first, second], "POST", "/api/chat/completions", bearer, chat) == [200, 200]
+    with only(server, first):
+        post(server.url, f"/api/v1/groups/id/{group}/users/remove", admin, {"user_ids": [member["id"]]})
+    assert on_each(server, [second, first], "POST", "/api/chat/completions", bearer, chat) == [400, 400]

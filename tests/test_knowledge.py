@@ -55,7 +55,7 @@ def test_create_validation(client, user):
     grant = {"principal_type": "group", "principal_id": "g1", "permission": "write"}
     bad_grant = client.post("/api/v1/knowledge/create", headers=user["headers"],
                             json={"name": "x", "access_grants": [grant]})
-    assert bad_grant.status_code == 400 and "public read" in bad_grant.get_json()["detail"]
+    assert bad_grant.status_code == 400 and "no such group: g1" in bad_grant.get_json()["detail"]
 
 
 def test_file_add_is_idempotent_and_reuses_stored_vectors(client, user, fake_backend, vectors):

@@ -117,7 +117,7 @@ def test_create_public_with_access_grants(create, user):
     ({"id": "m", "base_model_id": None, "name": "x"}, 403),  # only admins configure a base model directly
     ({"id": "m", "base_model_id": 7, "name": "x"}, 422),
     ({"id": "m", "base_model_id": "llama3.2", "name": "x", "access_grants": "all"}, 422),
-    ({"id": "m", "base_model_id": "llama3.2", "name": "x",  # only public read sharing exists
+    ({"id": "m", "base_model_id": "llama3.2", "name": "x",  # no such group
       "access_grants": [{"principal_type": "group", "principal_id": "g1", "permission": "read"}]}, 400),
 ])
 def test_create_errors(client, create, user, form, status):

@@ -127,6 +127,24 @@ def test_the_collection_list_counts_files_in_one_query(client, make_user, querie
     assert counts[0] == counts[1]
 
 
+def test_a_reader_s_list_of_shared_collections_costs_the_same_queries_at_any_length(client, make_user, queries):
+    """Grants and write access are read for the whole page at once, not per collection."""
+    counts = []
+    for n in (1, 6):
+        owner, reader = make_user("user"), make_user("user")
+        for permission in ["write"] + ["read"] * (n - 1):
+            kid = seed(owner["id"], 2)
+            grant = {"principal_type": "user", "principal_id": reader["id"], "permission": permission}
+            assert client.post(f"/api/v1/knowledge/{kid}/access/update", headers=owner["headers"],
+                               json={"access_grants": [grant]}).status_code == 200
+        del queries[:]
+        listing = get(client, reader["headers"], "/api/v1/knowledge/?page=1")
+        assert listing["total"] == n and [i["write_access"] for i in listing["items"]].count(True) == 1
+        assert {len(item["access_grants"]) for item in listing["items"]} == {1}
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
+
+
 def test_another_users_collection_stays_hidden(client, user, make_user):
     kid = seed(user["id"], 3)
     other = make_user("user")

@@ -83,12 +83,62 @@ def test_a_link_shows_a_file_only_while_the_collection_owner_may_write_it(people
     assert policy.linkable_or_403(people["owner"], file) is file
 
 
+def share(row, *grants: tuple[str, str, str]) -> None:
+    """Grant `row` (a collection or preset; a file: its holder collection) to named principals."""
+    if isinstance(row, db.File):
+        row = db.Knowledge.get_by_id(db.KnowledgeFile.get(db.KnowledgeFile.file == row.id).knowledge_id)
+    policy.store_sharing(row, policy.Sharing(row.is_public, grants))
+
+
+@pytest.mark.parametrize("kind", ["file", "knowledge", "preset"])
+@pytest.mark.parametrize("permission", ["read", "write"])
+def test_grants_to_a_user_or_their_group_and_their_revocation(people, kind, permission):
+    row, other = make(kind, people["owner"], False), people["other"]
+    group = db.Group.create(user_id=people["admin"].id, name="team")
+    writes = permission == "write" and kind != "file"  # a file is changed by its owner only
+    share(row, ("user", other.id, permission))
+    assert (policy.can_read(other, row), policy.can_write(other, row)) == (True, writes)
+    share(row, ("group", group.id, permission))
+    assert not policy.can_read(other, row)
+    db.GroupMember.create(group=group.id, user=other.id)
+    assert (policy.can_read(other, row), policy.can_write(other, row)) == (True, writes)
+    assert not policy.can_read(people["pending"], row)
+    db.GroupMember.delete().execute()
+    assert (policy.can_read(other, row), policy.can_write(other, row)) == (False, False)
+
+
+def test_a_write_grant_lets_its_holder_show_their_own_files_until_revoked(people):
+    collection = make("knowledge", people["owner"], False)
+    theirs = db.File.create(user=people["other"].id, filename="b.txt", storage_name="s", file_hash="h")
+    db.KnowledgeFile.create(knowledge=collection.id, file=theirs.id)
+    assert not policy.can_read(people["owner"], theirs)  # linked without the right to
+    share(collection, ("user", people["other"].id, "write"))
+    assert policy.can_read(people["owner"], theirs)
+    share(collection, ("user", people["other"].id, "read"))
+    assert not policy.can_read(people["owner"], theirs)
+
+
+def test_grants_go_with_the_object_and_the_principal(people):
+    preset, group = make("preset", people["owner"], False), db.Group.create(user_id="x", name="team")
+    share(preset, ("user", people["other"].id, "read"), ("group", group.id, "read"))
+    db.Group.delete().execute()
+    assert [(g.principal_type, g.principal_id) for g in db.AccessGrant.select()] == [("user", people["other"].id)]
+    db.User.delete().where(db.User.id == people["other"].id).execute()
+    share(preset, ("user", people["pending"].id, "read"))
+    db.Preset.delete().execute()
+    assert db.AccessGrant.select().count() == 0  # a new preset with the freed id starts private
+
+
 @pytest.mark.parametrize("model", [db.File, db.Knowledge, db.Preset])
 def test_row_filters_say_what_the_row_checks_say(people, model):
     kind = {db.File: "file", db.Knowledge: "knowledge", db.Preset: "preset"}[model]
     for owner in (people["owner"], people["other"]):
         for public in (False, True):
             make(kind, owner, public)
+    group = db.Group.create(user_id=people["admin"].id, name="team")
+    db.GroupMember.create(group=group.id, user=people["pending"].id)
+    share(make(kind, people["owner"], False), ("user", people["other"].id, "read"))
+    share(make(kind, people["owner"], False), ("group", group.id, "write"))
     for user in people.values():
         rows = list(model.select())
         readable = {r.id for r in policy.readable_rows(user, model.select())}
@@ -105,8 +155,8 @@ def test_row_filters_say_what_the_row_checks_say(people, model):
     ([PUBLIC, PUBLIC], True),
     ([{**PUBLIC, "id": "x", "resource_type": "model", "created_at": 1}], True),  # an echoed response grant
 ])
-def test_grant_parser_accepts_private_and_public_read(grants, public):
-    assert policy.public_from_grants(grants) is public
+def test_grant_parser_accepts_private_and_public_read(database, grants, public):
+    assert policy.sharing_from_grants(grants) == policy.Sharing(public, ())
 
 
 @pytest.mark.parametrize("grants", [
@@ -118,11 +168,25 @@ def test_grant_parser_accepts_private_and_public_read(grants, public):
     [{**PUBLIC, "principal_type": "group", "principal_id": "g1"}],
     [PUBLIC, {**PUBLIC, "principal_type": "group", "principal_id": "g1"}],  # no silent partial sharing
     [{"principal_type": "user", "principal_id": "*"}],  # the permission is not guessed
+    [{"principal_type": "role", "principal_id": "admin", "permission": "read"}],
+    [{"principal_type": "user", "principal_id": "", "permission": "read"}],
+    [{"principal_type": "user", "principal_id": 7, "permission": "read"}],
+    [PUBLIC] * (policy.MAX_GRANTS + 1),
 ])
-def test_grant_parser_refuses_what_it_cannot_honour(grants):
+def test_grant_parser_refuses_what_it_cannot_honour(database, grants):
     with pytest.raises(BadRequest) as refused:
-        policy.public_from_grants(grants)
+        policy.sharing_from_grants(grants)
     assert refused.value.status == 400 and refused.value.detail
+
+
+def test_grant_parser_names_unknown_principals_and_keeps_known_ones(people):
+    group = db.Group.create(user_id=people["admin"].id, name="team")
+    grants = [PUBLIC, {"principal_type": "user", "principal_id": people["other"].id, "permission": "read"},
+              {"principal_type": "group", "principal_id": group.id, "permission": "write"}]
+    assert policy.sharing_from_grants(grants) == policy.Sharing(True, tuple(sorted(
+        [("user", people["other"].id, "read"), ("group", group.id, "write")])))
+    with pytest.raises(BadRequest, match="no such group: nope"):
+        policy.sharing_from_grants([{"principal_type": "group", "principal_id": "nope", "permission": "read"}])
 
 
 @pytest.mark.parametrize("kind, resource_type", [("knowledge", "knowledge"), ("preset", "model")])
@@ -134,4 +198,4 @@ def test_grants_render_in_open_webui_shape_and_read_back(people, kind, resource_
                      "created_at": public.created_at}
     assert uuid.UUID(grant["id"]) and policy.render_grants(public)[0]["id"] == grant["id"]
     assert grant["id"] not in {g["id"] for g in policy.render_grants(make(kind, people["owner"], True))}
-    assert policy.public_from_grants([grant]) is True
+    assert policy.sharing_from_grants([grant]).public is True

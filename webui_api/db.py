@@ -16,7 +16,7 @@ from .dialect import Dialect, SqliteDialect, for_url
 database = pw.DatabaseProxy()
 dialect: Dialect = SqliteDialect("sqlite:///:memory:")
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def now() -> int:
@@ -645,3 +645,76 @@ def _link_statement_trigger(database) -> None:
 
 
 MIGRATIONS[9] = _link_statement_trigger
+
+
+# --- sharing with people: groups and access grants (issue 13) ----------------------------------------
+
+class Group(BaseModel):
+    """A named set of users that grants can name (Open WebUI's user groups); managed by admins."""
+
+    id = Text(primary_key=True, default=new_id)
+    user_id = Text()                           # the admin who created it (kept if that account goes)
+    name = Text()
+    description = Text(default="")
+    permissions = JSONField(null=True)         # stored and returned as given; nothing here reads it
+    data = JSONField(null=True)
+    meta = JSONField(null=True)
+    created_at = pw.IntegerField(default=now)
+    updated_at = pw.IntegerField(default=now)
+
+    class Meta:
+        table_name = "user_group"
+
+
+class GroupMember(BaseModel):
+    group = pw.ForeignKeyField(Group, on_delete="CASCADE", backref="members")
+    user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="memberships")
+    created_at = pw.IntegerField(default=now)
+
+    class Meta:
+        table_name = "group_member"
+        primary_key = pw.CompositeKey("group", "user")
+        indexes = ((("user", "group"), False),)  # a caller's groups, read by every shared-object check
+
+
+class AccessGrant(BaseModel):
+    """A user or group may read or write one collection (resource_type "knowledge") or preset ("model").
+    Public read stays the row's `is_public` column: this table holds grants to named principals only."""
+
+    id = Text(primary_key=True, default=new_id)
+    resource_type = Text()
+    resource_id = Text()
+    principal_type = Text()                    # user | group
+    principal_id = Text()
+    permission = Text()                        # read | write
+    created_at = pw.IntegerField(default=now)
+
+    class Meta:
+        table_name = "access_grant"
+        indexes = ((("resource_type", "resource_id", "principal_type", "principal_id", "permission"), True),
+                   (("principal_type", "principal_id"), False))
+
+
+# Grants name their resource and principal by id without a foreign key (one table for several kinds), so the
+# database drops them with what they name: a preset id freed by a deletion must not inherit the old grants.
+GRANT_CLEANUP_TRIGGERS = {
+    "grant_knowledge_del": ("AFTER DELETE ON knowledge",
+                            "DELETE FROM access_grant WHERE resource_type = 'knowledge' AND resource_id = old.id"),
+    "grant_preset_del": ("AFTER DELETE ON preset",
+                         "DELETE FROM access_grant WHERE resource_type = 'model' AND resource_id = old.id"),
+    "grant_user_del": ('AFTER DELETE ON "user"',
+                       "DELETE FROM access_grant WHERE principal_type = 'user' AND principal_id = old.id"),
+    "grant_group_del": ("AFTER DELETE ON user_group",
+                        "DELETE FROM access_grant WHERE principal_type = 'group' AND principal_id = old.id"),
+}
+
+
+def _add_sharing(database) -> None:
+    database.create_tables([Group, GroupMember, AccessGrant], safe=True)
+    for trigger, (when, statement) in GRANT_CLEANUP_TRIGGERS.items():
+        for rendered in dialect.trigger(trigger, when, [statement]):
+            database.execute_sql(rendered)
+
+
+MIGRATIONS[10] = _add_sharing
+TABLES += [Group, GroupMember, AccessGrant]  # copied by `webui-api migrate-to-postgres` like the others

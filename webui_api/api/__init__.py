@@ -16,7 +16,7 @@ from .schemas import ErrorSchema
 log = logging.getLogger("webui_api")
 
 # One module per endpoint group; each exposes `blp`.
-BLUEPRINTS = ("system", "auths", "users", "models", "chat", "ollama", "openai", "files", "knowledge", "retrieval", "ops")
+BLUEPRINTS = ("system", "auths", "users", "groups", "models", "chat", "ollama", "openai", "files", "knowledge", "retrieval", "ops")
 
 # Route families whose clients read something other than `detail`: the openai SDK (and litellm, langchain)
 # show only `error.message`, the ollama client only an `error` string. deploy/nginx.conf's `$error_extra`

@@ -50,8 +50,8 @@ class CreateSchema(Schema):
     meta = ma.fields.Dict(load_default=None, allow_none=True)
     access_grants = ma.fields.List(ma.fields.Nested(GrantSchema), load_default=None, allow_none=True,
                                    metadata={"description": (
-                                       "[] private (default) or the public read grant "
-                                       "{principal_type: user, principal_id: *, permission: read}")})
+                                       "[] private (default); {principal_type: user, principal_id: *, "
+                                       "permission: read} public; user or group ids with read or write")})
 
 
 class UpdateSchema(Schema):
@@ -273,7 +273,7 @@ class KnowledgeAccess(MethodView):
     @blp.arguments(AccessSchema)
     @blp.response(200, KnowledgeFilesSchema)
     def post(self, body, knowledge_id):
-        """Make the collection public (read-only for others) or private again."""
+        """Replace who may read or change the collection: public read, users, groups; `[]` private."""
         return knowledge.update_access(current_user(), knowledge_id, body["access_grants"])
 
 

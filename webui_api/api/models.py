@@ -38,7 +38,7 @@ class ModelGrantSchema(OpenSchema):
 
 
 class ModelFormSchema(Schema):
-    """Open WebUI's ModelForm. Access: `is_public`, or `access_grants` with a `user`/`*`/`read` grant."""
+    """Open WebUI's ModelForm. Access: `is_public` (public read on/off), or the whole `access_grants` list."""
 
     id = ma.fields.String(metadata={"description": "The id clients send as `model`"})
     base_model_id = ma.fields.String(allow_none=True)
@@ -204,7 +204,8 @@ class UpdateModelAccess(MethodView):
     @blp.arguments(ModelAccessFormSchema)
     @blp.response(200, PresetSchema)
     def post(self, args, form):
-        """Make a preset public (`user`/`*`/`read` grant or `is_public: true`) or private (`[]`)."""
+        """Replace who may use a preset: `access_grants` (public read, users, groups; `[]` private) or
+        `is_public` alone."""
         return ext().catalog.set_preset_access(current_user(), _pick_id(args, form), form)
 
 

@@ -71,7 +71,8 @@ EVENT_STREAM = JsonSchema(type="string", description="Events as they are produce
 
 
 class AccessGrantSchema(Schema):
-    """Open WebUI's access grant; the only one that exists here is public read (`user`, `*`, `read`)."""
+    """Open WebUI's access grant: `user`/`*`/`read` is public read; otherwise a user or group id with `read`
+    or `write` (which includes read here)."""
 
     id = ma.fields.String()
     resource_type = ma.fields.String()

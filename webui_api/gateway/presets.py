@@ -39,13 +39,13 @@ def usable_presets(user) -> list[db.Preset]:
     """Active presets (rows with a base model) the user may chat with, in creation order."""
     query = db.Preset.select().where(db.Preset.is_active == True,  # noqa: E712 (peewee expression)
                                      db.Preset.base_model_id.is_null(False))
-    return list(policy.readable_rows(user, query).order_by(db.Preset.created_at, db.Preset.id))
+    return policy.load_grants(list(policy.readable_rows(user, query).order_by(db.Preset.created_at, db.Preset.id)))
 
 
 def overrides() -> dict[str, db.Preset]:
     """Rows without a base model: they rename, hide or configure the base model with the same id."""
     query = db.Preset.select().where(db.Preset.base_model_id.is_null(True))
-    return {row.id: row for row in query}
+    return {row.id: row for row in policy.load_grants(list(query))}
 
 
 def _readable(user) -> Iterable[db.Preset]:
@@ -102,12 +102,13 @@ def tags(row: db.Preset) -> list[dict]:
 
 # --- form handling -----------------------------------------------------------------------------
 
-def wants_public(form: dict) -> bool | None:
-    """Read the access level from `is_public` or Open WebUI's `access_grants`; None = not given."""
+def wanted_sharing(form: dict) -> policy.Sharing | None:
+    """Who the form shares the preset with: `is_public` (public read on or off, named grants kept) or Open
+    WebUI's `access_grants` (the whole list); None = not given. Reads the database: call in the transaction."""
     if form.get("is_public") is not None:
-        return bool(form["is_public"])
+        return policy.Sharing(bool(form["is_public"]), None)
     grants = form.get("access_grants")
-    return None if grants is None else policy.public_from_grants(grants)
+    return None if grants is None else policy.sharing_from_grants(grants)
 
 
 def check_id(preset_id: Any) -> str:
@@ -157,11 +158,13 @@ def create(user, form: dict, taken_ids: Iterable[str] = ()) -> db.Preset:
     with db.write_transaction():
         if get_row(preset_id) is not None:
             raise Conflict(ID_TAKEN)
+        sharing = wanted_sharing(form) or policy.Sharing(False)
         row = db.Preset.create(
             id=preset_id, user=user.id, base_model_id=base, name=form.get("name") or preset_id,
             meta=_clean_meta(form.get("meta") or {}), params=dict(form.get("params") or {}),
-            is_public=bool(wants_public(form)), is_active=form.get("is_active", True) is not False,
+            is_public=sharing.public, is_active=form.get("is_active", True) is not False,
             created_at=now, updated_at=now)
+        policy.store_sharing(row, sharing)
     return row
 
 
@@ -191,9 +194,9 @@ def update(user, preset_id: str, form: dict) -> db.Preset:
             if "model_controls" not in params and "model_controls" in (row.params or {}):
                 params["model_controls"] = row.params["model_controls"]
             row.params = params
-        public = wants_public(form)
-        if public is not None:
-            row.is_public = public
+        sharing = wanted_sharing(form)
+        if sharing is not None:
+            policy.store_sharing(row, sharing)
         if form.get("is_active") is not None:
             row.is_active = bool(form["is_active"])
         row.updated_at = db.now()
@@ -203,12 +206,11 @@ def update(user, preset_id: str, form: dict) -> db.Preset:
 
 def set_access(user, preset_id: str, form: dict) -> db.Preset:
     """Replace the access level (`access_grants` list or `is_public`); `[]` makes the model private."""
-    public = wants_public(form)
-    if public is None:
+    if form.get("is_public") is None and form.get("access_grants") is None:
         raise Unprocessable("Give `access_grants` (a list) or `is_public`.")
     with db.write_transaction():
         row = _writable(user, preset_id)
-        row.is_public = public
+        policy.store_sharing(row, wanted_sharing(form))
         row.updated_at = db.now()
         row.save()
     return row
@@ -240,15 +242,20 @@ def list_page(user, query: str | None = None, view_option: str | None = None, ta
     rows.sort(key=lambda r: (key(r), r.id), reverse=(direction or "").lower() != "asc")
     total = len(rows)
     page = max(1, page or 1)
-    window = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-    return [seen_by(user, r) for r in window], total
+    return _seen_by(user, rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]), total
 
 
 def list_all(user) -> list[Seen]:
     """Every preset the caller may read, oldest first (the older `GET /api/v1/models/` array)."""
     rows = [r for r in _readable(user) if r.base_model_id is not None]
     rows.sort(key=lambda r: (r.created_at, r.id))
-    return [seen_by(user, r) for r in rows]
+    return _seen_by(user, rows)
+
+
+def _seen_by(user, rows: list[db.Preset]) -> list[Seen]:
+    """seen_by for a listing: grants and write access read in one query each, not one per row."""
+    writable = policy.writable_ids(user, policy.load_grants(rows))
+    return [Seen(row, row.id in writable) for row in rows]
 
 
 def list_overrides() -> list[db.Preset]:

@@ -126,8 +126,10 @@ def create(user: User, name: str, description: str = "", access_grants=None, met
     if not name:
         raise BadRequest("A knowledge collection needs a name.")
     with db.write_transaction():
+        sharing = policy.sharing_from_grants(access_grants)
         kb = Knowledge.create(id=db.new_id(), user=user.id, name=name, description=description or "",
-                              meta=meta, is_public=policy.public_from_grants(access_grants))
+                              meta=meta, is_public=sharing.public)
+        policy.store_sharing(kb, sharing)
     return kb
 
 
@@ -138,9 +140,9 @@ def list_for(user: User, page: int | None = None) -> tuple[list[Collection], int
     query = query.order_by(Knowledge.updated_at.desc(), Knowledge.created_at.desc(), Knowledge.id)
     if page:
         query = query.paginate(page, PAGE_SIZE)
-    rows = list(query)
-    counts = _file_counts([kb.id for kb in rows])
-    return [Collection(kb, policy.can_write(user, kb), file_count=counts.get(kb.id, 0)) for kb in rows], total
+    rows = policy.load_grants(list(query))
+    counts, writable = _file_counts([kb.id for kb in rows]), policy.writable_ids(user, rows)
+    return [Collection(kb, kb.id in writable, file_count=counts.get(kb.id, 0)) for kb in rows], total
 
 
 def _file_counts(knowledge_ids: list[str]) -> dict[str, int]:
@@ -173,16 +175,19 @@ def update(user: User, knowledge_id: str, body: dict) -> Collection:
         changes["description"] = body["description"]
     if "meta" in body:
         changes["meta"] = body["meta"]
-    if body.get("access_grants") is not None:
-        changes["is_public"] = policy.public_from_grants(body["access_grants"])
-    Knowledge.update(**changes).where(Knowledge.id == kb.id).execute()
+    with db.write_transaction():
+        if body.get("access_grants") is not None:
+            policy.store_sharing(kb, policy.sharing_from_grants(body["access_grants"]))
+        Knowledge.update(**changes).where(Knowledge.id == kb.id).execute()
     return seen_by(user, Knowledge.get_by_id(kb.id))
 
 
 def update_access(user: User, knowledge_id: str, access_grants) -> Collection:
+    """Replace who the collection is shared with (`[]`: private); a revoked grant counts at once."""
     kb = writable(user, knowledge_id)
-    Knowledge.update(is_public=policy.public_from_grants(access_grants or []), updated_at=db.now()) \
-        .where(Knowledge.id == kb.id).execute()
+    with db.write_transaction():
+        policy.store_sharing(kb, policy.sharing_from_grants(access_grants or []))
+        Knowledge.update(updated_at=db.now()).where(Knowledge.id == kb.id).execute()
     return seen_by(user, Knowledge.get_by_id(kb.id))
 
 
