@@ -54,6 +54,8 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
     if items:
         messages, sources = _augment(ext, user, messages, items, top_k)
     body["messages"] = messages
+    if target.kind == "pipe":  # a function model, run in-process (gateway/pipes.py)
+        return ext.pipes.chat(user, target, body, params, sources)
     if target.kind == "openai":
         return _openai_chat(ext.upstream, user, target, body, params, sources)
     return _ollama_chat(ext.upstream, user, target, requested, body, params, sources)
@@ -336,6 +338,8 @@ def embeddings(ext, user, body: dict) -> dict:
     """OpenAI-format embeddings for any registered model (Ollama via /api/embed, OpenAI via /embeddings)."""
     requested = body.get("model")
     target = ext.catalog.resolve(user, requested)
+    if target.kind == "pipe":
+        raise BadRequest(f"Model '{requested}' is a function (pipe) model, which makes no embeddings.")
     inputs = body.get("input")
     if target.kind == "openai":
         _check_input(inputs, tokens_ok=True)

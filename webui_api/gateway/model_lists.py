@@ -186,6 +186,8 @@ def preset_entry(row, base: dict | None) -> dict:
              "connection_type": base.get("connection_type", "external"),
              "preset": True, "loaded": bool(base.get("loaded", False)), "info": presets.public_info(row),
              "tags": presets.tags(row), "actions": [], "filters": []}
+    if "pipe" in base:
+        entry["pipe"] = base["pipe"]  # as Open WebUI: a preset over a function model is one too
     if not base:
         # Listed, but chat answers "Model not found" until the base model is back.
         entry["base_model_missing"] = True
