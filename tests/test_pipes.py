@@ -85,8 +85,8 @@ def listed(client, creds) -> dict:
 
 def test_pipes_are_listed_first_in_open_webui_shape(client, user):
     models = listed(client, user)
-    assert list(models)[:8] == ["async_words", "clock", "echo", "failing", "odd_dict", "openai_relay.gpt-4o-mini",
-                                "openai_relay.gpt-4-turbo", "sleepy"]  # function models first, as Open WebUI
+    assert list(models)[:8] == ["async_words", "clock", "echo", "failing", "odd_dict",  # first, as Open WebUI
+                                "openai_relay.gpt-4o-mini", "openai_relay.gpt-4-turbo", "sleepy"]
     created = models["echo"]["created"]
     assert models["echo"] == {"id": "echo", "name": "Echo", "object": "model", "created": created,
                               "owned_by": "openai", "pipe": {"type": "pipe"}, "has_user_valves": False,
@@ -106,10 +106,8 @@ def test_broken_files_are_skipped_with_a_reason_and_never_stop_start_up(client, 
 
 def test_skip_reasons_are_logged_without_valve_values(data_dir, database_settings, settings_overrides,
                                                       caplog):
-    from webui_api import create_app
-
     with caplog.at_level(logging.INFO, logger="webui_api.gateway.pipes"):
-        app = create_app({"DATA_DIR": data_dir, **database_settings, **settings_overrides})
+        app = build_app(data_dir, database_settings, settings_overrides)
         app.extensions["webui_api"].close()
     text = caplog.text
     assert "pipe needs_missing skipped: it imports no_such_module_anywhere, which is not installed" in text
@@ -118,6 +116,38 @@ def test_skip_reasons_are_logged_without_valve_values(data_dir, database_setting
     assert "pipe picky skipped: its valves do not validate: RETRIES" in text
     assert "many-secret-value" not in text  # a rejected valve may be a key: never logged
     assert "pipe echo loaded" in text
+
+
+def build_app(data_dir, database_settings, overrides: dict):
+    from webui_api import create_app
+    return create_app({"DATA_DIR": data_dir, **database_settings, "OLLAMA_BASE_URLS": "http://127.0.0.1:9",
+                       "OPENAI_API_BASE_URLS": "", **overrides})
+
+
+def test_installed_package_pipes_load_through_their_entry_point(data_dir, database_settings, tmp_path,
+                                                                monkeypatch):
+    site = tmp_path / "site"
+    (site / "hello_pipes-1.0.dist-info").mkdir(parents=True)
+    (site / "hello_pipes-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: hello-pipes\n"
+                                                                  "Version: 1.0\n")
+    (site / "hello_pipes-1.0.dist-info" / "entry_points.txt").write_text(
+        "[webui_api.pipes]\npackaged_hello = hello_pipes:Pipe\n")
+    (site / "hello_pipes.py").write_text("class Pipe:\n    def pipe(self, body):\n        return 'hi'\n")
+    monkeypatch.syspath_prepend(str(site))
+    app = build_app(data_dir, database_settings, {})
+    try:
+        entries = {e["id"]: e for e in app.extensions["webui_api"].catalog.base_models()}
+        assert entries["packaged_hello"]["pipe"] == {"type": "pipe"}
+    finally:
+        app.extensions["webui_api"].close()
+
+
+def test_an_unreadable_valves_file_stops_start_up(data_dir, database_settings, tmp_path):
+    from webui_api.errors import ConfigError
+    bad = tmp_path / "valves.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="PIPES_VALVES_FILE"):
+        build_app(data_dir, database_settings, {"PIPES_VALVES_FILE": str(bad)})
 
 
 def test_valves_from_file_then_environment(chat):
