@@ -56,12 +56,18 @@ def settings_overrides(data_dir, fake_backend, pipes_dir, request, tmp_path):
             "PIPES_VALVES_FILE": str(valves), "PIPE_OPENAI_RELAY_OPENAI_API_KEY": fake_backend.openai_key,
             "PIPE_ECHO_GREETING": "from the environment", "PIPE_CLOCK_TIMEZONE": "Europe/Paris",
             "PIPE_PICKY_RETRIES": "many-secret-value",
-            "AIOHTTP_CLIENT_TIMEOUT": 0.5 if "short_timeout" in request.fixturenames else 30}
+            "AIOHTTP_CLIENT_TIMEOUT": 0.5 if "short_timeout" in request.fixturenames else 30,
+            "PIPES_MAX_RUNNING": 1 if "one_slot" in request.fixturenames else 32}
 
 
 @pytest.fixture
 def short_timeout():
     """Marker fixture: the app under test gets a 0.5 s timeout."""
+
+
+@pytest.fixture
+def one_slot():
+    """Marker fixture: one pipe call at a time (PIPES_MAX_RUNNING=1)."""
 
 
 @pytest.fixture
@@ -270,6 +276,12 @@ def test_slow_pipe_answers_504(chat, short_timeout):
         assert response.get_json()["detail"].startswith("Pipe 'sleepy' did not")
 
 
+def test_a_hung_pipe_holds_its_slot_and_calls_beyond_the_limit_get_503(chat, short_timeout, one_slot):
+    assert chat({"model": "sleepy", "messages": HELLO}).status_code == 504  # still sleeping on its thread
+    response = chat({"model": "echo", "messages": HELLO})
+    assert response.status_code == 503 and "Too many pipe calls" in response.get_json()["detail"]
+
+
 def test_pipe_models_make_no_embeddings_and_are_not_on_the_passthroughs(client, user):
     response = client.post("/api/v1/embeddings", headers=user["headers"],
                            json={"model": "echo", "input": "hi"})
@@ -277,3 +289,13 @@ def test_pipe_models_make_no_embeddings_and_are_not_on_the_passthroughs(client, 
     response = client.post("/openai/chat/completions", headers=user["headers"],
                            json={"model": "echo", "messages": HELLO})
     assert response.status_code == 404
+
+
+def test_a_backend_models_pipe_flag_does_not_make_it_ours():
+    """Another Open WebUI behind OPENAI_API_BASE_URLS lists its pipes with the flag: they are its models."""
+    from types import SimpleNamespace
+
+    from webui_api.gateway import model_lists
+    listed_there = [{"id": "remote_pipe", "object": "model", "pipe": {"type": "pipe"}}]
+    entry, = model_lists.openai_entries([((SimpleNamespace(idx=0), "models"), listed_there)])
+    assert "pipe" not in entry and entry["openai"]["pipe"] == {"type": "pipe"} and entry["urlIdx"] == 0

@@ -145,7 +145,10 @@ def openai_entries(results: list[tuple]) -> list[dict]:
                 continue
             seen.add(model_id)
             raw = {**model, "connection_type": "external"}
-            out.append({**model, "id": model_id, "object": "model", "created": model.get("created") or 0,
+            # "pipe" marks a function model run here; a backend that is itself an Open WebUI lists its own
+            # pipes with it, but to us they are that backend's models (the raw entry keeps the flag).
+            shown = {k: v for k, v in model.items() if k != "pipe"}
+            out.append({**shown, "id": model_id, "object": "model", "created": model.get("created") or 0,
                         "owned_by": "openai", "connection_type": "external",
                         "name": model.get("name") or model_id,
                         "openai": raw, "provider": "", "urlIdx": backend.idx,

@@ -31,7 +31,7 @@ def chat(pipes, pipe, user, target, body: dict, params: dict, sources: list) -> 
         if key not in OLLAMA_ONLY:
             body.setdefault(key, value)  # preset params an OpenAI body takes; the request's own win
     body["model"] = target.upstream_model  # as Open WebUI: the pipe model's id, a preset's base
-    given = arguments(pipe, body, user)
+    given = arguments(pipe, body, user, target.entry)
     run = Run(pipe.id, lambda: pipe.instance.pipe(**given), pipes.slots)
     reply = Reply(pipe.id, requested, sources)
     if not body.get("stream"):
@@ -42,7 +42,7 @@ def chat(pipes, pipe, user, target, body: dict, params: dict, sources: list) -> 
     return Streamed(reply.events(run, first, pipes.timeout, user))
 
 
-def arguments(pipe, body: dict, user) -> dict:
+def arguments(pipe, body: dict, user, model: dict) -> dict:
     """`body` and whichever of Open WebUI's `__name__` arguments the pipe's signature asks for. Calls
     over this API have no browser session: the event emitter and caller accept and drop events."""
     user_info = {"id": user.id, "email": user.email, "name": user.name, "role": user.role}
@@ -52,7 +52,9 @@ def arguments(pipe, body: dict, user) -> dict:
             user_info["valves"] = user_valves()  # per-user valves are not stored here: the defaults
         except Exception as exc:
             log.warning("pipe %s: UserValves() failed: %s", pipe.id, type(exc).__name__)
-    offered = {"__user__": user_info, "__metadata__": {"user_id": user.id, "model": body.get("model")},
+    metadata = {"user_id": user.id, "chat_id": None, "message_id": None, "session_id": None,
+                "model": dict(model), "files": []}
+    offered = {"__user__": user_info, "__metadata__": metadata,
                "__event_emitter__": _dropped_event, "__event_call__": _dropped_event,
                "__chat_id__": None, "__session_id__": None, "__message_id__": None, "__task__": None,
                "__task_body__": None, "__files__": [], "__tools__": {}, "__request__": None}
@@ -218,7 +220,11 @@ class Reply:
             if not done:
                 yield convert.sse(self._chunk({}, "stop"))
                 yield convert.SSE_DONE
-        except ApiError as exc:
+        except Exception as exc:  # the response has started: end it with an error event, never hang
+            if not isinstance(exc, ApiError):
+                log.warning("pipe %s sent a piece that cannot be sent: %r", self.pipe_id, exc)
+                exc = UpstreamError(f"Pipe '{self.pipe_id}' sent a piece that cannot be sent "
+                                    f"({type(exc).__name__})")
             detail = policy.as_shown_to(user, exc.detail)
             yield convert.sse(convert.error_event(f"Chat completion stream failed: {detail}", exc.status))
             yield convert.SSE_DONE
