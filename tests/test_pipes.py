@@ -299,3 +299,29 @@ def test_a_backend_models_pipe_flag_does_not_make_it_ours():
     listed_there = [{"id": "remote_pipe", "object": "model", "pipe": {"type": "pipe"}}]
     entry, = model_lists.openai_entries([((SimpleNamespace(idx=0), "models"), listed_there)])
     assert "pipe" not in entry and entry["openai"]["pipe"] == {"type": "pipe"} and entry["urlIdx"] == 0
+
+
+# --- the official openai SDK over real HTTP ------------------------------------------------------------
+
+@pytest.fixture
+def sdk(live_server, user, api_key_headers):
+    import openai
+    key = api_key_headers(user)["Authorization"].split(" ", 1)[1]
+    return openai.OpenAI(base_url=live_server + "/api", api_key=key, max_retries=0, timeout=10)
+
+
+def test_openai_sdk_lists_and_chats_with_the_unmodified_open_webui_pipe(sdk):
+    assert "openai_relay.gpt-4o-mini" in [m.id for m in sdk.models.list()]
+    question = [{"role": "user", "content": "Why is the sky blue?"}]
+    reply = sdk.chat.completions.create(model="openai_relay.gpt-4o-mini", messages=question)
+    answer = reply.choices[0].message.content
+    assert "Why is the sky blue?" in answer  # the fake backend echoes the question
+    chunks = list(sdk.chat.completions.create(model="openai_relay.gpt-4o-mini", messages=question, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+
+
+def test_openai_sdk_reads_a_failing_pipe_s_reason(sdk):
+    import openai
+    with pytest.raises(openai.APIStatusError, match="Pipe 'failing' failed: RuntimeError") as raised:
+        sdk.chat.completions.create(model="failing", messages=HELLO)
+    assert raised.value.status_code == 502
