@@ -316,7 +316,8 @@ def test_openai_sdk_lists_and_chats_with_the_unmodified_open_webui_pipe(sdk):
     reply = sdk.chat.completions.create(model="openai_relay.gpt-4o-mini", messages=question)
     answer = reply.choices[0].message.content
     assert "Why is the sky blue?" in answer  # the fake backend echoes the question
-    chunks = list(sdk.chat.completions.create(model="openai_relay.gpt-4o-mini", messages=question, stream=True))
+    chunks = list(sdk.chat.completions.create(model="openai_relay.gpt-4o-mini", messages=question,
+                                              stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
 
 
@@ -325,3 +326,32 @@ def test_openai_sdk_reads_a_failing_pipe_s_reason(sdk):
     with pytest.raises(openai.APIStatusError, match="Pipe 'failing' failed: RuntimeError") as raised:
         sdk.chat.completions.create(model="failing", messages=HELLO)
     assert raised.value.status_code == 502
+
+
+# --- real gunicorn workers ---------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_gunicorn_workers_each_load_the_pipes_and_a_slow_one_frees_its_request(tmp_path, database_settings,
+                                                                                 fake_backend, pipes_dir):
+    import requests
+
+    from .servers import Gunicorn
+    env = {"DATA_DIR": str(tmp_path / "gunicorn-data"), **database_settings,
+           "OLLAMA_BASE_URLS": fake_backend.url, "PIPES_DIR": str(pipes_dir), "AIOHTTP_CLIENT_TIMEOUT": "1"}
+    with Gunicorn(env, workers=2, threads=2) as server:
+        signup = requests.post(server.url + "/api/v1/auths/signup", timeout=10,
+                               json={"name": "A", "email": "a@example.com", "password": "a long password"})
+        headers = {"Authorization": f"Bearer {signup.json()['token']}"}
+        url = server.url + CHAT
+        for _ in range(4):  # fresh connections: both workers answer
+            with requests.post(url, headers=headers, stream=True, timeout=10,
+                               json={"model": "echo", "messages": HELLO, "stream": True}) as response:
+                lines = [line for line in response.iter_lines() if line]
+            assert response.status_code == 200 and lines[-1] == b"data: [DONE]"
+            assert echoed(content_of([json.loads(line[6:]) for line in lines[:-1]]))["greeting"] == "hello"
+        failing = requests.post(url, headers=headers, timeout=10,
+                                json={"model": "failing", "messages": HELLO})
+        assert failing.status_code == 502 and failing.json()["detail"].startswith("Pipe 'failing' failed")
+        slow = requests.post(url, headers=headers, json={"model": "sleepy", "messages": HELLO}, timeout=10)
+        assert slow.status_code == 504
+        assert requests.get(server.url + "/health", timeout=10).status_code == 200
