@@ -32,6 +32,18 @@ FAULTY = {
                 return 'ok'
         """),
     "odd_dict.py": "class Pipe:\n    def pipe(self, body):\n        return {'answer': 42}\n",
+    "flaky_manifold.py": textwrap.dedent("""\
+        class Pipe:
+            def __init__(self):
+                self.calls = 0
+            def pipes(self):
+                self.calls += 1
+                if self.calls > 1:
+                    raise ConnectionError("the provider's model list is down")
+                return [{"id": "a", "name": "A"}]
+            def pipe(self, body):
+                return body["model"]
+        """),
 }
 
 
@@ -91,8 +103,8 @@ def listed(client, creds) -> dict:
 
 def test_pipes_are_listed_first_in_open_webui_shape(client, user):
     models = listed(client, user)
-    assert list(models)[:8] == ["async_words", "clock", "echo", "failing", "odd_dict",  # first, as Open WebUI
-                                "openai_relay.gpt-4o-mini", "openai_relay.gpt-4-turbo", "sleepy"]
+    assert list(models)[:9] == ["async_words", "clock", "echo", "failing", "flaky_manifold.a",  # first, as
+                                "odd_dict", "openai_relay.gpt-4o-mini", "openai_relay.gpt-4-turbo", "sleepy"]
     created = models["echo"]["created"]
     assert models["echo"] == {"id": "echo", "name": "Echo", "object": "model", "created": created,
                               "owned_by": "openai", "pipe": {"type": "pipe"}, "has_user_valves": False,
@@ -102,6 +114,15 @@ def test_pipes_are_listed_first_in_open_webui_shape(client, user):
     assert relay["name"] == "RELAY/gpt-4o-mini" and relay["pipe"] == {"type": "pipe"}
     assert "openai_relay.text-embedding-3-small" not in models  # the pipe's own pipes() filter
     assert "llama3.2:latest" in models and "gpt-4o-mini" in models  # backends still listed
+
+
+def test_a_manifold_whose_list_fails_keeps_its_last_one(app, client, user, chat):
+    assert "flaky_manifold.a" in listed(client, user)
+    response = client.get("/api/models?refresh=true", headers=user["headers"])
+    assert "flaky_manifold.a" in [m["id"] for m in response.get_json()["data"]]
+    assert app.extensions["webui_api"].pipes.loaded["flaky_manifold"].instance.calls == 2  # it did fail
+    assert chat({"model": "flaky_manifold.a", "messages": HELLO}).get_json()["choices"][0]["message"] == {
+        "role": "assistant", "content": "flaky_manifold.a"}
 
 
 def test_broken_files_are_skipped_with_a_reason_and_never_stop_start_up(client, user, caplog):

@@ -48,6 +48,8 @@ class Pipes:
         self.list_timeout = float(settings.AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST)
         self.slots = threading.BoundedSemaphore(max(1, settings.PIPES_MAX_RUNNING))
         self.loaded: dict[str, LoadedPipe] = {}
+        self._listing: set[str] = set()  # manifolds whose pipes() has not returned yet: never asked twice
+        self._last_listed: dict[str, list] = {}  # each manifold's last good pipes(), kept when one fails
         configured = configured_valves(settings)
         for found in discovered(settings.PIPES_DIR):
             if found.id in self.loaded:
@@ -59,27 +61,39 @@ class Pipes:
 
     def model_entries(self) -> list[dict]:
         """Open WebUI's /api/models entries: one per single pipe, `<id>.<sub id>` per manifold sub-pipe."""
-        manifolds = [p for p in self.loaded.values() if hasattr(p.instance, "pipes")]
-        subs = dict(self.upstream.fan_out(self._sub_pipes, manifolds, self.list_timeout)) if manifolds else {}
         out = []
+        subs = self._manifold_lists()
         for pipe in self.loaded.values():
-            if pipe not in subs:
+            if pipe.id not in subs:
                 out.append(_entry(pipe, pipe.id, pipe.name))
-                continue
-            listed = subs[pipe]
-            if isinstance(listed, BaseException):
-                log.warning("pipe %s: pipes() failed, so it lists no models: %s", pipe.id, listed)
                 continue
             prefix = getattr(pipe.instance, "name", "")
             prefix = prefix if isinstance(prefix, str) else ""
-            out += [_entry(pipe, f"{pipe.id}.{sub_id}", f"{prefix}{name}") for sub_id, name in listed]
+            out += [_entry(pipe, f"{pipe.id}.{sub_id}", f"{prefix}{name}") for sub_id, name in subs[pipe.id]]
         return out
+
+    def _manifold_lists(self) -> dict[str, list]:
+        """Every manifold's sub-pipes, asked at once within the model-list timeout. One that fails, is late,
+        or is still busy with an earlier call keeps its last list (none before a first success)."""
+        manifolds = [p for p in self.loaded.values() if hasattr(p.instance, "pipes")]
+        ready = [p for p in manifolds if p.id not in self._listing]
+        self._listing.update(p.id for p in ready)
+        results = self.upstream.fan_out(self._sub_pipes, ready, self.list_timeout) if ready else []
+        for pipe, listed in results:
+            if isinstance(listed, BaseException):
+                log.warning("pipe %s: pipes() failed; its last list is kept: %s", pipe.id, listed)
+            else:
+                self._last_listed[pipe.id] = listed
+        return {p.id: self._last_listed.get(p.id, []) for p in manifolds}
 
     def _sub_pipes(self, pipe: LoadedPipe) -> list[tuple[str, str]]:
         """A manifold's `pipes` (a list, or a sync or async function returning one) as (id, name) pairs."""
-        listed = pipe.instance.pipes
-        if callable(listed):
-            listed = pipe_run.finished(listed())
+        try:
+            listed = pipe.instance.pipes
+            if callable(listed):
+                listed = pipe_run.finished(listed())
+        finally:
+            self._listing.discard(pipe.id)
         if not isinstance(listed, list):
             raise TypeError(f"pipes() returned {type(listed).__name__}, not a list")
         out = []
@@ -94,7 +108,7 @@ class Pipes:
         """Run the target's pipe on the OpenAI-shaped `body` (preset and RAG already applied)."""
         function_id = str(target.upstream_model).split(".", 1)[0]
         pipe = self.loaded.get(function_id)
-        if pipe is None:  # listed by another worker's snapshot but not loaded here: same files, so rare
+        if pipe is None:  # only with a catalogue built apart from these pipes (tests hand some in)
             raise BadRequest(MODEL_NOT_FOUND)
         return pipe_run.chat(self, pipe, user, target, body, params, sources)
 
