@@ -93,10 +93,16 @@ class Run:
                          name=f"pipe-{pipe_id}").start()
 
     def _work(self, call) -> None:
+        # One loop per call, so what an async pipe opens while awaited (a client session) still works in
+        # the generator it returns; set as the thread's loop for pipes that ask for it.
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
-            result = finished(call())
+            result = call()
+            if inspect.iscoroutine(result):
+                result = loop.run_until_complete(result)
             if inspect.isasyncgen(result):
-                self._drain_async(result)
+                self._drain_async(result, loop)
             elif isinstance(result, Iterator):
                 self._drain(result)
             else:
@@ -105,6 +111,8 @@ class Run:
         except BaseException as exc:  # handed to the request thread, never raised on this one
             self._put((_FAILED, exc))
         finally:
+            asyncio.set_event_loop(None)
+            loop.close()
             self.slots.release()
 
     def _drain(self, pieces: Iterator) -> None:
@@ -115,8 +123,7 @@ class Run:
         finally:
             getattr(pieces, "close", lambda: None)()
 
-    def _drain_async(self, pieces) -> None:
-        loop = asyncio.new_event_loop()
+    def _drain_async(self, pieces, loop) -> None:
         try:
             while True:
                 try:
@@ -125,9 +132,8 @@ class Run:
                     break
                 if not self._put((_PIECE, piece)):
                     break
-            loop.run_until_complete(pieces.aclose())
         finally:
-            loop.close()
+            loop.run_until_complete(pieces.aclose())
 
     def _put(self, item: tuple) -> bool:
         """Queue `item` unless the reader left; False once it has."""
