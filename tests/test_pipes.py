@@ -5,6 +5,7 @@ import json
 import logging
 import shutil
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,24 @@ FAULTY = {
                 return 'ok'
         """),
     "odd_dict.py": "class Pipe:\n    def pipe(self, body):\n        return {'answer': 42}\n",
+    "endless.py": textwrap.dedent("""\
+        from pydantic import BaseModel
+        class Pipe:
+            class Valves(BaseModel):
+                PIECE_CHARS: int = 5
+                CLOSED_MARK: str = ""
+            def __init__(self):
+                self.valves = self.Valves()
+            def pipe(self, body):
+                def pieces():
+                    try:
+                        while True:
+                            yield "x" * self.valves.PIECE_CHARS
+                    finally:
+                        if self.valves.CLOSED_MARK:
+                            open(self.valves.CLOSED_MARK, "w").write("closed")
+                return pieces()
+        """),
     "flaky_manifold.py": textwrap.dedent("""\
         class Pipe:
             def __init__(self):
@@ -67,7 +86,8 @@ def settings_overrides(data_dir, fake_backend, pipes_dir, request, tmp_path):
             "OPENAI_API_KEYS": fake_backend.openai_key, "PIPES_DIR": str(pipes_dir),
             "PIPES_VALVES_FILE": str(valves), "PIPE_OPENAI_RELAY_OPENAI_API_KEY": fake_backend.openai_key,
             "PIPE_ECHO_GREETING": "from the environment", "PIPE_CLOCK_TIMEZONE": "Europe/Paris",
-            "PIPE_PICKY_RETRIES": "many-secret-value",
+            "PIPE_PICKY_RETRIES": "many-secret-value", "PIPE_ENDLESS_PIECE_CHARS": "1000000",
+            "PIPE_ENDLESS_CLOSED_MARK": str(tmp_path / "endless-closed"),
             "AIOHTTP_CLIENT_TIMEOUT": 0.5 if "short_timeout" in request.fixturenames else 30,
             "PIPES_MAX_RUNNING": 1 if "one_slot" in request.fixturenames else 32}
 
@@ -103,8 +123,8 @@ def listed(client, creds) -> dict:
 
 def test_pipes_are_listed_first_in_open_webui_shape(client, user):
     models = listed(client, user)
-    assert list(models)[:9] == ["async_words", "clock", "echo", "failing", "flaky_manifold.a",  # first, as
-                                "odd_dict", "openai_relay.gpt-4o-mini", "openai_relay.gpt-4-turbo", "sleepy"]
+    assert list(models)[:10] == ["async_words", "clock", "echo", "endless", "failing", "flaky_manifold.a",
+                                 "odd_dict", "openai_relay.gpt-4o-mini", "openai_relay.gpt-4-turbo", "sleepy"]
     created = models["echo"]["created"]
     assert models["echo"] == {"id": "echo", "name": "Echo", "object": "model", "created": created,
                               "owned_by": "openai", "pipe": {"type": "pipe"}, "has_user_valves": False,
@@ -301,6 +321,25 @@ def test_a_hung_pipe_holds_its_slot_and_calls_beyond_the_limit_get_503(chat, sho
     assert chat({"model": "sleepy", "messages": HELLO}).status_code == 504  # still sleeping on its thread
     response = chat({"model": "echo", "messages": HELLO})
     assert response.status_code == 503 and "Too many pipe calls" in response.get_json()["detail"]
+
+
+def test_an_endless_answer_is_cut_when_not_streamed(chat):
+    response = chat({"model": "endless", "messages": HELLO})
+    assert response.status_code == 502
+    assert response.get_json()["detail"].startswith("Pipe 'endless' answered more than")
+
+
+def test_a_client_that_leaves_stops_a_streaming_pipe(client, user, tmp_path):
+    response = client.post(CHAT, headers=user["headers"], buffered=False,
+                           json={"model": "endless", "messages": HELLO, "stream": True})
+    body = iter(response.response)
+    assert next(body).startswith(b"data: ") and next(body).startswith(b"data: ")
+    response.close()
+    closed, waited = tmp_path / "endless-closed", 0
+    while not closed.exists() and waited < 200:  # the pipe notices at its next piece
+        time.sleep(0.05)
+        waited += 1
+    assert closed.read_text() == "closed"
 
 
 def test_pipe_models_make_no_embeddings_and_are_not_on_the_passthroughs(client, user):

@@ -21,6 +21,7 @@ from ..errors import ApiError, ServiceUnavailable, UpstreamError, UpstreamTimeou
 log = logging.getLogger("webui_api.gateway.pipes")
 
 MAX_DETAIL = 500  # characters of a pipe's exception text shown to the caller
+MAX_JOINED_CHARS = 16_000_000  # text a non-streamed answer may gather from a pipe's pieces (502 beyond)
 _VALUE, _PIECE, _END, _FAILED = "value", "piece", "end", "failed"
 
 
@@ -84,7 +85,7 @@ class Run:
 
     def __init__(self, pipe_id: str, call, slots: threading.BoundedSemaphore):
         self.pipe_id = pipe_id
-        self.queue: queue.Queue = queue.Queue(maxsize=64)
+        self.queue: queue.Queue = queue.Queue(maxsize=16)
         self.stopped = threading.Event()
         if not slots.acquire(blocking=False):
             raise ServiceUnavailable("Too many pipe calls are running on this server; try again shortly.")
@@ -162,20 +163,25 @@ class Run:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return UpstreamError(f"Pipe '{self.pipe_id}' failed: {text[:MAX_DETAIL]}")
 
-    def collect(self, timeout: float) -> tuple[Any, list]:
-        """(value, pieces) once the pipe is done: all of it within `timeout` s."""
-        deadline, pieces, value = time.monotonic() + timeout, [], None
+    def collect(self, timeout: float) -> tuple[Any, list[str]]:
+        """(value, each piece's text) once the pipe is done: all of it within `timeout` s, and at most
+        MAX_JOINED_CHARS of text (a generator that never ends must not fill the worker's memory)."""
+        deadline, texts, value, size = time.monotonic() + timeout, [], None, 0
         while True:
             try:
                 kind, item = self.next(deadline - time.monotonic())
             except UpstreamTimeout:
                 raise UpstreamTimeout(f"Pipe '{self.pipe_id}' did not finish within {timeout:g} s") from None
             if kind == _END:
-                return value, pieces
+                return value, texts
             if kind == _VALUE:
                 value = item
-            else:
-                pieces.append(item)
+                continue
+            texts.append(_text(item))
+            size += len(texts[-1])
+            if size > MAX_JOINED_CHARS:
+                self.stop()
+                raise UpstreamError(f"Pipe '{self.pipe_id}' answered more than {MAX_JOINED_CHARS} characters")
 
     def stop(self) -> None:
         self.stopped.set()
@@ -202,12 +208,12 @@ class Reply:
 
     def completion(self, outcome: tuple[Any, list]) -> dict:
         """The pipe's OpenAI dict as it is, or its text (or pieces' text joined) as a completion."""
-        value, pieces = outcome
+        value, texts = outcome
         value = _plain(value)
         self.check_value(value)
         if isinstance(value, dict):
             return {"sources": self.sources, **value} if self.sources else value
-        text = _text(value) if not pieces else "".join(_text(p) for p in pieces)
+        text = "".join(texts) if texts else _text(value)
         reply = {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                  "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop",
                               "message": {"role": "assistant", "content": text}}]}
