@@ -39,7 +39,7 @@ class Snapshot:
     fetched_at: float
     openai_hosts: dict = field(default_factory=dict)  # OpenAI model id -> every connection index listing it
     pipes: list[dict] = field(default_factory=list)  # function models, listed first as Open WebUI does
-    by_id: dict[str, dict] = field(init=False, repr=False)  # both kinds; the first of an id wins
+    by_id: dict[str, dict] = field(init=False, repr=False)  # every kind; the first of an id wins
     _by_kind: dict = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -72,7 +72,7 @@ class Resolved:
     @property
     def kind(self) -> str:
         """"ollama", "openai", or "pipe" (a function model: no backend, gateway/pipes.py runs it)."""
-        return "pipe" if "pipe" in self.entry else self.backend.kind
+        return "pipe" if model_lists.is_pipe(self.entry) else self.backend.kind
 
 
 class Catalog:
@@ -241,7 +241,7 @@ class Catalog:
         else:
             row = None
         hosts = self.hosts_of(entry)
-        if not hosts and "pipe" not in entry:
+        if not hosts and not model_lists.is_pipe(entry):
             raise BadRequest(MODEL_NOT_FOUND)
         shown = model_lists.with_override(entry, row) if row is not None else entry
         params = dict(row.params or {}) if row else {}
@@ -288,7 +288,7 @@ class Catalog:
     def hosts_of(self, entry: dict) -> list[Backend]:
         """Every backend listing the model: Ollama's merged `urls`; for OpenAI, each connection whose list
         has the id (the entry shows the first one's `urlIdx`). Upstream.send spreads calls over them."""
-        if "pipe" in entry:
+        if model_lists.is_pipe(entry):
             return []  # run in-process by gateway/pipes.py
         if entry.get("owned_by") == "ollama":
             pool, indexes = self.upstream.ollama, entry["ollama"].get("urls", [])
@@ -323,7 +323,7 @@ class Catalog:
 
 def upstream_name(entry: dict, host: Backend | None = None) -> str:
     """The name the backend itself knows the model by (without the connection's `prefix_id.`)."""
-    if "pipe" in entry:
+    if model_lists.is_pipe(entry):
         return entry["id"]  # a function model: the pipe gets its own id (`<function>.<sub>` in a manifold)
     name = entry["ollama"]["model"] if "ollama" in entry else entry["openai"].get("id") or entry["id"]
     prefix = f"{host.prefix_id}." if host is not None and host.prefix_id else ""

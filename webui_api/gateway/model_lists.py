@@ -167,6 +167,11 @@ def openai_hosts(results: list[tuple]) -> dict[str, list[int]]:
     return hosts
 
 
+def is_pipe(entry: dict) -> bool:
+    """Open WebUI's rule: an entry with `pipe` is a function model, run in-process (gateway/pipes.py)."""
+    return "pipe" in entry
+
+
 def connection_entry(entry: dict) -> dict:
     """An OpenAI model as /openai/models lists it: the /api/models entry without the listing extras."""
     return {k: v for k, v in entry.items() if k not in _API_MODELS_ONLY}
@@ -189,7 +194,7 @@ def preset_entry(row, base: dict | None) -> dict:
              "connection_type": base.get("connection_type", "external"),
              "preset": True, "loaded": bool(base.get("loaded", False)), "info": presets.public_info(row),
              "tags": presets.tags(row), "actions": [], "filters": []}
-    if "pipe" in base:
+    if is_pipe(base):
         entry["pipe"] = base["pipe"]  # as Open WebUI: a preset over a function model is one too
     if not base:
         # Listed, but chat answers "Model not found" until the base model is back.
