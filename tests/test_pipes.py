@@ -74,6 +74,9 @@ def pipes_dir(tmp_path):
         shutil.copy(path, folder)
     for name, text in FAULTY.items():
         (folder / name).write_text(text)
+    writable = folder / "anyone_may_write.py"
+    writable.write_text("class Pipe:\n    def pipe(self, body):\n        return 'x'\n")
+    writable.chmod(0o666)
     return folder
 
 
@@ -147,7 +150,7 @@ def test_a_manifold_whose_list_fails_keeps_its_last_one(app, client, user, chat)
 
 def test_broken_files_are_skipped_with_a_reason_and_never_stop_start_up(client, user, caplog):
     models = listed(client, user)
-    for skipped in ("syntax_error", "needs_missing", "no_pipe_class", "picky"):
+    for skipped in ("syntax_error", "needs_missing", "no_pipe_class", "picky", "anyone_may_write"):
         assert skipped not in models
 
 
@@ -161,6 +164,7 @@ def test_skip_reasons_are_logged_without_valve_values(data_dir, database_setting
     assert "pipe no_pipe_class skipped" in text and "no class Pipe" in text
     assert "pipe syntax_error skipped" in text and "SyntaxError" in text
     assert "pipe picky skipped: its valves do not validate: RETRIES" in text
+    assert "pipe anyone_may_write skipped:" in text and "is writable by anyone" in text
     assert "many-secret-value" not in text  # a rejected valve may be a key: never logged
     assert "pipe echo loaded" in text
 

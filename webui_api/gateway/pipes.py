@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -125,16 +126,33 @@ def discovered(pipes_dir: str) -> list[LoadedPipe]:
     """Every pipe that imports and instantiates: PIPES_DIR/*.py (sorted), then installed entry points. One
     that fails is logged and skipped: a broken pipe must not keep the service from starting."""
     found = []
-    if pipes_dir:
-        folder = Path(pipes_dir)
-        if not folder.is_dir():
-            log.error("PIPES_DIR %s is not a directory; no pipes loaded from it", pipes_dir)
-        for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
-            if not path.stem.startswith("_"):  # _helpers.py and __init__.py are not pipes
-                found.append(_guarded(path.stem, str(path), lambda p=path: _module_from_file(p)))
+    for path in _pipe_files(pipes_dir):
+        found.append(_guarded(path.stem, str(path), lambda p=path: _module_from_file(p)))
     for point in _entry_points():
         found.append(_guarded(point.name, f"entry point {point.value}", point.load))
     return [pipe for pipe in found if pipe is not None]
+
+
+def _pipe_files(pipes_dir: str) -> list[Path]:
+    """PIPES_DIR's *.py, sorted, but for _helpers.py and files anyone may write: whoever can change a pipe
+    runs code inside the service, so a world-writable file (or folder) is refused, as ssh refuses keys."""
+    folder = Path(pipes_dir) if pipes_dir else None
+    if folder is None or not folder.is_dir():
+        if folder is not None:
+            log.error("PIPES_DIR %s is not a directory; no pipes loaded from it", pipes_dir)
+        return []
+    if folder.stat().st_mode & stat.S_IWOTH:
+        log.error("PIPES_DIR %s is writable by anyone; no pipes loaded from it", pipes_dir)
+        return []
+    out = []
+    for path in sorted(folder.glob("*.py")):
+        if path.stem.startswith("_"):
+            continue  # _helpers.py and __init__.py are not pipes
+        if path.stat().st_mode & stat.S_IWOTH:
+            log.error("pipe %s skipped: %s is writable by anyone", path.stem, path)
+        else:
+            out.append(path)
+    return out
 
 
 def _entry_points() -> list:
