@@ -67,6 +67,8 @@ class Resolved:
 
     @property
     def backend(self) -> Backend:
+        if not self.hosts:  # a function model: only chat runs it (gateway/pipes.py), no route may relay it
+            raise BadRequest(f"Model '{self.entry['id']}' is a function (pipe) model, which only chat runs.")
         return self.hosts[0]
 
     @property
