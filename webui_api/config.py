@@ -135,6 +135,12 @@ class Settings:
         ("AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST", "AIOHTTP_CLIENT_TIMEOUT_OPENAI_MODEL_LIST"), 3.0, float)
     MODELS_CACHE_TTL: float = _setting("MODELS_CACHE_TTL", 10.0, float)
     UPSTREAM_POOL_SIZE: int = _setting(("UPSTREAM_POOL_SIZE", "GUNICORN_THREADS"), 16, int)
+    # --- function ("pipe") models: Open WebUI Pipe classes loaded at start-up, never uploaded over HTTP
+    PIPES_DIR: str = _setting("PIPES_DIR", "")
+    PIPES_VALVES_FILE: str = _setting("PIPES_VALVES_FILE", "")  # {"<pipe id>": {"<VALVE>": value}}
+    # Pipe calls running at once per worker (503 beyond): a pipe that never returns holds its thread, so
+    # this bounds the threads a hung pipe can pile up.
+    PIPES_MAX_RUNNING: int = _setting("PIPES_MAX_RUNNING", 32, int)
     # --- RAG
     RAG_EMBEDDING_ENGINE: str = _setting("RAG_EMBEDDING_ENGINE", "ollama")
     RAG_EMBEDDING_MODEL: str = _setting("RAG_EMBEDDING_MODEL", "nomic-embed-text")
@@ -174,6 +180,7 @@ class Settings:
         "RAG_ALLOWED_FILE_EXTENSIONS", [], lambda v: [e.lower().lstrip(".") for e in parse_list(v, ",")])
 
     extra: dict = field(default_factory=dict)
+    pipe_valve_env: dict = field(default_factory=dict)  # every PIPE_<ID>_<VALVE> variable (gateway/pipes.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, Any] | None = None,
@@ -193,6 +200,7 @@ class Settings:
                     break
         settings = cls(**values)
         settings.extra = {k: v for k, v in (overrides or {}).items() if k not in known}
+        settings.pipe_valve_env = {k: v for k, v in source.items() if k.startswith("PIPE_")}
         settings.finish()
         return settings
 

@@ -9,6 +9,7 @@ from .config import Settings
 
 if TYPE_CHECKING:  # the real imports happen in build_services, when the app is built
     from .gateway.catalog import Catalog
+    from .gateway.pipes import Pipes
     from .gateway.readiness import ReportCache
     from .rag.embed import Embedder
     from .rag.jobs import Jobs
@@ -25,6 +26,7 @@ class Services:
     embedder: Embedder
     jobs: Jobs
     readiness: ReportCache
+    pipes: Pipes
 
     def close(self) -> None:
         self.jobs.close()
@@ -37,16 +39,19 @@ def build_services(settings: Settings, **given: Any) -> Services:
     from .rag.jobs import Jobs
     from .rag.vectors import VectorStore
     from .gateway.catalog import Catalog
+    from .gateway.pipes import Pipes
     from .gateway.readiness import ReportCache
     from .upstream import Upstream
 
     upstream = given.get("upstream") or Upstream(settings)
+    pipes = given.get("pipes") or Pipes(settings, upstream)  # imports PIPES_DIR's files: start-up only
     return Services(
         settings=settings,
         upstream=upstream,
-        catalog=given.get("catalog") or Catalog(settings, upstream),
+        catalog=given.get("catalog") or Catalog(settings, upstream, pipes),
         vectors=given.get("vectors") or VectorStore(os.path.join(settings.DATA_DIR, "vector_db")),
         embedder=given.get("embedder") or Embedder(settings, upstream),
         jobs=given.get("jobs") or Jobs(),
         readiness=ReportCache(),
+        pipes=pipes,
     )

@@ -59,12 +59,13 @@ class Snapshot:
     unanswered: dict  # kind -> why each backend whose model list did not arrive is missing (names it)
     fetched_at: float
     openai_hosts: dict = field(default_factory=dict)  # OpenAI model id -> every connection index listing it
-    by_id: dict[str, dict] = field(init=False, repr=False)  # both kinds; the first of an id wins
+    pipes: list[dict] = field(default_factory=list)  # function models, listed first as Open WebUI does
+    by_id: dict[str, dict] = field(init=False, repr=False)  # every kind; the first of an id wins
     _by_kind: dict = field(init=False, repr=False)
 
     def __post_init__(self):
         self.by_id = {}
-        for entry in self.ollama + self.openai:
+        for entry in self.pipes + self.ollama + self.openai:
             self.by_id.setdefault(entry["id"], entry)
         self._by_kind = {None: self.by_id, "ollama": {e["id"]: e for e in self.ollama},
                          "openai": {e["id"]: e for e in self.openai}}
@@ -87,19 +88,23 @@ class Resolved:
 
     @property
     def backend(self) -> Backend:
+        if not self.hosts:  # a function model: only chat runs it (gateway/pipes.py), no route may relay it
+            raise BadRequest(f"Model '{self.entry['id']}' is a function (pipe) model, which only chat runs.")
         return self.hosts[0]
 
     @property
     def kind(self) -> str:
-        return self.backend.kind
+        """"ollama", "openai", or "pipe" (a function model: no backend, gateway/pipes.py runs it)."""
+        return "pipe" if model_lists.is_pipe(self.entry) else self.backend.kind
 
 
 class Catalog:
     """Lists and resolves models for every route. Cheap to build; the first call asks the backends."""
 
-    def __init__(self, settings, upstream):
+    def __init__(self, settings, upstream, pipes=None):
         self.settings = settings
         self.upstream = upstream
+        self.pipes = pipes  # gateway.pipes.Pipes: the function models loaded at start-up, if any
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._changes = itertools.count(1)
@@ -158,8 +163,9 @@ class Catalog:
         results = model_lists.fetch(self.upstream, self.settings.AIOHTTP_CLIENT_TIMEOUT_MODEL_LIST)
         unanswered = model_lists.failures(results)
         results = model_lists.remembered(results, self._last_lists)  # under self._lock (snapshot())
+        pipes = self.pipes.model_entries() if self.pipes is not None else []
         return Snapshot(model_lists.ollama_entries(results), model_lists.openai_entries(results),
-                        unanswered, time.monotonic(), model_lists.openai_hosts(results))
+                        unanswered, time.monotonic(), model_lists.openai_hosts(results), pipes)
 
     def find(self, model_id: str, kind: str | None = None) -> dict | None:
         """The base entry for `model_id` (untagged means `:latest`). On a miss the backends are asked
@@ -259,11 +265,11 @@ class Catalog:
         else:
             row = None
         hosts = self.hosts_of(entry)
-        if not hosts:
+        if not hosts and not model_lists.is_pipe(entry):
             raise BadRequest(MODEL_NOT_FOUND)
         shown = model_lists.with_override(entry, row) if row is not None else entry
         params = dict(row.params or {}) if row else {}
-        return Resolved(shown, hosts, upstream_name(entry, hosts[0]), row, params)
+        return Resolved(shown, hosts, upstream_name(entry, hosts[0] if hosts else None), row, params)
 
     def hosts_for(self, kind: str, model: Any) -> tuple[list[Backend], str]:
         """A passthrough's backends of `kind` serving `model` and the name they know. NotFound("Model
@@ -306,6 +312,8 @@ class Catalog:
     def hosts_of(self, entry: dict) -> list[Backend]:
         """Every backend listing the model: Ollama's merged `urls`; for OpenAI, each connection whose list
         has the id (the entry shows the first one's `urlIdx`). Upstream.send spreads calls over them."""
+        if model_lists.is_pipe(entry):
+            return []  # run in-process by gateway/pipes.py
         if entry.get("owned_by") == "ollama":
             pool, indexes = self.upstream.ollama, entry["ollama"].get("urls", [])
         else:
@@ -339,6 +347,8 @@ class Catalog:
 
 def upstream_name(entry: dict, host: Backend | None = None) -> str:
     """The name the backend itself knows the model by (without the connection's `prefix_id.`)."""
+    if model_lists.is_pipe(entry):
+        return entry["id"]  # a function model: the pipe gets its own id (`<function>.<sub>` in a manifold)
     name = entry["ollama"]["model"] if "ollama" in entry else entry["openai"].get("id") or entry["id"]
     prefix = f"{host.prefix_id}." if host is not None and host.prefix_id else ""
     return name[len(prefix):] if prefix and name.startswith(prefix) else name

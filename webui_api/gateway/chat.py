@@ -56,6 +56,8 @@ def chat_completion(ext, user, body: dict) -> dict | Streamed:
     body["messages"] = messages
     if dry_run:
         return dry_run_reply(target, requested, body, params, sources)
+    if target.kind == "pipe":  # a function model, run in-process (gateway/pipes.py)
+        return ext.pipes.chat(user, target, body, params, sources)
     if target.kind == "openai":
         return _openai_chat(ext.upstream, user, target, body, params, sources)
     return _ollama_chat(ext.upstream, user, target, requested, body, params, sources)
@@ -368,6 +370,8 @@ def embeddings(ext, user, body: dict) -> dict:
     """OpenAI-format embeddings for any registered model (Ollama via /api/embed, OpenAI via /embeddings)."""
     requested = body.get("model")
     target = ext.catalog.resolve(user, requested)
+    if target.kind == "pipe":
+        raise BadRequest(f"Model '{requested}' is a function (pipe) model, which makes no embeddings.")
     inputs = body.get("input")
     if target.kind == "openai":
         _check_input(inputs, tokens_ok=True)

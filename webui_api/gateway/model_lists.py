@@ -145,7 +145,10 @@ def openai_entries(results: list[tuple]) -> list[dict]:
                 continue
             seen.add(model_id)
             raw = {**model, "connection_type": "external"}
-            out.append({**model, "id": model_id, "object": "model", "created": model.get("created") or 0,
+            # "pipe" marks a function model run here; a backend that is itself an Open WebUI lists its own
+            # pipes with it, but to us they are that backend's models (the raw entry keeps the flag).
+            shown = {k: v for k, v in model.items() if k != "pipe"}
+            out.append({**shown, "id": model_id, "object": "model", "created": model.get("created") or 0,
                         "owned_by": "openai", "connection_type": "external",
                         "name": model.get("name") or model_id,
                         "openai": raw, "provider": "", "urlIdx": backend.idx,
@@ -162,6 +165,11 @@ def openai_hosts(results: list[tuple]) -> dict[str, list[int]]:
                 if isinstance(model.get("id"), str) and backend.idx not in hosts.setdefault(model["id"], []):
                     hosts[model["id"]].append(backend.idx)
     return hosts
+
+
+def is_pipe(entry: dict) -> bool:
+    """Open WebUI's rule: an entry with `pipe` is a function model, run in-process (gateway/pipes.py)."""
+    return "pipe" in entry
 
 
 def connection_entry(entry: dict) -> dict:
@@ -186,6 +194,8 @@ def preset_entry(row, base: dict | None) -> dict:
              "connection_type": base.get("connection_type", "external"),
              "preset": True, "loaded": bool(base.get("loaded", False)), "info": presets.public_info(row),
              "tags": presets.tags(row), "actions": [], "filters": []}
+    if is_pipe(base):
+        entry["pipe"] = base["pipe"]  # as Open WebUI: a preset over a function model is one too
     if not base:
         # Listed, but chat answers "Model not found" until the base model is back.
         entry["base_model_missing"] = True
