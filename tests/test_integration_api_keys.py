@@ -6,7 +6,7 @@ import pytest
 
 from . import engine
 from .servers import Gunicorn
-from .test_integration_workers import call, only, post, wait_for_workers
+from .test_integration_workers import call, only, post
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def server(request, module_backend, tmp_path_factory):
            "OPENAI_API_BASE_URLS": ""}
     gunicorn = Gunicorn(env, workers=2, threads=2, log_path=str(data / "gunicorn.log")).start()
     try:
-        wait_for_workers(gunicorn, 2)
+        gunicorn.ready_workers(2)
         yield gunicorn
     finally:
         gunicorn.stop()
@@ -46,7 +46,7 @@ def well_inside_a_minute() -> None:
 
 
 def test_requests_per_minute_hold_across_workers(server, session):
-    first, second = wait_for_workers(server, 2)
+    first, second = server.ready_workers(2)
     _, key = new_key(server, session, requests_per_minute=4)
     well_inside_a_minute()
     with only(server, first):
@@ -60,7 +60,7 @@ def test_requests_per_minute_hold_across_workers(server, session):
 
 
 def test_tokens_per_minute_hold_across_workers(server, session):
-    first, second = wait_for_workers(server, 2)
+    first, second = server.ready_workers(2)
     _, key = new_key(server, session, tokens_per_minute=10)
     well_inside_a_minute()
     with only(server, first):
@@ -74,7 +74,7 @@ def test_tokens_per_minute_hold_across_workers(server, session):
 
 
 def test_a_deleted_key_is_refused_by_every_worker(server, session):
-    first, second = wait_for_workers(server, 2)
+    first, second = server.ready_workers(2)
     key_id, key = new_key(server, session, requests_per_minute=1000)
     for pid in (first, second):
         with only(server, pid):
