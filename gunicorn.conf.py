@@ -103,3 +103,11 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid, metrics_dir)
+
+
+def post_worker_init(worker):
+    """TRACEMALLOC_DIR (diagnosis only, bench/soak.py --tracemalloc): each worker dumps its allocation growth."""
+    if os.environ.get("TRACEMALLOC_DIR"):
+        from webui_api.telemetry import trace_memory
+
+        trace_memory(os.environ["TRACEMALLOC_DIR"], float(os.environ.get("TRACEMALLOC_INTERVAL", "60")))
