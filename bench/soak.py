@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -269,9 +270,10 @@ def make_env(args, backend: FakeBackend, data_dir: str) -> dict:
 
 
 def start(env: dict, args, log: str) -> Gunicorn:
+    """gunicorn up and answering /health; after a kill, start-up recovery comes first and can take minutes."""
     server = Gunicorn(env, workers=args.workers, threads=args.threads,
                       log_path=os.path.join(env["DATA_DIR"], log))
-    return server.start()
+    return server.start(timeout=900)
 
 
 def sign_up(url: str) -> list[str]:
@@ -296,17 +298,18 @@ def run_check(env: dict) -> int:
 def verify(server: Gunicorn, uploads: Uploads) -> tuple[int, int, list]:
     """(acknowledged, found, lost ids): each acknowledged upload's marker looked up in its file collection."""
     tokens = sign_up_again(server.url)
-    found, lost = 0, []
-    with requests.Session() as session:
-        for file_id, marker, owner in uploads.acknowledged:
-            response = session.post(server.url + "/api/v1/retrieval/query/doc", timeout=60,
-                                    headers={"Authorization": f"Bearer {tokens[owner]}"},
-                                    json={"collection_name": f"file-{file_id}", "query": marker, "k": 3})
-            hit = response.status_code == 200 and any(marker in d for d in response.json()["documents"][0])
-            found += hit
-            if not hit:
-                lost.append((file_id, response.status_code))
-    return len(uploads.acknowledged), found, lost
+
+    def lookup(upload: tuple[str, str, int]) -> tuple[str, int] | None:
+        file_id, marker, owner = upload
+        response = requests.post(server.url + "/api/v1/retrieval/query/doc", timeout=60,
+                                 headers={"Authorization": f"Bearer {tokens[owner]}"},
+                                 json={"collection_name": f"file-{file_id}", "query": marker, "k": 3})
+        hit = response.status_code == 200 and any(marker in d for d in response.json()["documents"][0])
+        return None if hit else (file_id, response.status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        lost = [miss for miss in pool.map(lookup, uploads.acknowledged) if miss]
+    return len(uploads.acknowledged), len(uploads.acknowledged) - len(lost), lost
 
 
 def sign_up_again(url: str) -> list[str]:
@@ -367,7 +370,9 @@ def soak(args, env: dict, backend: FakeBackend) -> None:
     print(f"requests {sum(counts.values())} (before the kill {sum(before.values())}), 5xx {fivexx}, "
           f"statuses {dict(sorted(counts.items(), key=lambda kv: str(kv[0])))}")
     summary(monitor, seconds)
+    restarted = time.monotonic()
     server = start(env, args, "restart.log")
+    print(f"\nrestarted: /health answered after {time.monotonic() - restarted:.1f} s (start-up recovery)")
     try:
         acknowledged, found, lost = verify(server, uploads)
         print(f"\nafter restart: uploads acknowledged {acknowledged}, found by marker {found}, lost {len(lost)}"
