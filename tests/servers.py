@@ -76,11 +76,15 @@ class Gunicorn(ServerProcess):
         self.log_path = log_path or tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1]
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Gunicorn":
+    def start(self, timeout: float = 30.0) -> "Gunicorn":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], cwd=ROOT, env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until_up(self.url + "/health", proc=self.proc)
+        try:
+            wait_until_up(self.url + "/health", timeout, proc=self.proc)
+        except BaseException:
+            self.stop(signal.SIGKILL)  # never left running in a session of its own
+            raise
         return self
 
     def worker_pids(self) -> list[int]:

@@ -76,3 +76,40 @@ def test_chunk_ids_are_never_reused(app, admin):
     first.delete_instance()
     second = db.Chunk.create(file=file, seq=0, text="t", start=0, end=1, vector=b"", dim=0, model="m")
     assert second.id > first.id
+
+
+@pytest.mark.sqlite_only
+def test_each_threads_connection_caches_at_most_sqlite_cache_mb(tmp_path):
+    """A worker keeps one SQLite connection per thread for the thread's life: at the old 16 MB page cache
+    each, 32 threads could hold 512 MB once the file had grown that far (issue 11, item 14). Eight threads
+    each read a 12 MB table through their own connection; SQLite's own allocations grow by about eight times
+    SQLITE_CACHE_MB, not by eight times the table."""
+    from webui_api.telemetry import _sqlite_memory_used
+
+    path = str(tmp_path / "webui.db")
+    db.init_database(f"sqlite:///{path}", sqlite_cache_mb=1)
+    db.execute("CREATE TABLE bulk (payload BLOB)")
+    with db.write_transaction():
+        for _ in range(3000):
+            db.execute("INSERT INTO bulk VALUES (randomblob(4000))")
+    read, release = threading.Barrier(9), threading.Event()
+
+    def reader():
+        assert db.execute("SELECT sum(length(payload)) FROM bulk").fetchone()[0] == 12_000_000
+        read.wait()
+        release.wait()  # the connection stays open, its cache full, as a gthread worker's thread keeps it
+        db.close_thread_connection()
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    before = _sqlite_memory_used()
+    try:
+        for thread in threads:
+            thread.start()
+        read.wait()
+        grown_mb = (_sqlite_memory_used() - before) / 2**20
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+        db.database.close()
+    assert 0 < grown_mb < 8 * 1.5

@@ -125,14 +125,30 @@ def test_another_worker_picks_up_only_what_is_new(index_dir):
     rows = unit_rows(4)
     writer.add("kb", [1, 2], rows[:2])
     assert top_ids(reader, "kb", rows[0])[0] == 1
-    loaded = dict(reader._segments)
+    loaded = dict(reader._cache["kb"].segments)
     writer.add("kb", [3, 4], rows[2:])
     writer.remove("kb", [1])
     assert top_ids(reader, "kb", rows[3])[0] == 4 and 1 not in top_ids(reader, "kb", rows[0])
-    assert all(reader._segments[key] is segment for key, segment in loaded.items())  # not reloaded
-    assert len(reader._segments) == len(loaded) + 1
+    assert all(reader._cache["kb"].segments[file] is segment for file, segment in loaded.items())  # kept
+    assert len(reader._cache["kb"].segments) == len(loaded) + 1
     writer.compact("kb")  # a merge elsewhere: the reader swaps the files and forgets the old ones
-    assert reader.ids("kb") == {2, 3, 4} and len(reader._segments) == 1
+    assert reader.ids("kb") == {2, 3, 4} and len(reader._cache["kb"].segments) == 1
+
+
+def test_a_worker_keeps_at_most_its_bound_of_collections_loaded(index_dir):
+    """Every upload is a collection: a worker that met thousands of them kept every one loaded (issue 11,
+    item 14). Now the least recently used leave, and come back from disk when asked for again."""
+    store = VectorStore(index_dir, loader=no_rows, auto_merge=False, cached_collections=5)
+    rows = unit_rows(60)
+    for i in range(60):
+        store.add(f"file-{i}", [i], rows[i:i + 1])
+        assert top_ids(store, f"file-{i}", rows[i])[0] == i
+        assert len(store.cached_names()) <= 5
+    assert store.cached_names() == [f"file-{i}" for i in range(55, 60)]
+    assert top_ids(store, "file-0", rows[0])[0] == 0  # evicted long ago: loaded again from its files
+    assert store.cached_names()[-1] == "file-0" and len(store.cached_names()) == 5
+    store.drop("file-0")
+    assert "file-0" not in store.cached_names()
 
 
 def test_ivf_above_the_threshold_keeps_recall_against_exact_search(monkeypatch):

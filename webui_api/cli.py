@@ -141,7 +141,7 @@ def open_services():
     settings = Settings.from_env()
     if not os.path.isdir(settings.DATA_DIR):
         raise CliError(f"DATA_DIR {settings.DATA_DIR} does not exist (set DATA_DIR to the server's data dir)")
-    db.init_database(settings.DATABASE_URL, settings.database_pool_size)
+    db.init_database(settings.DATABASE_URL, settings.database_pool_size, settings.SQLITE_CACHE_MB)
     return build_services(settings)
 
 

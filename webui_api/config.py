@@ -88,6 +88,11 @@ class Settings:
     DATA_DIR: str = _setting("DATA_DIR", "./data")
     DATABASE_URL: str = _setting("DATABASE_URL", "")  # sqlite:///<path> (default) or postgresql://…
     DATABASE_POOL_SIZE: int = _setting("DATABASE_POOL_SIZE", 0, int)  # 0: derived from the thread count
+    # SQLite page cache per connection; a worker keeps one connection per thread for the thread's life, so
+    # it holds up to threads x this (at 16 MB and 32 threads a worker grew for as long as the file did).
+    SQLITE_CACHE_MB: float = _setting("SQLITE_CACHE_MB", 2.0, float)
+    # Vector collections a worker keeps loaded (least recently used leave): every upload is a collection.
+    RAG_CACHED_COLLECTIONS: int = _setting("RAG_CACHED_COLLECTIONS", 256, int)
     # How long the index log keeps what changed in each vector collection (`webui-api compact` prunes older
     # rows): a host whose cache is older than this rebuilds those collections from the database instead.
     INDEX_LOG_RETENTION: float | None = _setting("INDEX_LOG_RETENTION", 7 * 86400.0, parse_duration)

@@ -421,13 +421,14 @@ def _create_log_trigger(database, trigger: str) -> None:
 MIGRATIONS[5] = _add_index_log
 
 
-def init_database(url: str, pool_size: int = 8) -> pw.Database:
+def init_database(url: str, pool_size: int = 8, sqlite_cache_mb: float = 2.0) -> pw.Database:
     """Bind the database proxy to `url` (sqlite:///path or postgresql://…), create tables and run pending
-    migrations. `pool_size`: PostgreSQL connections per process at most (threads + background jobs)."""
+    migrations. `pool_size`: PostgreSQL connections per process at most (threads + background jobs);
+    `sqlite_cache_mb`: SQLite's page cache per connection."""
     global dialect
     close_database()
     dialect = for_url(url)
-    database.initialize(dialect.open(pool_size))
+    database.initialize(dialect.open(pool_size, sqlite_cache_mb))
     with database.connection_context():
         migrate()
     return database

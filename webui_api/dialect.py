@@ -16,7 +16,6 @@ _SQLITE_PRAGMAS = {  # every new connection; WAL is a property of the file, set 
     "busy_timeout": 30000,      # ms: wait for the write lock instead of failing with "database is locked"
     "foreign_keys": 1,
     "synchronous": "normal",    # durable at each WAL checkpoint; recommended with WAL
-    "cache_size": -16000,
 }
 # The advisory lock every write transaction takes on PostgreSQL: writers queue as they do on SQLite.
 _WRITE_LOCK_KEY = 0x77656275  # "webu"
@@ -58,12 +57,13 @@ class SqliteDialect(Dialect):
     def _bad(self):
         raise ConfigError("DATABASE_URL must be sqlite:///<path> (three slashes, then the file's path)")
 
-    def open(self, pool_size: int) -> pw.Database:
+    def open(self, pool_size: int, cache_mb: float = 2.0) -> pw.Database:
         path = self.path
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             _use_wal(path)
-        return pw.SqliteDatabase(path, pragmas=_SQLITE_PRAGMAS, check_same_thread=False)
+        pragmas = {**_SQLITE_PRAGMAS, "cache_size": -int(cache_mb * 1000)}  # negative: KiB, not pages
+        return pw.SqliteDatabase(path, pragmas=pragmas, check_same_thread=False)
 
     def write_transaction(self, database: pw.Database):
         return database.atomic("IMMEDIATE")
@@ -108,7 +108,7 @@ class PostgresDialect(Dialect):
     statement_triggers = True
     unix_now = "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)"
 
-    def open(self, pool_size: int) -> pw.Database:
+    def open(self, pool_size: int, cache_mb: float = 2.0) -> pw.Database:  # cache_mb: the server's own
         parts = urlsplit(self.url)
         if not parts.path.strip("/"):
             raise ConfigError("DATABASE_URL names no database: postgresql://user:pass@host:port/<database>")

@@ -32,7 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None, **services: Any) -> Flas
     app.session_interface = _NoCookieSession()
     app.config.update(_flask_config(settings))
     guard_json_input(app)
-    db.init_database(settings.DATABASE_URL, settings.database_pool_size)
+    db.init_database(settings.DATABASE_URL, settings.database_pool_size, settings.SQLITE_CACHE_MB)
     app.extensions["webui_api"] = build_services(settings, **services)
 
     api.init_app(app, spec_kwargs=_spec_kwargs())

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -167,21 +168,32 @@ class View:
         return np.concatenate(live) if live else np.zeros(0, np.int64)
 
 
+@dataclass
+class _Cached:
+    """What a worker keeps of one collection: its loaded files and the view they last made."""
+
+    key: tuple[str, ...] = ()
+    view: View | None = None
+    segments: dict[str, Segment] = field(default_factory=dict)
+    tombstones: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class VectorStore:
     """`<index_dir>/<name>/` holds a collection as immutable files: a write adds one small segment or one
     tombstone file, never rewrites what is there. Writers take an exclusive fcntl lock per collection and
     rename fsynced temp files into place; readers list the directory and load (memory-map) only files they
     have not seen, so every worker shares one copy of the vectors in the page cache. Merges build one
     segment from many off the lock and commit it with a rename. A missing or unreadable collection is
-    rebuilt from SQLite through `loader` (default: chunk rows)."""
+    rebuilt from SQLite through `loader` (default: chunk rows). At most `cached_collections` collections stay
+    loaded, the least recently used leaving first: every upload is a collection of its own."""
 
-    def __init__(self, index_dir: str, loader: Loader | None = None, auto_merge: bool = True):
+    def __init__(self, index_dir: str, loader: Loader | None = None, auto_merge: bool = True,
+                 cached_collections: int = 256):
         self.index_dir = index_dir
         self.loader = loader or collection_vectors
         self.auto_merge = auto_merge
-        self._segments: dict[tuple[str, str], Segment] = {}   # (collection, file) -> loaded segment
-        self._tombstones: dict[tuple[str, str], np.ndarray] = {}
-        self._views: dict[str, tuple[tuple[str, ...], View]] = {}
+        self.cached_collections = max(1, cached_collections)
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()  # least recently used first
         self._mutex = threading.Lock()
         faiss.omp_set_num_threads(FAISS_THREADS)
 
@@ -346,15 +358,17 @@ class VectorStore:
                 self._missing(name)
             key = tuple(s.file for s in layout.segments) + tuple(t.file for t in layout.tombstones)
             with self._mutex:
-                cached = self._views.get(name)
-            if cached is not None and cached[0] == key:
-                return cached[1]
+                cached = self._cache.get(name)
+                if cached is not None and cached.view is not None and cached.key == key:
+                    self._cache.move_to_end(name)
+                    return cached.view
             try:
                 view = self._load_view(name, layout)
             except FileNotFoundError:
                 continue
             with self._mutex:
-                self._views[name] = (key, view)
+                cached = self._entry(name)
+                cached.key, cached.view = key, view
             return view
         return self._load_view(name, self._layout(name))
 
@@ -371,18 +385,33 @@ class VectorStore:
             segment = segments[seg.file]
             hidden = np.unique(np.concatenate([deleted[t.file] for t in layout.hiding(seg)] or [_NO_IDS]))
             parts.append((segment, hidden[segment.holds(hidden)]))  # only what this segment holds
-        with self._mutex:  # forget what is no longer listed (a merge replaced it)
-            for key in [k for k in self._segments if k[0] == name and k[1] not in segments]:
-                del self._segments[key]
-            for key in [k for k in self._tombstones if k[0] == name and k[1] not in deleted]:
-                del self._tombstones[key]
+        with self._mutex:  # keep only what is listed (a merge replaced the rest)
+            cached = self._entry(name)
+            cached.segments, cached.tombstones = segments, deleted
         return View(layout, parts)
 
-    def _load_segment(self, name: str, path: str) -> Segment:
-        key = (name, os.path.basename(path))
+    def _entry(self, name: str) -> _Cached:
+        """Under the mutex: the collection's cache entry, now the most recently used; the least recently
+        used beyond the bound leave (a search still holding their view finishes with it)."""
+        cached = self._cache.get(name)
+        if cached is None:
+            cached = self._cache[name] = _Cached()
+            while len(self._cache) > self.cached_collections:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(name)
+        return cached
+
+    def cached_names(self) -> list[str]:
+        """The collections this worker keeps loaded, least recently used first."""
         with self._mutex:
-            if key in self._segments:
-                return self._segments[key]
+            return list(self._cache)
+
+    def _load_segment(self, name: str, path: str) -> Segment:
+        file = os.path.basename(path)
+        with self._mutex:
+            cached = self._cache.get(name)
+            if cached is not None and file in cached.segments:
+                return cached.segments[file]
         if not os.path.exists(path):
             raise FileNotFoundError(path)
         try:
@@ -390,21 +419,22 @@ class VectorStore:
         except (RuntimeError, ValueError, MemoryError) as exc:
             raise _Unreadable(path) from exc
         with self._mutex:
-            self._segments[key] = segment
+            self._entry(name).segments[file] = segment
         return segment
 
     def _load_tombstone(self, name: str, path: str) -> np.ndarray:
-        key = (name, os.path.basename(path))
+        file = os.path.basename(path)
         with self._mutex:
-            if key in self._tombstones:
-                return self._tombstones[key]
+            cached = self._cache.get(name)
+            if cached is not None and file in cached.tombstones:
+                return cached.tombstones[file]
         with open(path, "rb") as handle:
             data = handle.read()
         if len(data) % 8:
             raise _Unreadable(path)
         ids = np.frombuffer(data, dtype=np.int64)
         with self._mutex:
-            self._tombstones[key] = ids
+            self._entry(name).tombstones[file] = ids
         return ids
 
     def _stored_with(self, name: str, ids: np.ndarray, vectors: np.ndarray, replacing: np.ndarray):
@@ -526,7 +556,7 @@ class VectorStore:
             shutil.rmtree(gone, ignore_errors=True)
             _fsync_dir(self.index_dir)
         with self._mutex:
-            self._views.pop(name, None)
+            self._cache.pop(name, None)
 
     # ---- merging
     def _maybe_merge(self, name: str) -> None:
