@@ -331,11 +331,11 @@ def test_backend_down_is_502(chat, fake_backend, model):
 
 @pytest.mark.parametrize("model,path", [("llama3.2", "/api/chat"), ("gpt-4o-mini", "/v1/chat/completions")])
 def test_slow_backend_is_504(chat, fake_backend, short_timeout, model, path):
-    fake_backend.fault = {"kind": "slow", "path": path, "delay": 2}
+    fake_backend.fault = {"kind": "slow", "path": path, "delay": 8}
     started = time.monotonic()
     response = chat({"model": model, "messages": HELLO})
     assert response.status_code == 504 and "timed out" in response.get_json()["detail"]
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 4  # the 0.5 s timeout, not the 8 s answer (margin for a loaded machine)
 
 
 @pytest.mark.parametrize("model,path", [("llama3.2", "/api/chat"), ("gpt-4o-mini", "/v1/chat/completions")])
@@ -366,7 +366,7 @@ def test_stalled_stream_times_out_with_error_event(chat, fake_backend, short_tim
     started = time.monotonic()
     got = events(chat({"model": "llama3.2", "messages": HELLO, "stream": True}))
     assert got[-1] == "[DONE]" and "timed out" in got[-2]["error"]["message"]
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 4  # the 0.5 s timeout, not the 13 s answer
 
 
 def test_backend_4xx_keeps_status(chat, fake_backend):
@@ -454,7 +454,7 @@ def test_client_going_away_frees_the_stream(live_server, user, fake_backend, mod
     def in_progress() -> float:
         return REGISTRY.get_sample_value("webui_api_http_requests_in_progress") or 0.0
 
-    fake_backend.token_delay = 0.2  # the whole answer would take ~3 s
+    fake_backend.token_delay = 0.6  # the whole answer would take ~8 s
     baseline = in_progress()
     started = time.monotonic()
     response = requests.post(f"{live_server}{CHAT}", headers=user["headers"], stream=True, timeout=10,
@@ -462,6 +462,6 @@ def test_client_going_away_frees_the_stream(live_server, user, fake_backend, mod
     lines = response.iter_lines()
     assert next(lines).startswith(b"data: ")
     response.close()  # the client hangs up mid-answer
-    while in_progress() > baseline and time.monotonic() - started < 5:
+    while in_progress() > baseline and time.monotonic() - started < 8:
         time.sleep(0.05)
-    assert in_progress() == baseline and time.monotonic() - started < 2
+    assert in_progress() == baseline and time.monotonic() - started < 5

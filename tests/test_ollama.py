@@ -160,7 +160,7 @@ def test_down_backend_is_502(client, key, fake_backend, second):
     # the model is still served by the other backend; the dead one is skipped quickly
     start = time.monotonic()
     ok = client.post("/ollama/api/generate", headers=key, json={"model": "llama3.2", "prompt": "x", "stream": False})
-    assert ok.status_code == 200 and time.monotonic() - start < 1.0
+    assert ok.status_code == 200 and time.monotonic() - start < 3.0  # no wait on the dead one (a shared CI core)
     second.stop()
     assert client.get("/ollama/api/version", headers=key).status_code == 502
 
@@ -169,7 +169,7 @@ def test_hung_backend_does_not_stall_the_model_list(client, key, fake_backend):
     fake_backend.fault = {"kind": "hang"}
     start = time.monotonic()
     models = client.get("/ollama/api/tags", headers=key).get_json()["models"]
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 3.0  # the 0.5 s list timeout, not the hang (margin for a loaded machine)
     assert {m["model"] for m in models} == {"llama3.2:latest", "mistral:7b"}
 
 
