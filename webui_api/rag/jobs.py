@@ -112,20 +112,23 @@ def _background(ext, file_id: str) -> None:
         db.close_thread_connection()
 
 
-def abandoned_files() -> list[tuple[str, str]]:
-    """(id, status) of files left pending/processing that no live process holds: no lease, an expired
-    one, or one whose owner died on this host. An indexed read of the unsettled files and their leases."""
-    query = (File.select(File.id, File.status, ProcessingLease.owner, ProcessingLease.expires_at)
+def abandoned_files(grace: float = 0.0) -> list[tuple[str, str]]:
+    """(id, status) of files left pending/processing that no live process holds: an expired lease, one whose
+    owner died on this host, or no lease for `grace` seconds since the row last changed (a fresh upload's
+    request claims it a moment after committing it: taking it first made the two race and embed it twice).
+    An indexed read of the unsettled files and their leases."""
+    query = (File.select(File.id, File.status, File.updated_at, ProcessingLease.owner, ProcessingLease.expires_at)
              .join(ProcessingLease, pw.JOIN.LEFT_OUTER, on=(ProcessingLease.file == File.id))
              .where(File.status.in_(UNSETTLED)).tuples())
     now = time.time()
-    return [(file_id, status) for file_id, status, owner, expires_at in query
-            if not lease.is_live(owner, expires_at, now)]
+    return [(file_id, status) for file_id, status, changed, owner, expires_at in query
+            if not lease.is_live(owner, expires_at, now) and (owner is not None or changed <= now - grace)]
 
 
 def take_over_abandoned(ext) -> int:
-    """Queue every abandoned file for processing here; returns how many were queued."""
-    found = abandoned_files()
+    """Queue every abandoned file for processing here (unleased ones after a lease period); returns how many
+    were queued."""
+    found = abandoned_files(ext.settings.INGEST_LEASE_SECONDS)
     for file_id, _status in found:
         ext.jobs.submit(ext, file_id)
     if found:
