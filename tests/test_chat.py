@@ -118,7 +118,7 @@ def test_tools_round_trip_through_ollama(chat, fake_backend):
 
 
 def test_streams_as_tokens_arrive(client, user, fake_backend):
-    fake_backend.token_delay = 0.05
+    fake_backend.token_delay = 0.2  # ~2.6 s for the whole answer: the first token comes long before the end
     for model in ("llama3.2", "gpt-4o-mini"):
         started = time.monotonic()
         response = client.post(CHAT, headers=user["headers"], buffered=False,

@@ -36,7 +36,7 @@ class PathSegmentConverter(BaseConverter):
     `/files/all` answer for their own methods alone (405 with their own `Allow`) instead of the
     `/{id}` route's. Rule texts (and the `route` label of the metrics) stay as they are."""
 
-    STATIC_SIBLINGS = ("create", "all")
+    STATIC_SIBLINGS = ("create", "all", "search", "count")
     regex = rf"(?!(?:{'|'.join(STATIC_SIBLINGS)})$)[^/]+"
 
 
