@@ -8,7 +8,7 @@ from flask.views import MethodView
 from ..gateway import proxy
 from .deps import access, current_caller, ext
 from .json_input import Blueprint
-from .schemas import JsonSchema, OpenSchema, Relayed, StatusSchema, StrictBoolean
+from .schemas import JsonSchema, OpenSchema, Relayed, StatusSchema, StrictBoolean, event_stream
 
 blp = Blueprint("ollama", __name__, url_prefix="/ollama",
                 description="Ollama API passthrough: model routing across backends, merged lists, admin-only "
@@ -20,7 +20,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 NDJSON = JsonSchema(type="string", description="One JSON object per line, relayed as the backend sends it")
-SSE = JsonSchema(type="string", description="OpenAI chunk events relayed as the backend sends them")
+SSE = event_stream("An OpenAI chunk relayed as the backend sends it; the last is `[DONE]`")
 STREAMS = {"application/x-ndjson": NDJSON, "text/event-stream": SSE}
 
 
