@@ -133,6 +133,18 @@ def test_pull_copy_delete_and_the_merged_list_follows(client, key, fake_backend,
     assert client.delete("/ollama/api/delete/1", headers=key, json={"model": "gone"}).status_code == 404
 
 
+@pytest.mark.parametrize("path, body", [("/ollama/api/pull", {"model": {"A": 1}}),
+                                        ("/ollama/api/create", {"model": ["x"], "stream": False}),
+                                        ("/ollama/api/chat", {"model": "llama3.2", "stream": "yes"}),
+                                        ("/ollama/api/generate", {"model": "llama3.2", "images": [1]})])
+def test_a_documented_field_of_the_wrong_type_is_422_before_the_backend(client, key, fake_backend, path, body):
+    """Found by the fuzz: `model: {}` on pull/create was forwarded, the backend dropped the connection, 502."""
+    before = len(fake_backend.requests)
+    response = client.post(path, headers=key, json=body)
+    assert response.status_code == 422 and response.get_json()["detail"][0]["loc"][0] == "body"
+    assert len(fake_backend.requests) == before
+
+
 def test_ps_merges_loaded_models(client, key, fake_backend, second):
     fake_backend.loaded_models = ["llama3.2:latest"]
     second.loaded_models = ["llama3.2:latest"]

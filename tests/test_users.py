@@ -33,6 +33,14 @@ def test_list_and_get_users(client, admin, make_user):
     assert client.get("/api/v1/users/?page=0", headers=admin["headers"]).status_code == 422
 
 
+def test_a_search_with_a_nul_character_finds_the_name_that_stored_it(client, admin, make_user):
+    """Found by the fuzz on PostgreSQL: a NUL in `?query=` reached LOWER(name) LIKE ... raw (500); it is
+    compared as stored, NUL as U+FFFD, on both engines."""
+    nul = make_user("user", name="Nul\x00Name")
+    listing = client.get("/api/v1/users/?query=nul%00n", headers=admin["headers"])
+    assert listing.status_code == 200 and [u["id"] for u in listing.get_json()["users"]] == [nul["id"]]
+
+
 def test_update_user_role_name_email_password(client, admin, make_user):
     bob = make_user("pending")
     url = f"/api/v1/users/{bob['id']}/update"

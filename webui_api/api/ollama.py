@@ -5,10 +5,12 @@ import marshmallow as ma
 from flask import Response, request
 from flask.views import MethodView
 
+from ..errors import Unprocessable
 from ..gateway import proxy
+from . import validation_detail
 from .deps import access, current_caller, ext
 from .json_input import Blueprint
-from .schemas import JsonSchema, OpenSchema, Relayed, StatusSchema, StrictBoolean
+from .schemas import JsonSchema, OpenSchema, Relayed, StatusSchema, StrictBoolean, event_stream
 
 blp = Blueprint("ollama", __name__, url_prefix="/ollama",
                 description="Ollama API passthrough: model routing across backends, merged lists, admin-only "
@@ -20,7 +22,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 NDJSON = JsonSchema(type="string", description="One JSON object per line, relayed as the backend sends it")
-SSE = JsonSchema(type="string", description="OpenAI chunk events relayed as the backend sends them")
+SSE = event_stream("An OpenAI chunk relayed as the backend sends it; the last is `[DONE]`")
 STREAMS = {"application/x-ndjson": NDJSON, "text/event-stream": SSE}
 
 
@@ -115,9 +117,19 @@ def calling_user():
     return caller.user if caller is not None else None
 
 
-def _call(path: str, method: str, url_idx, **options) -> Response:
-    return respond(proxy.ollama_call(ext().catalog, method, path, json_body(), url_idx=url_idx,
+def _call(path: str, method: str, url_idx, body: type[OpenSchema], **options) -> Response:
+    return respond(proxy.ollama_call(ext().catalog, method, path, documented_body(body), url_idx=url_idx,
                                      user=calling_user(), **options))
+
+
+def documented_body(schema: type[OpenSchema]) -> dict:
+    """The JSON body, forwarded as sent once the fields the document names have their documented types
+    (`model: {}` reached the backend, which dropped the connection: a 502 for the client's mistake)."""
+    payload = json_body()
+    errors = schema(partial=True).validate(payload)  # presence: proxy's own rules (`name` may stand for `model`)
+    if errors:
+        raise Unprocessable(validation_detail({"json": errors}))
+    return payload
 
 
 def _route(path: str, name: str, methods: tuple[str, ...], level: str, doc: str, body: type[OpenSchema],
@@ -125,7 +137,7 @@ def _route(path: str, name: str, methods: tuple[str, ...], level: str, doc: str,
     """Register `/ollama{path}` and `/ollama{path}/<url_idx>` forwarding to the same Ollama path. `body` and
     `streams` document the request and the streamed answer; the body itself is forwarded as sent."""
     def view(self, url_idx: int | None = None):
-        return _call(path, upstream_method or request.method, url_idx, **options)
+        return _call(path, upstream_method or request.method, url_idx, body, **options)
 
     view.__doc__ = doc
     if streams:

@@ -67,7 +67,16 @@ class JsonSchema(dict):
 
 
 TRUE = JsonSchema(type="boolean", description="Always `true`")
-EVENT_STREAM = JsonSchema(type="string", description="Events as they are produced, one per line")
+
+
+def event_stream(data: str) -> JsonSchema:
+    """One Server-Sent Event: how OpenAPI 3.0 tools read a text/event-stream schema (3.2 calls it `itemSchema`)."""
+    return JsonSchema(type="object", required=["data"], description="One Server-Sent Event", properties={
+        "data": {"type": "string", "description": data}, "event": {"type": "string"}, "id": {"type": "string"},
+        "retry": {"type": "integer"}})
+
+
+EVENT_STREAM = event_stream("One JSON object per event, as it is produced")
 
 
 class AccessGrantSchema(Schema):

@@ -321,7 +321,7 @@ def ensure_initial_admin(settings: Settings) -> User | None:
 def list_users(query: str | None = None, page: int = 1, per_page: int = 30) -> tuple[list[User], int]:
     select = User.select()
     if query:
-        needle = f"%{query.lower()}%"
+        needle = User.name.db_value(f"%{query.lower()}%")  # LOWER() hides the field: apply its NUL rule here
         select = select.where(pw.fn.LOWER(User.name) ** needle | (User.email ** needle))
     total = select.count()
     rows = select.order_by(User.created_at.desc(), User.id).paginate(max(page, 1), per_page)
