@@ -120,12 +120,16 @@ def test_a_lease_is_renewed_while_its_holder_works(ext, unsettled):
     assert holder(unsettled.id) is None  # released at the end
 
 
-def test_an_unleased_file_counts_as_abandoned_only_after_a_lease_period(unsettled):
-    """A fresh upload is committed before its request claims it: the sweep must leave it to that request."""
+def test_an_unleased_pending_file_counts_as_abandoned_only_after_a_lease_period(unsettled):
+    """A fresh upload is committed before its request claims it: the sweep must leave it to that request.
+    Processing starts only under a lease, so an unleased file left processing is abandoned at once."""
+    assert jobs.abandoned_files(grace=60) == [(unsettled.id, "processing")]
+    pipeline.set_status(unsettled.id, "pending")
     assert jobs.abandoned_files(grace=60) == []
     File.update(updated_at=int(time.time()) - 61).where(File.id == unsettled.id).execute()
-    assert jobs.abandoned_files(grace=60) == [(unsettled.id, "processing")]
-    assert jobs.abandoned_files() == [(unsettled.id, "processing")]  # `webui-api check` takes it at once
+    assert jobs.abandoned_files(grace=60) == [(unsettled.id, "pending")]
+    pipeline.set_status(unsettled.id, "pending")
+    assert jobs.abandoned_files() == [(unsettled.id, "pending")]  # `webui-api check` takes it at once
 
 
 def test_start_up_recovery_leaves_a_file_a_live_process_holds(ext, unsettled):

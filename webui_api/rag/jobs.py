@@ -114,15 +114,16 @@ def _background(ext, file_id: str) -> None:
 
 def abandoned_files(grace: float = 0.0) -> list[tuple[str, str]]:
     """(id, status) of files left pending/processing that no live process holds: an expired lease, one whose
-    owner died on this host, or no lease for `grace` seconds since the row last changed (a fresh upload's
-    request claims it a moment after committing it: taking it first made the two race and embed it twice).
-    An indexed read of the unsettled files and their leases."""
+    owner died on this host, no lease while processing, or no lease for `grace` seconds since a pending row
+    last changed (a fresh upload's request claims it a moment after committing it: taking it first made the
+    two race and embed it twice). An indexed read of the unsettled files and their leases."""
     query = (File.select(File.id, File.status, File.updated_at, ProcessingLease.owner, ProcessingLease.expires_at)
              .join(ProcessingLease, pw.JOIN.LEFT_OUTER, on=(ProcessingLease.file == File.id))
              .where(File.status.in_(UNSETTLED)).tuples())
     now = time.time()
     return [(file_id, status) for file_id, status, changed, owner, expires_at in query
-            if not lease.is_live(owner, expires_at, now) and (owner is not None or changed <= now - grace)]
+            if not lease.is_live(owner, expires_at, now)
+            and (owner is not None or status != "pending" or changed <= now - grace)]
 
 
 def take_over_abandoned(ext) -> int:
