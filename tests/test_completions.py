@@ -8,15 +8,9 @@ import openai
 import pytest
 
 from .fake_backend import embed_text
+from .test_sdk_openai import ANSWER, settings_overrides  # noqa: F401 - the same backends (a fixture)
 
 PROMPT = "Why is the sky blue?"
-ANSWER = "[msgs=1 chars=20] echo: Why is the sky blue? t0 t1 t2 t3 t4 t5 t6 t7 "
-
-
-@pytest.fixture
-def settings_overrides(data_dir, fake_backend):
-    return {"OLLAMA_BASE_URLS": fake_backend.url, "OPENAI_API_BASE_URLS": fake_backend.openai_url,
-            "OPENAI_API_KEYS": fake_backend.openai_key}
 
 
 @pytest.fixture
