@@ -23,7 +23,7 @@ DATABASE_SCOPE = os.environ.get("WEBUI_TEST_SCOPE", "").strip().lower() == "data
 ENGINE_NEUTRAL = frozenset("""test_chunk test_convert test_extract test_upstream test_fake_backend test_telemetry
 test_layering test_grafana_dashboard test_docs_browser test_hostile_input test_backend_faults test_client_errors
 test_sdk_openai test_failover test_embed test_rerank test_integration_nginx test_ollama test_openai
-test_openapi""".split())
+test_openapi test_pipes test_completions test_local_embed test_mock_backend""".split())
 ENGINE_NEUTRAL_REASON = "not about the database: run by the SQLite pass (WEBUI_TEST_SCOPE=database)"
 
 
