@@ -312,19 +312,22 @@ class FakeBackend:
         self.running = True
 
     # --- lifecycle and bookkeeping
-    def stop(self) -> None:
-        """Take the backend down: no listener, open connections cut, hanging handlers released."""
+    def stop(self, drain: bool = False) -> None:
+        """Take the backend down: no listener, open connections cut, hanging handlers released. With `drain`,
+        replies under way finish and every connection then closes (nothing more is read from it), as a
+        replica taken out of service: a stream cut midway cannot be retried, its client has part of it."""
         if not self.running:
             return
         self.running = False
-        self._stopping.set()
+        if not drain:
+            self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
             try:
-                conn.shutdown(socket.SHUT_RDWR)
+                conn.shutdown(socket.SHUT_RD if drain else socket.SHUT_RDWR)
             except OSError:
                 pass
         self._thread.join(timeout=5)
