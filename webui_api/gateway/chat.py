@@ -313,15 +313,7 @@ def _ollama_sse(upstream, resp, converter, sources: list, user) -> Iterator[byte
     pending_sources = sources or None
     try:
         finished = False
-        for line in lines:
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                raise UpstreamError(f"{label} sent a line that is not JSON") from None
-            if not isinstance(obj, dict):
-                continue
-            if obj.get("error"):
-                raise UpstreamError(f"{label}: {obj['error']}")
+        for obj in ollama_objects(lines, label):
             for chunk in converter.feed(obj):
                 if pending_sources and isinstance(chunk.get("choices"), list) and chunk["choices"]:
                     chunk, pending_sources = {"sources": pending_sources, **chunk}, None
@@ -337,6 +329,19 @@ def _ollama_sse(upstream, resp, converter, sources: list, user) -> Iterator[byte
         yield from _stream_error(exc, user)
     finally:
         lines.close()
+
+
+def ollama_objects(lines, label: str) -> Iterator[dict]:
+    """The objects of an Ollama NDJSON stream; a line that is not JSON, or one carrying `error`, fails it."""
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise UpstreamError(f"{label} sent a line that is not JSON") from None
+        if isinstance(obj, dict) and obj.get("error"):
+            raise UpstreamError(f"{label}: {obj['error']}")
+        if isinstance(obj, dict):
+            yield obj
 
 
 def _stream_error(exc: Exception, user) -> Iterator[bytes]:

@@ -1,14 +1,13 @@
 """Legacy text completions (`/api/v1/completions`): OpenAI's `text_completion` over any catalogue model."""
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any, Iterator
 
 from . import convert
 from .chat import (Streamed, _count_tokens, _json_body, _sse_passthrough, _stream_error, backend_error,
-                   merged_params, openai_payload)
+                   merged_params, ollama_objects, openai_payload)
 from .fields import CHAT_OWN_FIELDS, WEBUI_PARAMS
 from ..errors import BadRequest, Unprocessable, UpstreamError
 
@@ -83,7 +82,7 @@ def _ollama_stream(upstream, resp, ident: tuple, include_usage: bool, user) -> I
     lines = upstream.stream_lines(resp)
     label = resp.backend.label
     try:
-        for obj in _generate_lines(lines, label):
+        for obj in ollama_objects(lines, label):
             if obj.get("response"):
                 yield convert.sse(convert.text_completion(*ident, obj["response"], None))
             if obj.get("done"):
@@ -107,15 +106,3 @@ def _final_chunks(ident: tuple, done: dict, include_usage: bool) -> Iterator[byt
         yield convert.sse({**convert.text_completion(*ident, "", None), "choices": [], "usage": usage})
     yield convert.SSE_DONE
 
-
-def _generate_lines(lines, label: str) -> Iterator[dict]:
-    """Decoded NDJSON objects; a line that is not JSON or carries `error` ends the stream as a failure."""
-    for line in lines:
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise UpstreamError(f"{label} sent a line that is not JSON") from None
-        if isinstance(obj, dict) and obj.get("error"):
-            raise UpstreamError(f"{label}: {obj['error']}")
-        if isinstance(obj, dict):
-            yield obj
