@@ -67,7 +67,7 @@ class Jobs:
         while not self._stopping.wait(ext.settings.INGEST_LEASE_SECONDS / 2) and db.database.database == bound:
             try:
                 with db.database.connection_context():
-                    take_over_abandoned(ext)
+                    take_over_abandoned(ext, ext.settings.INGEST_LEASE_SECONDS)  # fresh uploads are their own
             except Exception:  # a database hiccup must not end the sweeping
                 log.exception("looking for abandoned files failed")
 
@@ -126,10 +126,10 @@ def abandoned_files(grace: float = 0.0) -> list[tuple[str, str]]:
             and (owner is not None or status != "pending" or changed <= now - grace)]
 
 
-def take_over_abandoned(ext) -> int:
-    """Queue every abandoned file for processing here (unleased ones after a lease period); returns how many
-    were queued."""
-    found = abandoned_files(ext.settings.INGEST_LEASE_SECONDS)
+def take_over_abandoned(ext, grace: float = 0.0) -> int:
+    """Queue every abandoned file for processing here (unleased pending ones after `grace` seconds); returns
+    how many were queued."""
+    found = abandoned_files(grace)
     for file_id, _status in found:
         ext.jobs.submit(ext, file_id)
     if found:
